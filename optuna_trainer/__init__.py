@@ -1,0 +1,29 @@
+"""optuna_trainer: Optuna hyperparameter search as a declarative, first-class part of transformers training."""
+
+from . import log as _log  # noqa: F401  (installs the package logger's handler)
+from .arguments import OptunaTrainingArguments
+from .log import set_verbosity
+from .objective import Objective
+from .pruners import PRUNERS, build_pruner
+from .pruning import OptunaPruningCallback
+from .samplers import SAMPLERS, build_sampler
+from .search_space import DEFAULT_HP_SPACE, SearchSpace
+from .trainer import NoCompletedTrialError, OptunaTrainer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_HP_SPACE",
+    "PRUNERS",
+    "SAMPLERS",
+    "NoCompletedTrialError",
+    "Objective",
+    "OptunaPruningCallback",
+    "OptunaTrainer",
+    "OptunaTrainingArguments",
+    "SearchSpace",
+    "__version__",
+    "build_pruner",
+    "build_sampler",
+    "set_verbosity",
+]

@@ -1,0 +1,50 @@
+"""Build an Optuna object from a name and keyword arguments, with errors that list what is valid."""
+
+from __future__ import annotations
+
+import inspect
+import json
+from collections.abc import Mapping
+from typing import Any
+
+
+def parse_named_spec(spec: Any, what: str, default: str) -> tuple[str, dict[str, Any]]:
+    """Turn ``"tpe"``, ``{"name": "tpe", "seed": 0}`` or its JSON string into ``(name, kwargs)``."""
+    if spec is None:
+        return default, {}
+    if isinstance(spec, str):
+        text = spec.strip()
+        if text.startswith("{"):
+            try:
+                spec = json.loads(text)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{what}: not valid JSON ({err.msg} at column {err.colno})") from None
+        else:
+            return text.lower(), {}
+    if not isinstance(spec, Mapping):
+        raise TypeError(
+            f"{what}: expected a name, a dict with 'name' and keyword arguments, or an Optuna object; "
+            f"got {type(spec).__name__}"
+        )
+    kwargs = dict(spec)
+    name = kwargs.pop("name", None)
+    if not isinstance(name, str):
+        raise ValueError(f"{what}: the dict needs a 'name' key, e.g. {{'name': '{default}'}}; got {dict(spec)!r}")
+    return name.lower(), kwargs
+
+
+def construct(what: str, name: str, registry: Mapping[str, type], kwargs: dict[str, Any]) -> Any:
+    """Construct ``registry[name](**kwargs)``, checking the name and the keyword names first."""
+    if name not in registry:
+        raise ValueError(f"{what}: unknown name {name!r}; valid names: {sorted(registry)}")
+    cls = registry[name]
+    params = inspect.signature(cls).parameters
+    valid = [p for p, v in params.items() if v.kind not in (v.VAR_POSITIONAL, v.VAR_KEYWORD)]
+    unknown = sorted(set(kwargs) - set(valid))
+    if unknown:
+        raise ValueError(f"{what} {name!r}: unknown argument(s) {unknown}; {cls.__name__} takes {valid}")
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as err:
+        # Optuna validates its arguments at construction; keep its message and say where it came from.
+        raise ValueError(f"{what} {name!r}: {err}") from None

@@ -1,0 +1,149 @@
+"""Resolve one search's settings from the arguments and the call, check them all, and print them."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+
+from .arguments import OptunaTrainingArguments, parse_hp_space
+from .objective import Objective, resolve_objective
+from .pruners import build_pruner, describe_pruner
+from .samplers import build_sampler, describe_sampler
+from .search_space import DEFAULT_HP_SPACE, SearchSpace, describe_hp_space
+from .storage import default_study_name, resolve_storage
+
+logger = logging.getLogger(__name__)
+
+# Keyword arguments `hyperparameter_search` takes besides transformers' named ones.
+SEARCH_KWARGS = ("sampler", "pruner", "storage", "study_name", "timeout", "catch", "callbacks", "gc_after_trial", "n_jobs")
+
+
+@dataclass
+class SearchSettings:
+    """Everything one search runs with, resolved and checked."""
+
+    hp_space: SearchSpace | Callable[[optuna.Trial], dict[str, Any]]
+    objective: Objective
+    objective_source: str
+    n_trials: int
+    timeout: float | None
+    sampler: optuna.samplers.BaseSampler
+    pruner: optuna.pruners.BasePruner
+    storage: optuna.storages.BaseStorage | None
+    storage_description: str
+    study_name: str
+    catch: tuple[type[BaseException], ...] = ()
+    callbacks: list[Callable[..., None]] = field(default_factory=list)
+    gc_after_trial: bool = True
+    hp_name: Callable[[optuna.Trial], str] | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def declarative(self) -> SearchSpace | None:
+        return self.hp_space if isinstance(self.hp_space, SearchSpace) else None
+
+    def describe(self) -> dict[str, Any]:
+        """The resolved settings as plain data (printed at the start, written in the summary)."""
+        return {
+            "hp_space": describe_hp_space(self.hp_space),
+            "objective": self.objective_source,
+            "direction": self.objective.directions if self.objective.multi else self.objective.directions[0],
+            "n_trials": self.n_trials,
+            "timeout": self.timeout,
+            "sampler": describe_sampler(self.sampler),
+            "pruner": describe_pruner(self.pruner),
+            "storage": self.storage_description,
+            "study_name": self.study_name,
+        }
+
+    def log(self) -> None:
+        lines = ["Optuna search settings:"]
+        for key, value in self.describe().items():
+            lines.append(f"  {key:<10} {value}")
+        lines.extend(f"  note: {n}" for n in self.notes)
+        logger.info("\n".join(lines))
+
+
+def resolve_settings(
+    args: OptunaTrainingArguments,
+    *,
+    hp_space: Any = None,
+    compute_objective: Callable[[dict[str, float]], Any] | None = None,
+    n_trials: int | None = None,
+    direction: Any = None,
+    hp_name: Callable[[optuna.Trial], str] | None = None,
+    heartbeat_interval: int | None = None,
+    **kwargs: Any,
+) -> SearchSettings:
+    """Merge the call's arguments over `args` and check everything; nothing is trained or created here."""
+    unknown = sorted(set(kwargs) - set(SEARCH_KWARGS))
+    if unknown:
+        raise TypeError(f"hyperparameter_search: unexpected keyword argument(s) {unknown}; accepted: {list(SEARCH_KWARGS)}")
+    notes: list[str] = []
+
+    space: SearchSpace | Callable | None
+    if hp_space is not None:
+        space = hp_space if callable(hp_space) else parse_hp_space(hp_space, type(args))
+    elif args.hp_space is not None:
+        space = args.hp_space if callable(args.hp_space) else args.search_space
+    else:
+        space = SearchSpace.parse(DEFAULT_HP_SPACE, type(args))
+        notes.append("no hp_space given: using transformers' default space")
+
+    n_trials = args.n_trials if n_trials is None else n_trials
+    if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1:
+        raise ValueError(f"n_trials: must be a positive whole number, got {n_trials!r}")
+    timeout = kwargs.get("timeout", args.timeout)
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
+        raise ValueError(f"timeout: must be a positive number of seconds or None, got {timeout!r}")
+    n_jobs = kwargs.get("n_jobs", 1)
+    if n_jobs != 1:
+        raise ValueError(
+            f"n_jobs: {n_jobs} is not supported: trials of one trainer share its model and devices; to run trials in "
+            "parallel, start several workers on one shared storage (see docs/distributed.md)"
+        )
+
+    objective, source = resolve_objective(
+        compute_objective=compute_objective,
+        objective_metric=args.objective_metric,
+        metric_for_best_model=args.metric_for_best_model,
+        greater_is_better=args.greater_is_better,
+        direction=args.direction if direction is None else direction,
+    )
+    declarative = space if isinstance(space, SearchSpace) else None
+    sampler = build_sampler(kwargs.get("sampler", args.sampler), declarative)
+    pruner = build_pruner(kwargs.get("pruner", args.pruner))
+    if objective.multi and not isinstance(pruner, optuna.pruners.NopPruner):
+        notes.append(f"{len(objective.directions)} objectives: Optuna cannot prune multi-objective trials, pruning is off")
+        pruner = optuna.pruners.NopPruner()
+
+    catch = kwargs.get("catch", ())
+    catch = tuple(catch) if isinstance(catch, (list, tuple)) else (catch,)
+    for exc in catch:
+        if not (isinstance(exc, type) and issubclass(exc, BaseException)):
+            raise TypeError(f"catch: expected exception classes, got {exc!r}")
+    storage, storage_description = resolve_storage(
+        kwargs.get("storage", args.storage), args.output_dir, heartbeat_interval=heartbeat_interval
+    )
+    study_name = kwargs.get("study_name", args.study_name) or default_study_name(args.output_dir)
+    return SearchSettings(
+        hp_space=space,
+        objective=objective,
+        objective_source=source,
+        n_trials=n_trials,
+        timeout=timeout,
+        sampler=sampler,
+        pruner=pruner,
+        storage=storage,
+        storage_description=storage_description,
+        study_name=study_name,
+        catch=catch,
+        callbacks=list(kwargs.get("callbacks") or []),
+        gc_after_trial=bool(kwargs.get("gc_after_trial", True)),
+        hp_name=hp_name,
+        notes=notes,
+    )

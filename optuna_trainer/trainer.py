@@ -1,0 +1,330 @@
+"""`OptunaTrainer`: a drop-in `Trainer` whose `hyperparameter_search()` runs a whole Optuna study from its arguments.
+
+Supported transformers: >=5.24,<6 (see pyproject.toml). The search drives `Trainer.train()` through public hooks only
+(`model_init` via `call_model_init`, a `TrainerCallback` for report/prune, `evaluate`, `save_model`,
+`create_accelerator_and_postprocess`); it never sets `hp_search_backend`, so transformers' own Optuna code paths
+(`_hp_search_setup`, `_report_to_hp_search`) stay inactive. The one private name it touches is the attribute
+`_train_batch_size`, which `Trainer` reads for the train dataloader and which transformers' own search refreshes the
+same way when the batch size is a search parameter.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import logging
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable
+from typing import Any
+
+import optuna
+import torch
+from transformers import Trainer, TrainingArguments
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, BestRun, HPSearchBackend
+
+from .arguments import OptunaTrainingArguments
+from .models import InitialModel, apply_config_values
+from .pruning import OptunaPruningCallback
+from .search_space import SearchSpace, check_key, check_model_keys, split_params
+from .settings import SearchSettings, resolve_settings
+
+logger = logging.getLogger(__name__)
+
+BEST_MODEL_DIR = "best_model"
+
+
+class NoCompletedTrialError(RuntimeError):
+    """Raised when a search ends without any completed trial (every one was pruned or failed)."""
+
+
+def upgrade_arguments(args: TrainingArguments | None) -> OptunaTrainingArguments:
+    """Accept a plain `TrainingArguments` (or None) so that swapping the trainer class in existing code just works."""
+    if args is None:
+        return OptunaTrainingArguments(output_dir="tmp_trainer")
+    if isinstance(args, OptunaTrainingArguments):
+        return args
+    if not isinstance(args, TrainingArguments):
+        raise TypeError(f"args: expected TrainingArguments or OptunaTrainingArguments, got {type(args).__name__}")
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainingArguments) if f.init}
+    return OptunaTrainingArguments(**values)
+
+
+class OptunaTrainer(Trainer):
+    """A `Trainer` whose `hyperparameter_search()` runs an Optuna study declared in `OptunaTrainingArguments`.
+
+    `train()`, `evaluate()` and every other method behave as in `Trainer`. After a search, `trainer.study` is the
+    Optuna study and `output_dir/best_model` holds the best trial's model.
+    """
+
+    def __init__(self, model: Any = None, args: TrainingArguments | None = None, *trainer_args: Any, **kwargs: Any):
+        args = upgrade_arguments(args)
+        # Set before Trainer.__init__, which calls `call_model_init` once when a `model_init` is given.
+        self._trial_model_values: dict[str, Any] = {}
+        self.study: optuna.Study | None = None
+        super().__init__(model, args, *trainer_args, **kwargs)
+
+    # ---- model per trial -------------------------------------------------------------------------------------
+
+    def call_model_init(self, trial: optuna.Trial | dict[str, Any] | None = None) -> torch.nn.Module:
+        """Build the trial's model (user `model_init`, or the initial weights) and apply its `model.*` values."""
+        model = super().call_model_init(trial)
+        return apply_config_values(model, self._trial_model_values)
+
+    # ---- search ----------------------------------------------------------------------------------------------
+
+    def hyperparameter_search(
+        self,
+        hp_space: Callable[[optuna.Trial], dict[str, Any]] | dict | str | None = None,
+        compute_objective: Callable[[dict[str, float]], Any] | None = None,
+        n_trials: int | None = None,
+        direction: str | list[str] | None = None,
+        backend: str | HPSearchBackend | None = None,
+        hp_name: Callable[[optuna.Trial], str] | None = None,
+        **kwargs: Any,
+    ) -> BestRun | list[BestRun]:
+        """Run the Optuna study declared by the arguments; anything passed here overrides them.
+
+        Args:
+            hp_space: a declarative space (dict, YAML/JSON path or JSON string) or `hp_space(trial) -> dict`.
+                Defaults to `args.hp_space`.
+            compute_objective: metrics -> value (or a tuple for several objectives). Defaults to
+                `args.objective_metric`, then `metric_for_best_model`, then `eval_accuracy`.
+            n_trials: the study's number of trials. Defaults to `args.n_trials`.
+            direction: "minimize", "maximize", or a list for several objectives. Defaults to `args.direction`.
+            backend: only "optuna" (or None).
+            hp_name: trial -> run directory name under `output_dir` (default `run-{number}`).
+            kwargs: `sampler`, `pruner`, `storage`, `study_name`, `timeout`, `catch`, `callbacks`, `gc_after_trial`.
+
+        Returns:
+            transformers' `BestRun` of the best trial (a list of them, the Pareto front, for several objectives).
+        """
+        if backend is not None and HPSearchBackend(backend) != HPSearchBackend.OPTUNA:
+            raise ValueError(f"backend: OptunaTrainer searches with optuna only, got {backend!r}")
+        base_args: OptunaTrainingArguments = self.args
+        settings = resolve_settings(
+            base_args,
+            hp_space=hp_space,
+            compute_objective=compute_objective,
+            n_trials=n_trials,
+            direction=direction,
+            hp_name=hp_name,
+            **kwargs,
+        )
+        if settings.declarative is not None:
+            settings.declarative.check_model_config(getattr(self.model, "config", None))
+        settings.log()
+
+        study = optuna.create_study(
+            storage=settings.storage,
+            sampler=settings.sampler,
+            pruner=settings.pruner,
+            study_name=settings.study_name,
+            directions=settings.objective.directions,
+            load_if_exists=True,
+        )
+        self.study = study
+        remaining = settings.n_trials - _count_finished(study)
+        if remaining <= 0:
+            logger.info(
+                f"Study {settings.study_name!r} already has {_count_finished(study)} finished trials of "
+                f"n_trials={settings.n_trials}; no trial to run"
+            )
+        else:
+            self._run_study(study, settings, base_args, remaining)
+        return _best_runs(study, settings)
+
+    def _run_study(
+        self, study: optuna.Study, settings: SearchSettings, base_args: OptunaTrainingArguments, n_trials: int
+    ) -> None:
+        user_model_init = self.model_init
+        pre_search_model = self.model
+        initial_model = None
+        if user_model_init is None:
+            initial_model = InitialModel(self.model)
+            self.model_init = lambda: initial_model()
+        elif pre_search_model is not None:
+            # The model transformers built at init is not trained during the search: keep it off the device.
+            pre_search_model.to("cpu")
+        state = _SearchState(output_dir=base_args.output_dir, model_config=getattr(pre_search_model, "config", None))
+        if _best_value(study) is not None:
+            state.best_value = study.best_value
+            state.best_run_dir = study.best_trial.user_attrs.get("run_dir")
+        try:
+            study.optimize(
+                lambda trial: self._run_trial(trial, settings, base_args, state),
+                n_trials=n_trials,
+                timeout=settings.timeout,
+                catch=settings.catch,
+                callbacks=[optuna.study.MaxTrialsCallback(settings.n_trials, states=_FINISHED), *settings.callbacks],
+                gc_after_trial=settings.gc_after_trial,
+            )
+        finally:
+            self.model_init = user_model_init
+            self._trial_model_values = {}
+            self._set_args(base_args)
+            self.model = initial_model.restore() if initial_model is not None else pre_search_model
+            if self.model is not None and self.place_model_on_device:
+                self.model = self.model.to(self.args.device)
+            self.model_wrapped = self.model
+
+    def _set_args(self, args: OptunaTrainingArguments) -> None:
+        self.args = args
+        # Batch size, accumulation steps and mixed precision may differ per trial: rebuild what depends on them,
+        # as transformers' own `_hp_search_setup` does.
+        self.create_accelerator_and_postprocess()
+        self._train_batch_size = args.train_batch_size
+
+    def _run_trial(
+        self,
+        trial: optuna.Trial,
+        settings: SearchSettings,
+        base_args: OptunaTrainingArguments,
+        state: _SearchState,
+    ) -> Any:
+        start = time.monotonic()
+        values = self._suggest(trial, settings, state)
+        args_values, model_values = split_params(values)
+        run_name = settings.hp_name(trial) if settings.hp_name is not None else f"run-{trial.number}"
+        run_dir = os.path.join(base_args.output_dir, run_name)
+        trial.set_user_attr("run_dir", run_dir)
+        self._set_args(base_args.trial_arguments(args_values, output_dir=run_dir))
+        self._trial_model_values = model_values
+        objective = dataclasses.replace(settings.objective, history=[])
+        callback = OptunaPruningCallback(trial, objective, prune=not objective.multi)
+        self.add_callback(callback)
+        finished = False
+        try:
+            self.train(trial=trial)
+            if not objective.history:
+                # No evaluation during training: evaluate once at the end (nothing left to prune).
+                callback.prune = False
+                self.evaluate()
+            trial.set_user_attr("steps", self.state.global_step)
+            callback.check_pruned()
+            value = self._trial_value(callback, objective)
+            finished = True
+            if not objective.multi and _is_better(value, state.best_value, objective.directions[0]):
+                state.best_value = value
+                self._save_best(trial, value, values, run_dir, state)
+            return value
+        except optuna.TrialPruned:
+            trial.set_user_attr("pruned_at_step", callback.pruned_at)
+            trial.set_user_attr("stopped_reason", callback.stopped_reason)
+            raise
+        except Exception as err:
+            trial.set_user_attr("fail_reason", f"{type(err).__name__}: {err}"[:2000])
+            raise
+        finally:
+            trial.set_user_attr("seconds", round(time.monotonic() - start, 3))
+            if self.state is not None and "steps" not in trial.user_attrs:
+                trial.set_user_attr("steps", self.state.global_step)
+            self.remove_callback(callback)
+            self._release_memory()
+            if not (finished and state.best_run_dir == run_dir):
+                _delete_checkpoints(run_dir, self.args.should_save)
+
+    def _suggest(self, trial: optuna.Trial, settings: SearchSettings, state: _SearchState) -> dict[str, Any]:
+        if isinstance(settings.hp_space, SearchSpace):
+            return settings.hp_space.suggest(trial)
+        values = settings.hp_space(trial)
+        if not isinstance(values, dict):
+            raise TypeError(f"hp_space: the callable must return a dict of name -> value, got {type(values).__name__}")
+        for key, value in values.items():
+            check_key(key, type(self.args), value=value)
+        check_model_keys(values, state.model_config)
+        return values
+
+    def _trial_value(self, callback: OptunaPruningCallback, objective: Any) -> Any:
+        if objective.compute_objective is not None and callback.last_metrics is not None:
+            # A user objective may read trainer.state (the seed's `best_metric if not None else eval_accuracy`),
+            # which Trainer updates only after the evaluation callbacks ran: read it once more now that it is final.
+            value = objective(callback.last_metrics)
+            if _is_finite(value):
+                objective.record(self.state.global_step, value)
+        return objective.best()
+
+    def _save_best(
+        self, trial: optuna.Trial, value: float, params: dict[str, Any], run_dir: str, state: _SearchState
+    ) -> None:
+        previous = state.best_run_dir
+        state.best_run_dir = run_dir
+        if previous is not None and previous != run_dir:
+            _delete_checkpoints(previous, self.args.should_save)
+        if not self.args.save_best_model:
+            return
+        best_dir = os.path.join(state.output_dir, BEST_MODEL_DIR)
+        self.save_model(best_dir)
+        if self.args.should_save:
+            import json
+
+            with open(os.path.join(best_dir, "trial.json"), "w", encoding="utf-8") as f:
+                json.dump({"number": trial.number, "value": value, "params": params}, f, indent=2, default=str)
+
+    def _release_memory(self) -> None:
+        # transformers' search keeps the optimizer, scheduler and wrapped model of a pruned trial alive (it raises out
+        # of the loop); drop every reference the trainer holds before the next trial builds its own.
+        self.model_wrapped = self.model = None
+        self.optimizer = self.lr_scheduler = None
+        self.accelerator.free_memory()
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+@dataclasses.dataclass
+class _SearchState:
+    output_dir: str
+    model_config: Any = None
+    best_value: Any = None
+    best_run_dir: str | None = None
+
+
+_FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+
+
+def _count_finished(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=_FINISHED))
+
+
+def _best_value(study: optuna.Study) -> float | None:
+    if study._is_multi_objective():
+        return None
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    return study.best_value if complete else None
+
+
+def _is_finite(value: Any) -> bool:
+    if isinstance(value, tuple):
+        return all(math.isfinite(v) for v in value)
+    return value is not None and math.isfinite(value)
+
+
+def _is_better(value: Any, best: Any, direction: str) -> bool:
+    if best is None:
+        return True
+    return value > best if direction == "maximize" else value < best
+
+
+def _delete_checkpoints(run_dir: str, should_save: bool) -> None:
+    if not should_save or not os.path.isdir(run_dir):
+        return
+    for name in os.listdir(run_dir):
+        if name.startswith(PREFIX_CHECKPOINT_DIR):
+            shutil.rmtree(os.path.join(run_dir, name), ignore_errors=True)
+
+
+def _best_runs(study: optuna.Study, settings: SearchSettings) -> BestRun | list[BestRun]:
+    counts = {s.name: len(study.get_trials(deepcopy=False, states=(s,))) for s in optuna.trial.TrialState}
+    if not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        raise NoCompletedTrialError(
+            f"Study {settings.study_name!r} has no completed trial: {counts['PRUNED']} pruned, {counts['FAIL']} failed, "
+            f"{counts['RUNNING']} running. Loosen the pruner (e.g. more n_startup_trials or n_warmup_steps) or fix "
+            "the failures (see each trial's user attribute 'fail_reason')"
+        )
+    if settings.objective.multi:
+        return [BestRun(str(t.number), t.values, t.params) for t in study.best_trials]
+    best = study.best_trial
+    return BestRun(str(best.number), best.value, best.params)
