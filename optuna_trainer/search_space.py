@@ -56,6 +56,11 @@ _FORBIDDEN_KEYS = {
 
 HpSpaceCallable = Callable[[optuna.Trial], dict[str, Any]]
 
+# Search keys for fields transformers renamed: the key stays as the user declared it (in trial params and reports)
+# and its value goes to the new field. transformers 5 folded `warmup_ratio` into `warmup_steps` (a float below 1 is a
+# ratio of the total steps).
+FIELD_ALIASES: dict[str, str] = {"warmup_ratio": "warmup_steps"}
+
 
 def load_mapping(value: Mapping[str, Any] | str | os.PathLike, what: str) -> dict[str, Any]:
     """Read a mapping given as a dict, a path to a YAML/JSON file, or a JSON/YAML string.
@@ -82,10 +87,14 @@ def load_mapping(value: Mapping[str, Any] | str | os.PathLike, what: str) -> dic
             raise ValueError(
                 f"{what}: {text!r} is neither an existing YAML/JSON file nor an inline JSON object starting with '{{'"
             )
+        text = path.read_text(encoding="utf-8")
         try:
-            # safe_load: a search space is data, never code (YAML tags that build objects are refused).
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as err:
+            if path.suffix.lower() == ".json":
+                loaded = json.loads(text)
+            else:
+                # safe_load: a search space is data, never code (YAML tags that build objects are refused).
+                loaded = yaml.safe_load(text)
+        except (yaml.YAMLError, json.JSONDecodeError) as err:
             raise ValueError(f"{what}: cannot parse {path}: {err}") from None
     if not isinstance(loaded, Mapping):
         raise ValueError(f"{what}: expected a mapping of name -> spec, got {type(loaded).__name__}")
@@ -94,6 +103,16 @@ def load_mapping(value: Mapping[str, Any] | str | os.PathLike, what: str) -> dic
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _yaml_number(value: Any) -> Any:
+    # YAML 1.1 reads `1e-5` (no dot) as a string; a bound written that way is meant as a number.
+    if isinstance(value, str):
+        try:
+            return int(value) if value.strip().lstrip("+-").isdigit() else float(value)
+        except ValueError:
+            return value
+    return value
 
 
 def _spec_to_distribution(key: str, spec: Any) -> BaseDistribution:
@@ -123,6 +142,7 @@ def _spec_to_distribution(key: str, spec: Any) -> BaseDistribution:
             raise ValueError(f"{where}: choices {list(choices)!r} contain duplicates")
         return CategoricalDistribution(list(choices))
 
+    spec = {k: _yaml_number(v) if k in ("low", "high", "step") else v for k, v in spec.items()}
     for bound in ("low", "high"):
         if bound not in spec:
             raise ValueError(f"{where}: {bound} is required for type {kind}")
@@ -244,7 +264,14 @@ def check_key(key: str, args_class: type | None, dist: BaseDistribution | None =
         return
     if key in _FORBIDDEN_KEYS:
         raise ValueError(f"hp_space[{key!r}]: {key} is fixed for the whole search and cannot be searched")
-    if key not in {f.name for f in dataclasses.fields(args_class) if f.init}:
+    init_fields = {f.name for f in dataclasses.fields(args_class) if f.init}
+    if key in FIELD_ALIASES and key not in init_fields:
+        high = dist.high if isinstance(dist, (FloatDistribution, IntDistribution)) else None
+        ratios = [value] if dist is None else list(getattr(dist, "choices", [])) + ([high] if high is not None else [])
+        if any(not _is_number(r) or not 0 <= r < 1 for r in ratios if r is not None):
+            raise ValueError(f"hp_space[{key!r}]: a ratio must lie in [0, 1), got {ratios}")
+        return
+    if key not in init_fields:
         raise ValueError(
             f"hp_space[{key!r}]: not a field of {args_class.__name__}; a key must be a training argument "
             "(e.g. learning_rate, per_device_train_batch_size, weight_decay) or model.<config attribute> "
@@ -395,5 +422,5 @@ def split_params(values: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, A
         if key.startswith(MODEL_PREFIX):
             model_values[key[len(MODEL_PREFIX) :]] = value
         else:
-            args_values[key] = value
+            args_values[FIELD_ALIASES.get(key, key)] = value
     return args_values, model_values

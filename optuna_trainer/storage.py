@@ -36,6 +36,12 @@ def validate_storage(storage: Any) -> None:
     if storage.lower() in MEMORY:
         return
     if "://" not in storage:
+        head = storage.split(":", 1)[0].split("+", 1)[0].lower()
+        if ":" in storage and head in (*_RDB_SCHEMES, "redis", "rediss"):
+            raise ValueError(
+                f"storage: malformed URL {mask_url(storage)!r}: a URL needs '://' after the scheme, e.g. "
+                "postgresql+psycopg://user:pass@host:5432/db"
+            )
         if storage.endswith((".db", ".sqlite", ".sqlite3")):
             raise ValueError(f"storage: {storage!r} looks like an SQLite file; write it as sqlite:///{storage}")
         return  # a journal file path

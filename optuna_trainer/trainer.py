@@ -268,6 +268,8 @@ class OptunaTrainer(Trainer):
         # of the loop); drop every reference the trainer holds before the next trial builds its own.
         self.model_wrapped = self.model = None
         self.optimizer = self.lr_scheduler = None
+        handler = self.callback_handler  # hands the model and optimizer to callbacks, and keeps them
+        handler.model = handler.optimizer = handler.lr_scheduler = handler.train_dataloader = None
         self.accelerator.free_memory()
         gc.collect()
         if torch.cuda.is_available():
