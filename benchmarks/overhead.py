@@ -1,0 +1,153 @@
+"""Figure 1: the overhead of one trial through `OptunaTrainer` over `Trainer.train()` with the same arguments and seed.
+
+Both sides build the model with the same `model_init`, train the same steps and evaluate once at the end (eval_steps =
+max_steps); ours runs that as a one-trial study over a one-point space (`learning_rate` categorical with one choice,
+pruner none, in-memory storage, no best-model save). The runs alternate in one process (ours, plain, ours, plain,
+...) after one warm-up run of each, and the ratio is the median of the per-pair ratios. The final training loss of
+both must be equal: identical is the aim, the table states the largest difference seen.
+
+    python benchmarks/overhead.py            # default: MiniLM-L6, SST-2 subset, 24 steps, 7 pairs
+    python benchmarks/overhead.py --quick    # CI: tiny BERT from a config, 4 steps, 2 pairs
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import tempfile
+import time
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
+
+NAME = "overhead"
+COLUMNS = ["side", "model", "steps", "median seconds", "final training loss", "eval accuracy"]
+TARGET = 1.03
+
+
+def run_plain(task: common.Task, settings: dict[str, Any], out: str) -> tuple[float, float, float]:
+    from transformers import Trainer, TrainingArguments
+
+    start = time.perf_counter()
+    trainer = Trainer(
+        model_init=task.model_init,
+        args=TrainingArguments(**common.train_args(out, **settings)),
+        train_dataset=task.train,
+        eval_dataset=task.dev,
+        compute_metrics=common.compute_metrics,
+    )
+    result = trainer.train()
+    seconds = time.perf_counter() - start
+    accuracy = [h["eval_accuracy"] for h in trainer.state.log_history if "eval_accuracy" in h][-1]
+    return seconds, result.training_loss, accuracy
+
+
+def run_ours(task: common.Task, settings: dict[str, Any], out: str) -> tuple[float, float, float]:
+    from optuna_trainer import OptunaTrainer, OptunaTrainingArguments
+
+    lr = settings["learning_rate"]
+    start = time.perf_counter()
+    args = OptunaTrainingArguments(
+        **common.train_args(out, **settings),
+        hp_space={"learning_rate": {"type": "categorical", "choices": [lr]}},
+        n_trials=1,
+        sampler={"name": "tpe", "seed": 0},
+        pruner="none",
+        storage="memory",
+        save_best_model=False,
+    )
+    trainer = OptunaTrainer(
+        model_init=task.model_init,
+        args=args,
+        train_dataset=task.train,
+        eval_dataset=task.dev,
+        compute_metrics=common.compute_metrics,
+    )
+    trainer.hyperparameter_search()
+    seconds = time.perf_counter() - start
+    trial = trainer.study.trials[0]
+    assert trial.params == {"learning_rate": lr}, trial.params
+    loss = [h["train_loss"] for h in trainer.state.log_history if "train_loss" in h][-1]
+    return seconds, loss, trial.value
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = common.parser(__doc__.splitlines()[0])
+    p.add_argument("--pairs", type=int, default=None, help="interleaved (ours, plain) pairs after the warm-up")
+    p.add_argument("--steps", type=int, default=None)
+    a = p.parse_args(argv)
+    common.quiet()
+    model = a.model or ("tiny-bert" if a.quick else "minilm")
+    pairs = a.pairs or (2 if a.quick else 7)
+    steps = a.steps or (4 if a.quick else 24)
+    n_train, n_dev = (64, 64) if a.quick else (512, 256)
+    task = common.make_task(model, a.data, n_train, n_dev)
+    settings = dict(
+        max_steps=steps,
+        per_device_train_batch_size=16,
+        learning_rate=5e-5 if model == "minilm" else 1e-3,
+        eval_strategy="steps",
+        eval_steps=steps,
+        warmup_steps=0,
+    )
+    load_before = common.loadavg()
+    times: dict[str, list[float]] = {"ours": [], "plain": []}
+    losses: dict[str, list[float]] = {"ours": [], "plain": []}
+    accuracy: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(pairs + 1):  # pair 0 is the warm-up
+            for side, fn in (("ours", run_ours), ("plain", run_plain)):
+                seconds, loss, acc = fn(task, settings, os.path.join(tmp, f"{side}-{i}"))
+                losses[side].append(loss)
+                accuracy[side] = acc
+                if i > 0:
+                    times[side].append(seconds)
+    load_after = common.loadavg()
+    ratios = [o / p_ for o, p_ in zip(times["ours"], times["plain"])]
+    ratio = statistics.median(ratios)
+    loss_diff = max(abs(o - p_) for o, p_ in zip(losses["ours"], losses["plain"]))
+    rows = [
+        {
+            "side": "OptunaTrainer.hyperparameter_search (1 trial)",
+            "model": task.model_name,
+            "steps": steps,
+            "median seconds": statistics.median(times["ours"]),
+            "final training loss": losses["ours"][-1],
+            "eval accuracy": accuracy["ours"],
+        },
+        {
+            "side": "Trainer.train",
+            "model": task.model_name,
+            "steps": steps,
+            "median seconds": statistics.median(times["plain"]),
+            "final training loss": losses["plain"][-1],
+            "eval accuracy": accuracy["plain"],
+        },
+    ]
+    summary = {
+        "ratio (median of pair ratios)": round(ratio, 4),
+        "pair ratios": [round(r, 4) for r in ratios],
+        "max |loss ours - loss plain| over all runs": loss_diff,
+        "target": f"ratio <= {TARGET}",
+        "target met": ratio <= TARGET,
+        "losses identical": loss_diff == 0.0,
+    }
+    meta = {
+        "command": common.command_line(),
+        "data": task.source,
+        "settings": {**settings, "pairs": pairs, "warm-up pairs": 1, "torch threads": None},
+        "loadavg before": load_before,
+        "loadavg after": load_after,
+        **summary,
+    }
+    import torch
+
+    meta["settings"]["torch threads"] = torch.get_num_threads()
+    common.write_table(a.out, NAME, "Overhead of one trial over Trainer.train()", COLUMNS, rows, meta)
+    return {"rows": rows, **summary}
+
+
+if __name__ == "__main__":
+    main()
