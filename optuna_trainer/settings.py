@@ -38,7 +38,8 @@ class SearchSettings:
     study_name: str
     catch: tuple[type[BaseException], ...] = ()
     callbacks: list[Callable[..., None]] = field(default_factory=list)
-    gc_after_trial: bool = True
+    # Off by default: every trial already releases its memory and collects once (OptunaTrainer._release_memory).
+    gc_after_trial: bool = False
     hp_name: Callable[[optuna.Trial], str] | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -143,7 +144,7 @@ def resolve_settings(
         study_name=study_name,
         catch=catch,
         callbacks=list(kwargs.get("callbacks") or []),
-        gc_after_trial=bool(kwargs.get("gc_after_trial", True)),
+        gc_after_trial=bool(kwargs.get("gc_after_trial", False)),
         hp_name=hp_name,
         notes=notes,
     )
