@@ -256,18 +256,64 @@ def machine() -> dict[str, Any]:
     }
 
 
-def step_counter() -> Any:
-    """A TrainerCallback counting optimizer steps across every trial (the same one is given to both sides)."""
+def recorder() -> Any:
+    """A TrainerCallback recording, per `train()` call (one per trial on both sides), the optimizer steps taken and
+    every evaluation's accuracy; the same class is given to both sides so that they are counted alike."""
     from transformers import TrainerCallback
 
-    class StepCounter(TrainerCallback):
+    class Recorder(TrainerCallback):
         def __init__(self) -> None:
-            self.steps = 0
+            self.trials: list[dict[str, Any]] = []
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            # The trial's values as the trainer applied them (transformers returns no study to read them from).
+            values = {k: getattr(args, k) for k in SPACE}
+            self.trials.append({"steps": 0, "accuracy": [], "values": values})
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            self.steps += 1
+            self.trials[-1]["steps"] += 1
 
-    return StepCounter()
+        def on_evaluate(self, args: Any, state: Any, control: Any, metrics: Any = None, **kwargs: Any) -> None:
+            if self.trials and metrics and "eval_accuracy" in metrics:
+                self.trials[-1]["accuracy"].append(float(metrics["eval_accuracy"]))
+
+        @property
+        def steps(self) -> int:
+            return sum(t["steps"] for t in self.trials)
+
+        @property
+        def best_accuracy(self) -> float:
+            return max((a for t in self.trials for a in t["accuracy"]), default=float("nan"))
+
+    return Recorder()
+
+
+# ---- the search the benchmarks run -----------------------------------------------------------------------------
+
+# A wide learning-rate range on purpose: some trials learn nothing (too low) or diverge (too high), which is what a
+# pruner is for. Only TrainingArguments fields, so that transformers' search applies every key too.
+SPACE: dict[str, dict[str, Any]] = {
+    "learning_rate": {"type": "float", "low": 1e-6, "high": 1e-3, "log": True},
+    "weight_decay": {"type": "float", "low": 0.0, "high": 0.1},
+}
+
+
+def hf_space(space: dict[str, dict[str, Any]] = SPACE) -> Callable[[Any], dict[str, Any]]:
+    """The same space as transformers' `hp_space(trial)`: the same names, distributions and order of suggestions, so
+    that a sampler with the same seed draws the same values on both sides (given the same history)."""
+
+    def hp_space(trial: Any) -> dict[str, Any]:
+        values = {}
+        for name, spec in space.items():
+            if spec["type"] == "float":
+                values[name] = trial.suggest_float(name, spec["low"], spec["high"], log=spec.get("log", False))
+            elif spec["type"] == "int":
+                values[name] = trial.suggest_int(name, spec["low"], spec["high"], log=spec.get("log", False))
+            else:
+                values[name] = trial.suggest_categorical(name, spec["choices"])
+        return values
+
+    return hp_space
 
 
 # ---- one side per subprocess -----------------------------------------------------------------------------------

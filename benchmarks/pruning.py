@@ -1,0 +1,132 @@
+"""Figure 3: what pruning saves. The same search with `pruner: none`, our default pruner, hyperband, and the
+recommended setting: total optimizer steps, wall time, best dev accuracy.
+
+Every row runs the same search (space `common.SPACE`, `TPESampler(seed=0)`, n_trials, steps, evaluation every
+`eval_steps`) in this process, one after the other; only the pruner differs. Target: at least 40% fewer optimizer steps
+than `none` for a best dev accuracy within 1 point of it.
+
+    python benchmarks/pruning.py            # default: MiniLM (first 3 layers), SST-2 subset
+    python benchmarks/pruning.py --quick    # CI: tiny BERT from a config
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
+
+NAME = "pruning"
+COLUMNS = ["pruner", "optimizer steps", "steps saved vs none %", "completed/pruned", "wall seconds",
+           "best dev accuracy", "accuracy vs none (points)", "target met"]
+TARGET_SAVED = 40.0
+TARGET_POINTS = 1.0
+
+
+def settings(quick: bool, model: str | None, layers: int | None) -> dict[str, Any]:
+    if quick:
+        return dict(model=model or "tiny-bert", layers=None, n_train=64, n_dev=64, steps=8, eval_steps=2, n_trials=6,
+                    batch=16)
+    return dict(model=model or "minilm", layers=layers or 3, n_train=512, n_dev=128, steps=30, eval_steps=5,
+                n_trials=16, batch=16)
+
+
+def pruners(s: dict[str, Any]) -> list[tuple[str, Any]]:
+    """(label, pruner spec) per row: the spec exactly as a user writes it in OptunaTrainingArguments."""
+    return [
+        ("none", "none"),
+        ("median (default: n_startup_trials=5, n_warmup_steps=0)", "median"),
+        ("hyperband (defaults)", "hyperband"),
+        (
+            "recommended: median, n_startup_trials=3, n_warmup_steps=1 evaluation",
+            {"name": "median", "n_startup_trials": 3, "n_warmup_steps": s["eval_steps"]},
+        ),
+    ]
+
+
+def run(task: common.Task, s: dict[str, Any], pruner: Any) -> dict[str, Any]:
+    from optuna_trainer import OptunaTrainer, OptunaTrainingArguments
+
+    rec = common.recorder()
+    with tempfile.TemporaryDirectory() as out:
+        args = OptunaTrainingArguments(
+            **common.train_args(
+                out, max_steps=s["steps"], per_device_train_batch_size=s["batch"], eval_strategy="steps",
+                eval_steps=s["eval_steps"],
+            ),
+            hp_space=common.SPACE,
+            n_trials=s["n_trials"],
+            sampler={"name": "tpe", "seed": 0},
+            pruner=pruner,
+            storage="memory",
+            objective_metric="accuracy",
+            save_best_model=False,
+        )
+        trainer = OptunaTrainer(
+            model_init=task.model_init, args=args, train_dataset=task.train, eval_dataset=task.dev,
+            compute_metrics=common.compute_metrics, callbacks=[rec],
+        )
+        start = time.perf_counter()
+        trainer.hyperparameter_search()
+        seconds = time.perf_counter() - start
+    states = [t.state.name for t in trainer.study.trials]
+    return {
+        "optimizer steps": rec.steps,
+        "completed/pruned": f"{states.count('COMPLETE')}/{states.count('PRUNED')}",
+        "wall seconds": seconds,
+        "best dev accuracy": trainer.study.best_value,
+        "per-trial steps": [t["steps"] for t in rec.trials],
+    }
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = common.parser(__doc__.splitlines()[0])
+    p.add_argument("--layers", type=int, default=None, help="MiniLM layers to keep (default 3)")
+    p.add_argument("--pruners", default=None, help='JSON list of [label, spec] rows replacing the default rows')
+    a = p.parse_args(argv)
+    common.quiet()
+    s = settings(a.quick, a.model, a.layers)
+    task = common.make_task(s["model"], a.data, s["n_train"], s["n_dev"], layers=s["layers"])
+    rows_spec = [tuple(r) for r in json.loads(a.pruners)] if a.pruners else pruners(s)
+    load_before = common.loadavg()
+    rows: list[dict[str, Any]] = []
+    baseline: dict[str, Any] | None = None
+    for label, spec in rows_spec:
+        result = run(task, s, spec)
+        if baseline is None and spec == "none":
+            baseline = result
+        row = {"pruner": label, "spec": spec, **result}
+        if baseline is not None and spec != "none":
+            saved = 100.0 * (1 - result["optimizer steps"] / baseline["optimizer steps"])
+            points = 100.0 * (result["best dev accuracy"] - baseline["best dev accuracy"])
+            row["steps saved vs none %"] = saved
+            row["accuracy vs none (points)"] = points
+            row["target met"] = "yes" if saved >= TARGET_SAVED and points >= -TARGET_POINTS else "no"
+        elif spec == "none":
+            row["steps saved vs none %"] = 0.0
+            row["accuracy vs none (points)"] = 0.0
+            row["target met"] = "baseline"
+        rows.append(row)
+        print(f"{label}: {result}", flush=True)
+    load_after = common.loadavg()
+    meta = {
+        "command": common.command_line(),
+        "model": task.model_name,
+        "data": task.source,
+        "settings": {**s, "space": common.SPACE, "sampler": "TPESampler(seed=0)"},
+        "target": f">= {TARGET_SAVED:.0f}% fewer optimizer steps than none, best dev accuracy within "
+        f"{TARGET_POINTS:.0f} point",
+        "loadavg before": load_before,
+        "loadavg after": load_after,
+    }
+    common.write_table(a.out, NAME, "Pruning savings: none vs default vs hyperband", COLUMNS, rows, meta)
+    return {"rows": rows}
+
+
+if __name__ == "__main__":
+    main()
