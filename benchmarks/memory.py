@@ -1,0 +1,180 @@
+"""Figure 4: resident memory across 20 trials, ours vs transformers', with some trials pruned and one failing.
+
+Each side runs in a fresh interpreter: the same model_init, data, space, `TPESampler(seed=0)`,
+`MedianPruner(n_startup_trials=3)`, and one trial (the 8th) that raises at its 2nd step (caught with
+`catch=(RuntimeError,)`). "After trial k" is read when trial k+1 calls `model_init` (before it builds its model) and,
+for the last trial, when the search returns: the current RSS (psutil, or /proc/self/statm) and the peak RSS
+(ru_maxrss). Target: growth under 2% for ours from trial 1 to trial 20.
+
+    python benchmarks/memory.py            # default: MiniLM-L6, SST-2 subset, 20 trials
+    python benchmarks/memory.py --quick    # CI: tiny BERT from a config, 6 trials
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
+
+NAME = "memory"
+COLUMNS = [
+    "side",
+    "trials",
+    "completed/pruned/failed",
+    "RSS after trial 1 MiB",
+    "RSS after last trial MiB",
+    "RSS growth %",
+    "peak RSS after trial 1 MiB",
+    "peak RSS after last trial MiB",
+    "peak RSS growth %",
+    "target met",
+]
+TARGET_GROWTH = 2.0
+FAILING_TRIAL = 7  # 0-based: the 8th trial raises
+
+
+def settings(quick: bool, model: str | None) -> dict[str, Any]:
+    if quick:
+        return dict(model=model or "tiny-bert", n_train=64, n_dev=32, steps=6, eval_steps=2, n_trials=6, batch=16,
+                    failing=3)
+    return dict(model=model or "minilm", n_train=256, n_dev=64, steps=8, eval_steps=2, n_trials=20, batch=16,
+                failing=FAILING_TRIAL)
+
+
+class InjectedFailure(RuntimeError):
+    pass
+
+
+def side(name: str, s: dict[str, Any], data: str) -> dict[str, Any]:
+    import optuna
+    from transformers import TrainerCallback
+
+    common.quiet()
+    task = common.make_task(s["model"], data, s["n_train"], s["n_dev"])
+    snapshots: list[tuple[float, float]] = []  # (current, peak) after each trial
+    searching = False
+
+    def model_init(trial: Any = None) -> Any:
+        if searching:
+            snapshots.append((common.current_rss_mib(), common.peak_rss_mib()))
+        return task.model_init(trial)
+
+    class Fail(TrainerCallback):
+        """Raises at the 2nd step of one trial (counted by train() calls, the same on both sides)."""
+
+        def __init__(self) -> None:
+            self.calls = 0
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.calls += 1
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if self.calls == s["failing"] + 1 and state.global_step == 2:
+                raise InjectedFailure(f"injected failure in trial {s['failing']}")
+
+    rec = common.recorder()
+    train = dict(
+        max_steps=s["steps"], per_device_train_batch_size=s["batch"], eval_strategy="steps", eval_steps=s["eval_steps"]
+    )
+    out = tempfile.mkdtemp(prefix=f"mem-{name}-")
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=3)
+    if name == "ours":
+        from optuna_trainer import OptunaTrainer, OptunaTrainingArguments
+
+        args = OptunaTrainingArguments(
+            **common.train_args(out, **train), hp_space=common.SPACE, n_trials=s["n_trials"],
+            sampler={"name": "tpe", "seed": 0}, pruner=pruner, storage="memory", objective_metric="accuracy",
+            save_best_model=False,
+        )
+        trainer = OptunaTrainer(
+            model_init=model_init, args=args, train_dataset=task.train, eval_dataset=task.dev,
+            compute_metrics=common.compute_metrics, callbacks=[rec, Fail()],
+        )
+        searching = True
+        trainer.hyperparameter_search(catch=(InjectedFailure,))
+        states = [t.state.name for t in trainer.study.trials]
+    else:
+        from transformers import Trainer, TrainingArguments
+
+        trainer = Trainer(
+            model_init=model_init, args=TrainingArguments(**common.train_args(out, **train)),
+            train_dataset=task.train, eval_dataset=task.dev, compute_metrics=common.compute_metrics,
+            callbacks=[rec, Fail()],
+        )
+        searching = True
+        trainer.hyperparameter_search(
+            hp_space=common.hf_space(), compute_objective=lambda m: m["eval_accuracy"], n_trials=s["n_trials"],
+            direction="maximize", backend="optuna", sampler=optuna.samplers.TPESampler(seed=0), pruner=pruner,
+            catch=(InjectedFailure,),
+        )
+        # transformers returns no study: a trial that stopped early without the injected failure was pruned.
+        states = [
+            "FAIL" if i == s["failing"] else "COMPLETE" if t["steps"] == s["steps"] else "PRUNED"
+            for i, t in enumerate(rec.trials)
+        ]
+    snapshots.append((common.current_rss_mib(), common.peak_rss_mib()))
+    return {"snapshots": snapshots, "states": states, "data": task.source, "model": task.model_name}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = common.parser(__doc__.splitlines()[0])
+    a = p.parse_args(argv)
+    s = settings(a.quick, a.model)
+    if a.side:
+        common.write_side(a.side_out, side(a.side, s, a.data))
+        return {}
+    passthrough = [*(["--quick"] if a.quick else []), "--data", a.data, *(["--model", a.model] if a.model else [])]
+    load_before = common.loadavg()
+    results = {name: common.run_side(os.path.abspath(__file__), name, passthrough, timeout=900)
+               for name in ("ours", "transformers")}
+    load_after = common.loadavg()
+    rows = []
+    for name, label in (("ours", "OptunaTrainer"), ("transformers", "Trainer.hyperparameter_search (optuna)")):
+        snaps, states = results[name]["snapshots"], results[name]["states"]
+        # snaps[0] is read when trial 1 starts; snaps[k] after trial k.
+        (cur1, peak1), (cur_n, peak_n) = snaps[1], snaps[-1]
+        growth, peak_growth = 100 * (cur_n / cur1 - 1), 100 * (peak_n / peak1 - 1)
+        rows.append({
+            "side": label,
+            "trials": len(states),
+            "completed/pruned/failed": "/".join(str(states.count(x)) for x in ("COMPLETE", "PRUNED", "FAIL")),
+            "RSS after trial 1 MiB": cur1,
+            "RSS after last trial MiB": cur_n,
+            "RSS growth %": growth,
+            "peak RSS after trial 1 MiB": peak1,
+            "peak RSS after last trial MiB": peak_n,
+            "peak RSS growth %": peak_growth,
+            "target met": ("yes" if max(growth, peak_growth) < TARGET_GROWTH else "no") if name == "ours" else "n/a",
+            "states": states,
+            "RSS per trial MiB": [round(c, 1) for c, _ in snaps[1:]],
+            "peak RSS per trial MiB": [round(pk, 1) for _, pk in snaps[1:]],
+            "RSS before trial 1 MiB": round(snaps[0][0], 1),
+        })
+    meta = {
+        "command": common.command_line(),
+        "model": results["ours"]["model"],
+        "data": results["ours"]["data"],
+        "settings": {**s, "space": common.SPACE, "sampler": "TPESampler(seed=0)",
+                     "pruner": "MedianPruner(n_startup_trials=3)"},
+        "target": f"growth under {TARGET_GROWTH:.0f}% (current and peak RSS) for ours",
+        "GPU memory": "not measured: no GPU on this machine",
+        "RSS before trial 1 (ours, transformers)": [rows[0]["RSS before trial 1 MiB"], rows[1]["RSS before trial 1 MiB"]],
+        "RSS per trial (ours)": rows[0]["RSS per trial MiB"],
+        "RSS per trial (transformers)": rows[1]["RSS per trial MiB"],
+        "peak RSS per trial (ours)": rows[0]["peak RSS per trial MiB"],
+        "peak RSS per trial (transformers)": rows[1]["peak RSS per trial MiB"],
+        "trial states (ours)": rows[0]["states"],
+        "trial states (transformers)": rows[1]["states"],
+        "loadavg before": load_before,
+        "loadavg after": load_after,
+    }
+    common.write_table(a.out, NAME, "Memory across trials (pruned and failing trials included)", COLUMNS, rows, meta)
+    return {"rows": rows}
+
+
+if __name__ == "__main__":
+    main()
