@@ -73,6 +73,7 @@ class Task:
     source: str  # what the table states
     model_name: str
     model_init: Callable[..., Any]
+    collator: Any = None  # pads each batch to its longest sentence (SST-2 sentences are short)
 
 
 def _read_tsv(path: str) -> tuple[list[str], list[int]]:
@@ -168,7 +169,7 @@ def make_task(model: str, data_dir: str, n_train: int, n_dev: int, seed: int = 0
     (tr_s, tr_l), (dv_s, dv_l), source = load_sentences(data_dir, n_train, n_dev, seed)
 
     def encode(sentences: list[str], labels: list[int]) -> Any:
-        enc = tokenizer(sentences, truncation=True, max_length=MAX_SEQ_LENGTH, padding="max_length")
+        enc = tokenizer(sentences, truncation=True, max_length=MAX_SEQ_LENGTH)
         return Dataset.from_dict({**enc, "labels": labels})
 
     if model == "minilm":
@@ -186,7 +187,10 @@ def make_task(model: str, data_dir: str, n_train: int, n_dev: int, seed: int = 0
         def model_init(trial: Any = None) -> Any:
             return BertForSequenceClassification(config)
 
-    return Task(encode(tr_s, tr_l), encode(dv_s, dv_l), source, model_label(model, layers), model_init)
+    from transformers import DataCollatorWithPadding
+
+    collator = DataCollatorWithPadding(tokenizer)
+    return Task(encode(tr_s, tr_l), encode(dv_s, dv_l), source, model_label(model, layers), model_init, collator)
 
 
 def compute_metrics(pred: Any) -> dict[str, float]:

@@ -6,7 +6,7 @@ Same model_init, data, space (`common.SPACE`: learning_rate log 1e-6..1e-3, weig
 that its peak resident memory (ru_maxrss) is its own. Ours runs with `save_best_model=False` and in-memory storage,
 so that neither side writes files.
 
-    python benchmarks/head_to_head.py            # default: MiniLM-L6, SST-2 subset
+    python benchmarks/head_to_head.py            # default: MiniLM (first 3 layers), SST-2 subset, 8 trials
     python benchmarks/head_to_head.py --quick    # CI: tiny BERT from a config
 """
 
@@ -37,15 +37,17 @@ COLUMNS = [
 
 def settings(quick: bool, model: str | None) -> dict[str, Any]:
     if quick:
-        return dict(model=model or "tiny-bert", n_train=64, n_dev=64, steps=6, eval_steps=2, n_trials=4, batch=16)
-    return dict(model=model or "minilm", n_train=512, n_dev=256, steps=30, eval_steps=10, n_trials=8, batch=16)
+        return dict(model=model or "tiny-bert", layers=None, n_train=64, n_dev=64, steps=6, eval_steps=2, n_trials=4,
+                    batch=16)
+    return dict(model=model or "minilm", layers=3, n_train=1024, n_dev=256, steps=60, eval_steps=20, n_trials=8,
+                batch=16)
 
 
 def side(name: str, s: dict[str, Any], data: str) -> dict[str, Any]:
     import optuna
 
     common.quiet()
-    task = common.make_task(s["model"], data, s["n_train"], s["n_dev"])
+    task = common.make_task(s["model"], data, s["n_train"], s["n_dev"], layers=s["layers"])
     rec = common.recorder()
     train = dict(
         max_steps=s["steps"],
@@ -70,7 +72,7 @@ def side(name: str, s: dict[str, Any], data: str) -> dict[str, Any]:
         )
         trainer = OptunaTrainer(
             model_init=task.model_init, args=args, train_dataset=task.train, eval_dataset=task.dev,
-            compute_metrics=common.compute_metrics, callbacks=[rec],
+            compute_metrics=common.compute_metrics, data_collator=task.collator, callbacks=[rec],
         )
         best = trainer.hyperparameter_search()
         states = [t.state.name for t in trainer.study.trials]
@@ -80,7 +82,7 @@ def side(name: str, s: dict[str, Any], data: str) -> dict[str, Any]:
 
         trainer = Trainer(
             model_init=task.model_init, args=TrainingArguments(**common.train_args(out, **train)),
-            train_dataset=task.train, eval_dataset=task.dev, compute_metrics=common.compute_metrics, callbacks=[rec],
+            train_dataset=task.train, eval_dataset=task.dev, compute_metrics=common.compute_metrics, data_collator=task.collator, callbacks=[rec],
         )
         best = trainer.hyperparameter_search(
             hp_space=common.hf_space(),

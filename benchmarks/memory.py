@@ -92,7 +92,7 @@ def side(name: str, s: dict[str, Any], data: str) -> dict[str, Any]:
         )
         trainer = OptunaTrainer(
             model_init=model_init, args=args, train_dataset=task.train, eval_dataset=task.dev,
-            compute_metrics=common.compute_metrics, callbacks=[rec, Fail()],
+            compute_metrics=common.compute_metrics, data_collator=task.collator, callbacks=[rec, Fail()],
         )
         searching = True
         trainer.hyperparameter_search(catch=(InjectedFailure,))
@@ -102,7 +102,7 @@ def side(name: str, s: dict[str, Any], data: str) -> dict[str, Any]:
 
         trainer = Trainer(
             model_init=model_init, args=TrainingArguments(**common.train_args(out, **train)),
-            train_dataset=task.train, eval_dataset=task.dev, compute_metrics=common.compute_metrics,
+            train_dataset=task.train, eval_dataset=task.dev, compute_metrics=common.compute_metrics, data_collator=task.collator,
             callbacks=[rec, Fail()],
         )
         searching = True

@@ -6,7 +6,7 @@ pruner none, in-memory storage, no best-model save). The runs alternate in one p
 ...) after one warm-up run of each, and the ratio is the median of the per-pair ratios. The final training loss of
 both must be equal: identical is the aim, the table states the largest difference seen.
 
-    python benchmarks/overhead.py            # default: MiniLM-L6, SST-2 subset, 24 steps, 7 pairs
+    python benchmarks/overhead.py            # default: MiniLM-L6, SST-2 subset, 32 steps, 7 pairs
     python benchmarks/overhead.py --quick    # CI: tiny BERT from a config, 4 steps, 2 pairs
 """
 
@@ -36,7 +36,7 @@ def run_plain(task: common.Task, settings: dict[str, Any], out: str) -> tuple[fl
         args=TrainingArguments(**common.train_args(out, **settings)),
         train_dataset=task.train,
         eval_dataset=task.dev,
-        compute_metrics=common.compute_metrics,
+        compute_metrics=common.compute_metrics, data_collator=task.collator,
     )
     result = trainer.train()
     seconds = time.perf_counter() - start
@@ -63,7 +63,7 @@ def run_ours(task: common.Task, settings: dict[str, Any], out: str) -> tuple[flo
         args=args,
         train_dataset=task.train,
         eval_dataset=task.dev,
-        compute_metrics=common.compute_metrics,
+        compute_metrics=common.compute_metrics, data_collator=task.collator,
     )
     trainer.hyperparameter_search()
     seconds = time.perf_counter() - start
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     common.quiet()
     model = a.model or ("tiny-bert" if a.quick else "minilm")
     pairs = a.pairs or (2 if a.quick else 7)
-    steps = a.steps or (4 if a.quick else 24)
+    steps = a.steps or (4 if a.quick else 32)
     n_train, n_dev = (64, 64) if a.quick else (512, 256)
     task = common.make_task(model, a.data, n_train, n_dev)
     settings = dict(

@@ -56,7 +56,7 @@ def worker(s: dict[str, Any], data: str, storage: str, study_name: str, n_trials
         )
         trainer = OptunaTrainer(
             model_init=task.model_init, args=args, train_dataset=task.train, eval_dataset=task.dev,
-            compute_metrics=common.compute_metrics,
+            compute_metrics=common.compute_metrics, data_collator=task.collator,
         )
         trainer.hyperparameter_search()
 

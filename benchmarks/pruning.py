@@ -32,8 +32,8 @@ def settings(quick: bool, model: str | None, layers: int | None) -> dict[str, An
     if quick:
         return dict(model=model or "tiny-bert", layers=None, n_train=64, n_dev=64, steps=8, eval_steps=2, n_trials=6,
                     batch=16)
-    return dict(model=model or "minilm", layers=layers or 3, n_train=512, n_dev=128, steps=30, eval_steps=5,
-                n_trials=16, batch=16)
+    return dict(model=model or "minilm", layers=layers or 3, n_train=1024, n_dev=256, steps=60, eval_steps=10,
+                n_trials=12, batch=16)
 
 
 def pruners(s: dict[str, Any]) -> list[tuple[str, Any]]:
@@ -69,7 +69,7 @@ def run(task: common.Task, s: dict[str, Any], pruner: Any) -> dict[str, Any]:
         )
         trainer = OptunaTrainer(
             model_init=task.model_init, args=args, train_dataset=task.train, eval_dataset=task.dev,
-            compute_metrics=common.compute_metrics, callbacks=[rec],
+            compute_metrics=common.compute_metrics, data_collator=task.collator, callbacks=[rec],
         )
         start = time.perf_counter()
         trainer.hyperparameter_search()
@@ -81,6 +81,8 @@ def run(task: common.Task, s: dict[str, Any], pruner: Any) -> dict[str, Any]:
         "wall seconds": seconds,
         "best dev accuracy": trainer.study.best_value,
         "per-trial steps": [t["steps"] for t in rec.trials],
+        "per-trial accuracies": [t["accuracy"] for t in rec.trials],
+        "per-trial values": [t["values"] for t in rec.trials],
     }
 
 
