@@ -32,6 +32,7 @@ class SearchSettings:
     n_trials: int
     timeout: float | None
     sampler: optuna.samplers.BaseSampler
+    sampler_spec: Any
     pruner: optuna.pruners.BasePruner
     storage: optuna.storages.BaseStorage | None
     storage_description: str
@@ -54,7 +55,7 @@ class SearchSettings:
             "direction": self.objective.directions if self.objective.multi else self.objective.directions[0],
             "n_trials": self.n_trials,
             "timeout": self.timeout,
-            "sampler": describe_sampler(self.sampler),
+            "sampler": describe_sampler(self.sampler, self.sampler_spec),
             "pruner": describe_pruner(self.pruner),
             "storage": self.storage_description,
             "study_name": self.study_name,
@@ -115,7 +116,8 @@ def resolve_settings(
         direction=args.direction if direction is None else direction,
     )
     declarative = space if isinstance(space, SearchSpace) else None
-    sampler = build_sampler(kwargs.get("sampler", args.sampler), declarative)
+    sampler_spec = kwargs.get("sampler", args.sampler)
+    sampler = build_sampler(sampler_spec, declarative)
     pruner = build_pruner(kwargs.get("pruner", args.pruner))
     if objective.multi and not isinstance(pruner, optuna.pruners.NopPruner):
         notes.append(f"{len(objective.directions)} objectives: Optuna cannot prune multi-objective trials, pruning is off")
@@ -137,6 +139,7 @@ def resolve_settings(
         n_trials=n_trials,
         timeout=timeout,
         sampler=sampler,
+        sampler_spec=sampler_spec,
         pruner=pruner,
         storage=storage,
         storage_description=storage_description,
