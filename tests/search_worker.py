@@ -1,6 +1,6 @@
 """One search worker, run as a subprocess by the storage tests: `python -m tests.search_worker '<json>'`.
 
-The JSON holds `OptunaTrainingArguments` overrides over `tests.helpers.base_args` plus `hp_space`, and a `_test` entry
+The JSON holds `OptunaTrainingArguments` overrides over `tests.helpers.base_args` (`hp_space` among them), and a `_test` entry
 that steers this script:
     record: a file to which every `train()` call appends one JSON line (pid, run_dir, first step it trained);
     pause_run / pause_step / marker: in the run directory named `pause_run`, once the checkpoint of `pause_step` is
@@ -56,7 +56,6 @@ class _Steer(TrainerCallback):
 
 def main(spec: dict[str, Any]) -> None:
     test = spec.pop("_test", {})
-    hp_space = spec.pop("hp_space")
     args = OptunaTrainingArguments(**base_args(spec.pop("output_dir"), **spec))
     trainer = OptunaTrainer(
         model_init=tiny_model,
@@ -66,7 +65,7 @@ def main(spec: dict[str, Any]) -> None:
         compute_metrics=compute_metrics,
         callbacks=[_Steer(test)],
     )
-    trainer.hyperparameter_search(hp_space=hp_space)
+    trainer.hyperparameter_search()
     study = trainer.study
     pid_trials = [t for t in study.trials if t.user_attrs.get("worker", "").endswith(f":{os.getpid()}")]
     finished = sum(t.state.is_finished() and t.state.name != "FAIL" for t in study.trials)
