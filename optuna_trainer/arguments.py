@@ -214,6 +214,14 @@ class OptunaTrainingArguments(TrainingArguments):
             d["storage"] = mask_url(d["storage"])
         return d
 
+    def __str__(self) -> str:
+        # TrainingArguments prints every field (users log `args`): a password in the storage URL is masked.
+        from .storage import mask_url
+
+        return mask_url(super().__str__())
+
+    __repr__ = __str__
+
     def __getstate__(self) -> dict[str, Any]:
         # Checkpoints pickle the arguments (training_args.bin): drop what may not pickle (a lambda space, a sampler).
         state = dict(self.__dict__)

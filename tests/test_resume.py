@@ -13,6 +13,7 @@ from transformers import TrainerCallback
 
 from optuna_trainer import OptunaTrainer, OptunaTrainingArguments
 from tests.helpers import base_args, compute_metrics, make_dataset, tiny_model
+from tests.logcapture import capture_logs
 from tests.subprocs import kill, start_worker, wait_all, wait_for_file
 
 HP = {"learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}}
@@ -37,19 +38,19 @@ def _states(study: optuna.Study) -> list[str]:
 
 
 class TestResumeAfterFinish:
-    def test_same_command_runs_nothing_more_and_n_trials_is_the_total(self, out_dir, capfd):
+    def test_same_command_runs_nothing_more_and_n_trials_is_the_total(self, out_dir):
         first = _trainer(out_dir)
         best = first.hyperparameter_search(hp_space=HP)
         assert (out_dir / "optuna_study.db").is_file()  # the embedded default under output_dir
         assert _states(first.study) == ["COMPLETE", "COMPLETE"]
         saved = json.loads((out_dir / "best_model" / "trial.json").read_text())
-        capfd.readouterr()
 
         again = _trainer(out_dir)  # same command: same default storage and study name
-        best_again = again.hyperparameter_search(hp_space=HP)
+        with capture_logs() as logs:
+            best_again = again.hyperparameter_search(hp_space=HP)
         assert again.study.study_name == out_dir.name
         assert _states(again.study) == ["COMPLETE", "COMPLETE"]
-        assert "already has 2 finished trials of n_trials=2; no trial to run" in capfd.readouterr().err
+        assert "already has 2 finished trials of n_trials=2; no trial to run" in logs.text
         assert (best_again.run_id, best_again.objective) == (best.run_id, best.objective)
         assert json.loads((out_dir / "best_model" / "trial.json").read_text()) == saved
 
@@ -69,14 +70,14 @@ class _Interrupt(TrainerCallback):
 
 
 class TestCtrlC:
-    def test_marks_the_running_trial_failed_and_the_next_run_completes_the_budget(self, out_dir, capfd):
+    def test_marks_the_running_trial_failed_and_the_next_run_completes_the_budget(self, out_dir):
         trainer = _trainer(out_dir, callbacks=[_Interrupt()], n_trials=3, save_strategy="steps", save_steps=2)
-        with pytest.raises(KeyboardInterrupt):
+        with capture_logs() as logs, pytest.raises(KeyboardInterrupt):
             trainer.hyperparameter_search(hp_space=HP)
         study = trainer.study
         assert _states(study) == ["COMPLETE", "FAIL"]  # nothing left RUNNING
         assert study.trials[1].user_attrs["fail_reason"].startswith("KeyboardInterrupt")
-        assert "Interrupted: the running trial is marked FAIL" in capfd.readouterr().err
+        assert "Interrupted: the running trial is marked FAIL" in logs.text
         # The trainer is usable again: its model and arguments were restored.
         assert trainer.args.output_dir == str(out_dir) and trainer.model is not None
 
