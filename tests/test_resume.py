@@ -104,7 +104,7 @@ class TestResumeAfterSigkill:
         }
         started = time.monotonic()
         proc = start_worker(spec, tmp_path / "first.log")
-        wait_for_file(marker, proc, tmp_path / "first.log", timeout=180)
+        wait_for_file(marker, proc, tmp_path / "first.log", timeout=120)
         kill(proc)  # SIGKILL: no finally, no tell; trial 1 stays RUNNING with checkpoint-2 and checkpoint-4
         proc.wait(timeout=30)
         assert (out_dir / "run-1" / "checkpoint-4").is_dir()
@@ -113,7 +113,7 @@ class TestResumeAfterSigkill:
         assert [t.state for t in killed.trials] == [TrialState.COMPLETE, TrialState.RUNNING]
 
         second = start_worker(spec, tmp_path / "second.log")
-        (result,) = wait_all([(second, tmp_path / "second.log")], timeout=240)
+        (result,) = wait_all([(second, tmp_path / "second.log")], timeout=150)
         elapsed = time.monotonic() - started
 
         study = optuna.load_study(study_name="crash", storage=storage)

@@ -11,9 +11,11 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from optuna_trainer.claims import local_lock
 from optuna_trainer.storage import open_storage
 from optuna_trainer.workers import run_trials
 from tests.helpers import require_service
+from tests.logcapture import capture_logs
 from tests.subprocs import start_worker, wait_all
 
 PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -194,7 +196,7 @@ class TestThreeWorkerProcesses:
                 "_test": {"trial_sleep": 1.0},
             }
             procs.append((start_worker(spec, tmp_path / f"worker-{i}.log"), tmp_path / f"worker-{i}.log"))
-        results = wait_all(procs, timeout=300)
+        results = wait_all(procs, timeout=240)
         elapsed = time.monotonic() - started
 
         study = optuna.load_study(study_name=study_name, storage=open_storage(storage, str(tmp_path)).storage)
@@ -212,3 +214,51 @@ class TestThreeWorkerProcesses:
         workers = {t.user_attrs["worker"] for t in trials}
         assert len(workers) >= 2, f"the trials did not overlap: {workers}"
         print(f"3 workers on {kind}: {elapsed:.1f} s, trials per worker {[r['ran'] for r in results]}")
+
+
+class TestRunTrialsLoop:
+    """The loop on its own, on the in-memory storage: budget, Study.stop(), timeout."""
+
+    def _study(self, finished: int) -> optuna.Study:
+        study = optuna.create_study()
+        for x in range(finished):
+            study.add_trial(optuna.create_trial(params={"x": float(x)}, distributions={"x": _X}, value=float(x)))
+        return study
+
+    def _run(self, study: optuna.Study, n_trials: int, **kwargs) -> int:
+        return run_trials(study, lambda t: t.suggest_float("x", 0, 10), n_trials=n_trials, lock=local_lock(), **kwargs)
+
+    def test_runs_the_difference_and_nothing_on_a_finished_study(self):
+        study = self._study(2)
+        with capture_logs() as logs:
+            assert self._run(study, 5) == 3
+            assert self._run(study, 5) == 0
+        assert len(study.trials) == 5
+        assert "has 5 finished trials of n_trials=5: done (this worker ran 0)" in logs.text
+
+    def test_failed_trials_do_not_count(self):
+        study = self._study(0)
+        calls = []
+
+        def sometimes_fails(trial: optuna.Trial) -> float:
+            calls.append(trial.number)
+            if trial.number == 1:
+                raise RuntimeError("boom")
+            return trial.suggest_float("x", 0, 10)
+
+        run_trials(study, sometimes_fails, n_trials=3, lock=local_lock(), catch=(RuntimeError,))
+        assert [t.state.name for t in study.trials] == ["COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]
+
+    def test_study_stop_from_a_callback_ends_the_loop(self):
+        study = self._study(0)
+        stop_after_two = optuna.study.MaxTrialsCallback(2)
+        assert self._run(study, 10, callbacks=[stop_after_two]) == 2
+
+    def test_pruned_trials_count(self):
+        study = self._study(0)
+
+        def pruned(trial: optuna.Trial) -> float:
+            raise optuna.TrialPruned()
+
+        assert run_trials(study, pruned, n_trials=2, lock=local_lock()) == 2
+        assert [t.state.name for t in study.trials] == ["PRUNED", "PRUNED"]
