@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import uuid
 
 import optuna
 import pytest
@@ -12,10 +13,12 @@ from optuna.trial import TrialState
 from transformers import TrainerCallback
 
 from optuna_trainer import OptunaTrainer, OptunaTrainingArguments
-from tests.helpers import base_args, compute_metrics, make_dataset, tiny_model
+from optuna_trainer.storage import open_storage
+from tests.helpers import base_args, compute_metrics, make_dataset, require_service, tiny_model
 from tests.logcapture import capture_logs
 from tests.subprocs import kill, start_worker, wait_all, wait_for_file
 
+PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 HP = {"learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}}
 
 
@@ -86,13 +89,20 @@ class TestCtrlC:
         assert _states(again.study) == ["COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]
 
 
+@pytest.mark.parametrize("kind", ["sqlite default", "postgresql"])
 class TestResumeAfterSigkill:
-    def test_stale_trial_is_retried_with_its_params_from_its_checkpoint(self, tmp_path):
+    def test_stale_trial_is_retried_with_its_params_from_its_checkpoint(self, kind, tmp_path):
         out_dir = tmp_path / "crash"
         marker, record = tmp_path / "paused", tmp_path / "steps.jsonl"
+        if kind == "postgresql":
+            require_service("PostgreSQL", "127.0.0.1", 5432)
+            storage, study_name = PG, f"t-crash-{uuid.uuid4().hex[:10]}"
+        else:
+            storage, study_name = f"sqlite:///{out_dir / 'optuna_study.db'}", "crash"
         spec = {
             "output_dir": str(out_dir),
-            "storage": None,  # the embedded SQLite default
+            "storage": PG if kind == "postgresql" else None,  # None: the embedded SQLite default
+            "study_name": study_name,
             "n_trials": 3,
             "heartbeat_interval": 1,  # stale after 2 s without a heartbeat
             "pruner": "none",
@@ -102,21 +112,29 @@ class TestResumeAfterSigkill:
             "hp_space": HP,
             "_test": {"record": str(record), "marker": str(marker), "pause_run": "run-1", "pause_step": 4},
         }
+        try:
+            self._crash_and_resume(spec, storage, study_name, tmp_path, kind)
+        finally:
+            if kind == "postgresql":
+                optuna.delete_study(study_name=study_name, storage=open_storage(PG, ".").storage)
+
+    def _crash_and_resume(self, spec, storage, study_name, tmp_path, kind) -> None:
+        out_dir, marker, record = tmp_path / "crash", tmp_path / "paused", tmp_path / "steps.jsonl"
         started = time.monotonic()
         proc = start_worker(spec, tmp_path / "first.log")
         wait_for_file(marker, proc, tmp_path / "first.log", timeout=120)
         kill(proc)  # SIGKILL: no finally, no tell; trial 1 stays RUNNING with checkpoint-2 and checkpoint-4
         proc.wait(timeout=30)
         assert (out_dir / "run-1" / "checkpoint-4").is_dir()
-        storage = f"sqlite:///{out_dir / 'optuna_study.db'}"
-        killed = optuna.load_study(study_name="crash", storage=storage)
+        storage = open_storage(storage, ".", heartbeat_interval=None).storage  # after the worker created it
+        killed = optuna.load_study(study_name=study_name, storage=storage)
         assert [t.state for t in killed.trials] == [TrialState.COMPLETE, TrialState.RUNNING]
 
         second = start_worker(spec, tmp_path / "second.log")
         (result,) = wait_all([(second, tmp_path / "second.log")], timeout=150)
         elapsed = time.monotonic() - started
 
-        study = optuna.load_study(study_name="crash", storage=storage)
+        study = optuna.load_study(study_name=study_name, storage=storage)
         trials = study.trials
         assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
         assert result == {"ran": 2, "finished": 3}  # the retry and one new trial: the total is n_trials
@@ -132,4 +150,4 @@ class TestResumeAfterSigkill:
         assert [(os.path.basename(r["run_dir"]), r["first_step"]) for r in second_run] == [("run-1", 5), ("run-3", 1)]
         # The evaluations the original reported up to its checkpoint were carried over (eval every 2 steps).
         assert sorted(retry.intermediate_values) == [2, 4, 6, 8]
-        print(f"crash/resume test: {elapsed:.1f} s, trials {[t.state.name for t in trials]}")
+        print(f"crash/resume test on {kind}: {elapsed:.1f} s, trials {[t.state.name for t in trials]}")
