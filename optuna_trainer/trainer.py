@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import shutil
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -26,10 +27,13 @@ from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, BestRun, HPSearchBackend
 
 from .arguments import OptunaTrainingArguments
+from .claims import local_lock
 from .models import InitialModel, apply_config_values
 from .pruning import OptunaPruningCallback
+from .resume import find_resume_point
 from .search_space import SearchSpace, check_key, check_model_keys, split_params
 from .settings import SearchSettings, resolve_settings
+from .workers import run_trials
 
 logger = logging.getLogger(__name__)
 
@@ -153,14 +157,24 @@ class OptunaTrainer(Trainer):
             state.best_value = study.best_value
             state.best_run_dir = study.best_trial.user_attrs.get("run_dir")
         try:
-            study.optimize(
+            # `n_trials` is the study's total over every run and worker: see workers.py for how it is kept exact.
+            run_trials(
+                study,
                 lambda trial: self._run_trial(trial, settings, base_args, state),
-                n_trials=n_trials,
+                n_trials=settings.n_trials,
+                lock=settings.claim_lock or local_lock(),
+                heartbeat_interval=settings.heartbeat_interval,
                 timeout=settings.timeout,
                 catch=settings.catch,
-                callbacks=[optuna.study.MaxTrialsCallback(settings.n_trials, states=_FINISHED), *settings.callbacks],
+                callbacks=settings.callbacks,
                 gc_after_trial=settings.gc_after_trial,
             )
+        except KeyboardInterrupt:
+            logger.warning(
+                f"Interrupted: the running trial is marked FAIL and study {settings.study_name!r} is consistent; run "
+                "the same command again to continue it"
+            )
+            raise
         finally:
             self.model_init = user_model_init
             self._trial_model_values = {}
@@ -189,15 +203,25 @@ class OptunaTrainer(Trainer):
         args_values, model_values = split_params(values)
         run_name = settings.hp_name(trial) if settings.hp_name is not None else f"run-{trial.number}"
         run_dir = os.path.join(base_args.output_dir, run_name)
+        # A trial re-queued after its worker died continues in the original's run directory, from its checkpoint.
+        resume = find_resume_point(trial)
+        if resume is not None and resume.checkpoint is not None:
+            run_dir = resume.run_dir
+            trial.set_user_attr("resumed_from_checkpoint", resume.checkpoint)
         trial.set_user_attr("run_dir", run_dir)
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         self._set_args(base_args.trial_arguments(args_values, output_dir=run_dir))
         self._trial_model_values = model_values
         objective = dataclasses.replace(settings.objective, history=[])
         callback = OptunaPruningCallback(trial, objective, prune=not objective.multi)
         self.add_callback(callback)
+        if resume is not None and resume.history and not objective.multi:
+            for step, value in resume.history:
+                trial.report(value, step)
+                objective.record(step, value)
         finished = False
         try:
-            self.train(trial=trial)
+            self.train(resume_from_checkpoint=resume.checkpoint if resume is not None else None, trial=trial)
             if not objective.history:
                 # No evaluation during training: evaluate once at the end (nothing left to prune).
                 callback.prune = False
@@ -206,6 +230,11 @@ class OptunaTrainer(Trainer):
             callback.check_pruned()
             value = self._trial_value(callback, objective)
             finished = True
+            if not objective.multi:
+                # Other workers of the study may have found better trials since this worker last looked.
+                study_best = _best_value(trial.study)
+                if study_best is not None and _is_better(study_best, state.best_value, objective.directions[0]):
+                    state.best_value = study_best
             if not objective.multi and _is_better(value, state.best_value, objective.directions[0]):
                 state.best_value = value
                 self._save_best(trial, value, values, run_dir, state)
@@ -214,7 +243,7 @@ class OptunaTrainer(Trainer):
             trial.set_user_attr("pruned_at_step", callback.pruned_at)
             trial.set_user_attr("stopped_reason", callback.stopped_reason)
             raise
-        except Exception as err:
+        except (Exception, KeyboardInterrupt) as err:
             trial.set_user_attr("fail_reason", f"{type(err).__name__}: {err}"[:2000])
             raise
         finally:
