@@ -51,6 +51,10 @@ _CONTROL_TIMEOUT_FACTOR = 3
 _CONTROL_TIMEOUT_MARGIN_S = 60
 
 
+class CoordinationError(RuntimeError):
+    """The control group itself failed (a process crashed or hung): the search cannot go on on any rank."""
+
+
 class PeerFailedError(RuntimeError):
     """This rank stopped because another rank failed or left the trial (the trial's error is the other rank's)."""
 
@@ -129,6 +133,7 @@ class Coordinator:
             seconds=_CONTROL_TIMEOUT_FACTOR * timeout_s + _CONTROL_TIMEOUT_MARGIN_S
         )
         self.backend = dist.get_backend()
+        _apply_timeout(self.timeout)
         # The rendezvous store outlives the process groups: rebuilding them after a failed trial reuses it.
         self._store = dist.distributed_c10d._get_default_store()
         self._generation = 0
@@ -164,7 +169,14 @@ class Coordinator:
 
     def _exchange(self, record: tuple[Any, ...]) -> list[tuple[Any, ...]]:
         gathered: list[Any] = [None] * self.world_size
-        dist.all_gather_object(gathered, record, group=self.control_group)
+        try:
+            dist.all_gather_object(gathered, record, group=self.control_group)
+        except Exception as err:
+            raise CoordinationError(
+                f"rank {self.rank}: the processes of the search lost each other ({type(err).__name__}: {err}); "
+                f"another process probably crashed or hung for more than {self.control_timeout}"
+            ) from err
+        logger.debug(f"rank {self.rank}: {record[0]} -> {[r[0] for r in gathered]}")
         return gathered
 
     def share(self, value: Any = None) -> Any:
@@ -279,6 +291,8 @@ class Coordinator:
                 return
             try:
                 self.run_trial(lambda: objective(SyncTrial(None, self.trial_group)))
+            except CoordinationError:
+                raise
             except (optuna.TrialPruned, Exception):  # noqa: BLE001 - rank 0 records the trial and decides what's next
                 pass
             if gc_after_trial:
@@ -314,6 +328,23 @@ class Coordinator:
                 raise error
             raise errors[0]
         return result
+
+
+def _apply_timeout(timeout: datetime.timedelta) -> None:
+    """Make the training group time out after `ddp_timeout`, as the user asked.
+
+    transformers passes `ddp_timeout` to accelerate except with `use_cpu=True`, where gloo keeps torch's 30-minute
+    default: a rank left waiting by a failed peer would then wait that long. torch has no public setter for an existing
+    group's timeout; `_set_pg_timeout` is the one it ships (used since torch 2.2), hence the private name.
+    """
+    setter = getattr(dist.distributed_c10d, "_set_pg_timeout", None)
+    if setter is None:
+        logger.warning(f"this torch cannot set the process group's timeout; ddp_timeout={timeout} may not apply")
+        return
+    try:
+        setter(timeout)
+    except Exception as err:  # noqa: BLE001 - the search works without it, only slower to fail
+        logger.warning(f"could not set the process group's timeout to {timeout}: {err}")
 
 
 def _errors(records: list[tuple[Any, ...]]) -> list[BaseException]:

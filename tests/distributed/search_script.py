@@ -119,7 +119,7 @@ def main() -> None:
         record["study_is_none"] = trainer.study is None
         if trainer.study is not None:
             record["trials"] = [
-                {"number": t.number, "state": t.state.name, "params": {k: _hex(v) for k, v in t.params.items()},
+                {"number": t.number, "state": t.state.name, "value": t.value, "params": {k: _hex(v) for k, v in t.params.items()},
                  "user_attrs": t.user_attrs}
                 for t in trainer.study.trials
             ]
