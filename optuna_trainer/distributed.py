@@ -154,15 +154,20 @@ class Coordinator:
         re-initialized on the same store under a new prefix; accelerate and DDP look it up at each use.
         """
         self._generation += 1
-        dist.destroy_process_group()
-        dist.init_process_group(
-            backend=self.backend,
-            store=dist.PrefixStore(f"optuna_trainer/{self._generation}/", self._store),
-            rank=self.rank,
-            world_size=self.world_size,
-            timeout=self.timeout,
-        )
-        self._make_groups()
+        try:
+            dist.destroy_process_group()
+            dist.init_process_group(
+                backend=self.backend,
+                store=dist.PrefixStore(f"optuna_trainer/{self._generation}/", self._store),
+                rank=self.rank,
+                world_size=self.world_size,
+                timeout=self.timeout,
+            )
+            self._make_groups()
+        except Exception as err:
+            raise CoordinationError(
+                f"rank {self.rank}: could not rebuild the process groups after a failed trial: {err}"
+            ) from err
         logger.debug(f"rank {self.rank}: process groups rebuilt after a failed trial (generation {self._generation})")
 
     # ---- exchanges --------------------------------------------------------------------------------------------
@@ -253,6 +258,10 @@ class Coordinator:
             try:
                 return self.run_trial(lambda: objective(SyncTrial(trial, self.trial_group)))
             except optuna.TrialPruned:
+                raise
+            except CoordinationError:
+                # The processes lost each other: no further trial can run, whatever `catch` says.
+                trial.study.stop()
                 raise
             except Exception as err:
                 # The trainer recorded this rank's error; the trial's error may come from another rank.
