@@ -34,6 +34,7 @@ import datetime
 import gc
 import logging
 import pickle
+import traceback
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -207,24 +208,30 @@ class Coordinator:
         Returns rank 0's value; raises `optuna.TrialPruned` when rank 0 pruned the trial, or the trial's error (from
         any rank) on every rank.
         """
-        outcome: tuple[str, Any]
+        outcome: tuple[Any, ...]
+        local_error: BaseException | None = None
         try:
             outcome = ("ok", run())
         except optuna.TrialPruned as err:
             outcome = ("pruned", str(err))
         except Exception as err:  # noqa: BLE001 - every rank learns of it below
-            outcome = ("failed", _portable(err))
+            local_error = err
+            outcome = ("failed", _portable(err), "".join(traceback.format_exception(err)))
         outcomes = self._finish(outcome)
-        failures = [(rank, o[1]) for rank, o in enumerate(outcomes) if o[0] == "failed"]
-        if failures:
-            self._rebuild_groups()
-            error = _primary([err for _, err in failures])
-            failed_ranks = ", ".join(str(rank) for rank, err in failures if not _is_collateral(err))
-            raise _with_note(error, f"the trial failed on rank {failed_ranks or failures[0][0]}")
-        kind, value = outcomes[0]
-        if kind == "pruned":
-            raise optuna.TrialPruned(value)
-        return value
+        failures = [(rank, o) for rank, o in enumerate(outcomes) if o[0] == "failed"]
+        if not failures:
+            kind, value = outcomes[0]
+            if kind == "pruned":
+                raise optuna.TrialPruned(value)
+            return value
+        self._rebuild_groups()
+        error = _primary([o[1] for _, o in failures])
+        source = next(rank for rank, o in failures if o[1] is error)
+        if source == self.rank and local_error is not None:
+            error = local_error  # this rank's own error, with its traceback
+        elif self.is_main and len(outcomes[source]) > 2:
+            logger.error(f"Trial failed on rank {source}:\n{outcomes[source][2]}")
+        raise _with_note(error, f"the trial failed on rank {source}")
 
     def _finish(self, outcome: tuple[str, Any]) -> list[tuple[str, Any]]:
         # Repeat until every rank is here: a rank still training meets this record in its own `decide` exchange,
