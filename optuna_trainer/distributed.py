@@ -199,7 +199,7 @@ class Coordinator:
         records = self._exchange(("check", self.rank, local))
         errors = _errors(records)
         if errors:
-            return _primary(errors)
+            return _primary(errors)[1]
         return records[0][2]
 
     def run_trial(self, run: Callable[[], Any]) -> Any:
@@ -225,11 +225,10 @@ class Coordinator:
                 raise optuna.TrialPruned(value)
             return value
         self._rebuild_groups()
-        error = _primary([o[1] for _, o in failures])
-        source = next(rank for rank, o in failures if o[1] is error)
-        if source == self.rank and local_error is not None:
+        source, error = _primary([(rank, o[1]) for rank, o in failures])
+        if source == self.rank and local_error is not None and _origin(local_error, self.rank) == self.rank:
             error = local_error  # this rank's own error, with its traceback
-        elif self.is_main and len(outcomes[source]) > 2:
+        elif self.is_main and outcomes[source][0] == "failed" and len(outcomes[source]) > 2:
             logger.error(f"Trial failed on rank {source}:\n{outcomes[source][2]}")
         raise _with_note(error, f"the trial failed on rank {source}")
 
@@ -363,18 +362,32 @@ def _apply_timeout(timeout: datetime.timedelta) -> None:
         logger.warning(f"could not set the process group's timeout to {timeout}: {err}")
 
 
-def _errors(records: list[tuple[Any, ...]]) -> list[BaseException]:
-    errors: list[BaseException] = []
+def _errors(records: list[tuple[Any, ...]]) -> list[tuple[int, BaseException]]:
+    errors: list[tuple[int, BaseException]] = []
     for record in records:
+        rank = record[1]
         if record[0] == "check" and isinstance(record[2], BaseException):
-            errors.append(record[2])
+            errors.append((rank, record[2]))
         elif record[0] == "end":
             outcome = record[2]
             if outcome[0] == "failed":
-                errors.append(outcome[1])
+                errors.append((rank, outcome[1]))
             else:
-                errors.append(PeerFailedError(f"rank {record[1]} ended the trial while this rank was evaluating"))
+                errors.append((rank, PeerFailedError(f"rank {rank} ended the trial while this rank was evaluating")))
+    for rank, err in errors:
+        # A rank that raises this error because of an exchange raises a copy: remember where it came from, so that
+        # the end of the trial names the rank where it happened.
+        if _ORIGIN not in vars(err):
+            setattr(err, _ORIGIN, rank)
     return errors
+
+
+_ORIGIN = "optuna_trainer_rank"
+
+
+def _origin(err: BaseException, rank: int) -> int:
+    """The rank where `err` was first raised (`rank` itself unless it came from an exchange)."""
+    return getattr(err, _ORIGIN, rank)
 
 
 def _is_collateral(err: BaseException) -> bool:
@@ -389,12 +402,17 @@ def _is_collateral(err: BaseException) -> bool:
     )
 
 
-def _primary(errors: list[BaseException]) -> BaseException:
-    """The error that caused the others: the first (in rank order) that is not a timeout or a peer's failure."""
-    for err in errors:
+def _primary(errors: list[tuple[int, BaseException]]) -> tuple[int, BaseException]:
+    """The error that caused the others, and the rank where it was raised: the first (in rank order) raised where it
+    happened that is not a timeout or a peer's failure."""
+    for rank, err in errors:
+        if _origin(err, rank) == rank and not _is_collateral(err):
+            return rank, err
+    for rank, err in errors:
         if not _is_collateral(err):
-            return err
-    return errors[0]
+            return _origin(err, rank), err
+    rank, err = errors[0]
+    return _origin(err, rank), err
 
 
 def _with_note(err: BaseException, note: str) -> BaseException:

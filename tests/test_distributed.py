@@ -113,9 +113,24 @@ class TestFollow:
 
 def test_primary_error_is_the_cause_not_the_timeouts():
     boom = ValueError("boom")
-    assert _primary([GLOO_TIMEOUT, boom]) is boom
-    assert _primary([PeerFailedError("x"), GLOO_TIMEOUT]).__class__ is PeerFailedError
+    assert _primary([(0, GLOO_TIMEOUT), (1, boom)]) == (1, boom)
+    assert _primary([(0, PeerFailedError("x")), (1, GLOO_TIMEOUT)])[1].__class__ is PeerFailedError
     assert _is_collateral(GLOO_TIMEOUT) and not _is_collateral(boom)
+
+
+def test_an_error_rank_0_raised_because_of_rank_1_is_rank_1s():
+    # Rank 1 raised at an evaluation and left; rank 0 learnt it in its pruning exchange and raised a copy.
+    c = FakeCoordinator(0, [[("check", 0, None), ("end", 1, ("failed", ValueError("eval boom")))]])
+    copy = c.decide(None)
+    assert isinstance(copy, ValueError)
+    c.replies = [[("end", 0, ("failed", copy)), ("end", 1, ("failed", ValueError("eval boom")))]]
+
+    def train() -> float:
+        raise copy
+
+    with pytest.raises(ValueError, match="eval boom") as info:
+        c.run_trial(train)
+    assert info.value.__notes__[-1] == "the trial failed on rank 1"
 
 
 def test_unpicklable_error_is_sent_as_text():

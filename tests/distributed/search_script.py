@@ -27,6 +27,7 @@ from tests.helpers import base_args, compute_metrics, make_dataset, tiny_config 
 
 FAIL_TRIAL = 1
 FAIL_STEP = 3
+EVAL_FAIL_TRIAL = 2
 
 
 class Recorder(TrainerCallback):
@@ -55,6 +56,11 @@ class Recorder(TrainerCallback):
         if self.fail and self.rank == 1 and self._trial(args) == str(FAIL_TRIAL) and state.global_step == FAIL_STEP:
             raise ValueError(f"boom on rank 1 at step {FAIL_STEP}")
 
+    def on_evaluate(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        # Rank 1 alone fails at an evaluation: rank 0 is then in the pruning exchange, not in a DDP collective.
+        if self.fail and self.rank == 1 and self._trial(args) == str(EVAL_FAIL_TRIAL) and state.global_step == 4:
+            raise ValueError("eval boom on rank 1 at step 4")
+
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.record["stopped_at"][self._trial(args)] = state.global_step
 
@@ -81,7 +87,7 @@ def main() -> None:
         extra = dict(n_trials=6, pruner={"name": "median", "n_startup_trials": 1, "n_warmup_steps": 0})
     elif cli.scenario in ("fail", "fail_nocatch"):
         # A low process-group timeout: rank 0 waits this long in the all-reduce that rank 1 never joins.
-        extra = dict(n_trials=3, pruner="none", ddp_timeout=5)
+        extra = dict(n_trials=4, pruner="none", ddp_timeout=5)
     elif cli.scenario == "timeout":
         extra = dict(n_trials=1000, timeout=6, pruner="none")
     args = OptunaTrainingArguments(
