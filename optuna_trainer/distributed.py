@@ -197,6 +197,7 @@ class Coordinator:
         """
         local = _portable(outcome) if isinstance(outcome, BaseException) else outcome
         records = self._exchange(("check", self.rank, local))
+        _check_not_stopped(records)
         errors = _errors(records)
         if errors:
             return _primary(errors)[1]
@@ -239,6 +240,7 @@ class Coordinator:
             records = self._exchange(("end", self.rank, outcome))
             if all(r[0] == "end" for r in records):
                 return [r[2] for r in records]
+            _check_not_stopped(records)
 
     # ---- the search -------------------------------------------------------------------------------------------
 
@@ -260,8 +262,8 @@ class Coordinator:
         assert study is not None
 
         def main_objective(trial: optuna.Trial) -> Any:
-            self._exchange(("next", None))
             try:
+                self._exchange(("next", None))
                 return self.run_trial(lambda: objective(SyncTrial(trial, self.trial_group)))
             except optuna.TrialPruned:
                 raise
@@ -343,6 +345,15 @@ class Coordinator:
                 raise error
             raise errors[0]
         return result
+
+
+def _check_not_stopped(records: list[tuple[Any, ...]]) -> None:
+    """Rank 0 left `study.optimize` (an interrupt) while this rank was still in the trial: the search is over."""
+    stop = records[0]
+    if stop[0] == "stop":
+        raise CoordinationError(f"the main process stopped the search during a trial: {stop[1]!r}") from (
+            stop[1] if isinstance(stop[1], BaseException) else None
+        )
 
 
 def _apply_timeout(timeout: datetime.timedelta) -> None:

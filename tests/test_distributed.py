@@ -13,6 +13,7 @@ from transformers import TrainerControl, TrainerState, TrainingArguments
 
 from optuna_trainer import OptunaPruningCallback
 from optuna_trainer.distributed import (
+    CoordinationError,
     Coordinator,
     PeerFailedError,
     SyncTrial,
@@ -61,6 +62,12 @@ class TestDecide:
         assert str(c.decide(None)) == "boom"
         c = FakeCoordinator(0, [[("check", 0, None), ("end", 1, ("ok", 0.5))]])
         assert isinstance(c.decide(None), PeerFailedError)
+
+
+    def test_rank_0_stopping_the_search_mid_trial_ends_the_follower(self):
+        c = FakeCoordinator(1, [[("stop", KeyboardInterrupt()), ("check", 1, None)]])
+        with pytest.raises(CoordinationError, match="stopped the search"):
+            c.decide(None)
 
 
 class TestRunTrial:
