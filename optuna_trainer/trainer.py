@@ -200,7 +200,7 @@ class OptunaTrainer(Trainer):
                 assert study is not None
                 drive(study, objective)
             else:
-                state.decide = coordinator.decide
+                state.decide, state.share, state.is_main = coordinator.decide, coordinator.share, coordinator.is_main
                 state.best_value, state.best_run_dir = coordinator.share((state.best_value, state.best_run_dir))
                 coordinator.optimize(study, objective, drive=drive, gc_after_trial=settings.gc_after_trial)
         except KeyboardInterrupt:
@@ -238,7 +238,7 @@ class OptunaTrainer(Trainer):
         run_name = settings.hp_name(trial) if settings.hp_name is not None else f"run-{trial.number}"
         run_dir = os.path.join(base_args.output_dir, run_name)
         # A trial re-queued after its worker died continues in the original's run directory, from its checkpoint.
-        resume = find_resume_point(trial)
+        resume = state.share(find_resume_point(trial) if state.is_main else None)
         if resume is not None and resume.checkpoint is not None:
             run_dir = resume.run_dir
             trial.set_user_attr("resumed_from_checkpoint", resume.checkpoint)
@@ -351,6 +351,9 @@ class _SearchState:
     best_run_dir: str | None = None
     # Shares each pruning decision between processes (the identity in one process).
     decide: Decide = _same_decision
+    # Shares a value computed on the main process (the identity in one process); only the main process reads the study.
+    share: Callable[[Any], Any] = _same_decision
+    is_main: bool = True
 
 
 _FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
