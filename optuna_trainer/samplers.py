@@ -43,7 +43,14 @@ def build_sampler(spec: Any, search_space: SearchSpace | None = None) -> optuna.
     return construct("sampler", name, SAMPLERS, kwargs)
 
 
-def describe_sampler(sampler: optuna.samplers.BaseSampler) -> str:
-    """The sampler's class and its seed if it has one, for the printed settings."""
-    seed = getattr(sampler, "_seed", None)
-    return type(sampler).__name__ + (f"(seed={seed})" if seed is not None else "")
+def describe_sampler(sampler: optuna.samplers.BaseSampler, spec: Any = None) -> str:
+    """The sampler's class with the arguments it was given (Optuna's defaults for the rest), for the printed settings."""
+    kwargs: dict[str, Any] = {}
+    if spec is not None and not isinstance(spec, optuna.samplers.BaseSampler):
+        _, kwargs = parse_named_spec(spec, "sampler", DEFAULT_SAMPLER)
+        kwargs.pop("search_space", None)
+    if isinstance(sampler, optuna.samplers.GridSampler):
+        kwargs["grid_points"] = len(sampler._all_grids)
+    if "seed" not in kwargs and not isinstance(sampler, optuna.samplers.GridSampler):
+        kwargs["seed"] = None
+    return f"{type(sampler).__name__}({', '.join(f'{k}={v!r}' for k, v in sorted(kwargs.items()))})"
