@@ -363,14 +363,36 @@ def write_side(path: str, result: dict) -> None:
         json.dump(result, f, default=float)
 
 
+def _descendants(pid: int) -> list[int]:
+    """Every process below `pid` (read from /proc before anything is killed: orphans lose their parent link)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
 def kill_group(proc: subprocess.Popen) -> None:
-    """Kill the process group that `proc` leads (started with start_new_session=True), then reap it."""
+    """Kill `proc` (started with start_new_session=True), its process group, and every descendant: the launcher of
+    `accelerate launch`/torchrun starts each worker in a session of its own, out of reach of the launcher's group."""
     import signal
 
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+    for pid in [*_descendants(proc.pid), proc.pid]:
+        for kill in (lambda p: os.killpg(p, signal.SIGKILL), lambda p: os.kill(p, signal.SIGKILL)):
+            try:
+                kill(pid)
+            except (ProcessLookupError, PermissionError):
+                pass
     proc.wait()
 
 

@@ -332,11 +332,14 @@ class OptunaTrainer(Trainer):
         self.optimizer = self.lr_scheduler = None
         handler = self.callback_handler  # hands the model and optimizer to callbacks, and keeps them
         handler.model = handler.optimizer = handler.lr_scheduler = handler.train_dataloader = None
-        # Dropping the references frees the model and optimizer (they hold no reference cycles). free_memory() drops
-        # the accelerator's own references, runs one gc.collect() and empties the device cache; a second collection
-        # here (and Optuna's gc_after_trial, off by default for that reason) each cost a full pass over the heap,
-        # 0.2-1 s with torch and transformers loaded, per trial (benchmarks/overhead.py).
-        self.accelerator.free_memory()
+        # The accelerator holds the prepared model, optimizer and dataloaders too: a fresh one (as every trial gets in
+        # _set_args) drops them. Dropping the references frees the model and optimizer at once (they hold no reference
+        # cycles), so no gc.collect() is run: accelerator.free_memory() and Optuna's gc_after_trial (off by default
+        # for that reason) each cost a full pass over the heap, 0.2-1 s per trial with torch and transformers loaded
+        # (docs/benchmarks.md, figure 1).
+        self.create_accelerator_and_postprocess()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
 
 def _same_decision(outcome: Any) -> Any:
