@@ -238,7 +238,8 @@ class OptunaTrainer(Trainer):
         run_name = settings.hp_name(trial) if settings.hp_name is not None else f"run-{trial.number}"
         run_dir = os.path.join(base_args.output_dir, run_name)
         # A trial re-queued after its worker died continues in the original's run directory, from its checkpoint.
-        resume = state.share(find_resume_point(trial) if state.is_main else None)
+        number = trial.number  # collective under DDP (SyncTrial): read it on every process
+        resume = state.share(find_resume_point(self.study, number) if state.is_main else None)
         if resume is not None and resume.checkpoint is not None:
             run_dir = resume.run_dir
             trial.set_user_attr("resumed_from_checkpoint", resume.checkpoint)
@@ -266,7 +267,7 @@ class OptunaTrainer(Trainer):
             finished = True
             if not objective.multi:
                 # Other workers of the study may have found better trials since this worker last looked.
-                study_best = _best_value(trial.study)
+                study_best = state.share(_best_value(self.study) if state.is_main else None)
                 if study_best is not None and _is_better(study_best, state.best_value, objective.directions[0]):
                     state.best_value = study_best
             if not objective.multi and _is_better(value, state.best_value, objective.directions[0]):
