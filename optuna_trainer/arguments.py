@@ -29,6 +29,7 @@ SEARCH_FIELDS = (
     "storage",
     "study_name",
     "save_best_model",
+    "search_report",
 )
 
 
@@ -79,6 +80,9 @@ class OptunaTrainingArguments(TrainingArguments):
             The study's name in the storage. Defaults to the base name of `output_dir`.
         save_best_model (`bool`, *optional*, defaults to `True`):
             Save the best trial's model to `output_dir/best_model` at the end of the search.
+        search_report (`bool`, *optional*, defaults to `True`):
+            Write the end-of-search report under `output_dir/report/` (summary JSON, trials CSV, plots) and print its
+            summary table; see `optuna_trainer.report.write_report`.
     """
 
     # Parameters that define the search
@@ -143,6 +147,13 @@ class OptunaTrainingArguments(TrainingArguments):
     save_best_model: bool = field(
         default=True, metadata={"help": "Save the best trial's model to output_dir/best_model (default true)."}
     )
+    search_report: bool = field(
+        default=True,
+        metadata={
+            "help": "Write the end-of-search report to output_dir/report/ (summary.json, trials.csv, PNG/HTML plots) "
+            "and print its summary table (default true)."
+        },
+    )
 
     def __post_init__(self) -> None:
         # The values as the user gave them, before TrainingArguments derives anything: each trial is rebuilt from
@@ -161,6 +172,8 @@ class OptunaTrainingArguments(TrainingArguments):
         if self.study_name is not None and not str(self.study_name).strip():
             raise ValueError("study_name: must be a non-empty name or None")
         validate_storage(self.storage)
+        if not isinstance(self.search_report, bool):
+            raise ValueError(f"search_report: must be true or false, got {self.search_report!r}")
 
         # Derive: the parsed space (None for a callable or no space), checked sampler and pruner.
         self.search_space = parse_hp_space(self.hp_space, type(self))

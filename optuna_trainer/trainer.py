@@ -27,7 +27,9 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, BestRun, HPSearchB
 
 from .arguments import OptunaTrainingArguments
 from .models import InitialModel, apply_config_values
+from .progress import TrialProgress
 from .pruning import OptunaPruningCallback
+from .report import write_report
 from .search_space import SearchSpace, check_key, check_model_keys, split_params
 from .settings import SearchSettings, resolve_settings
 
@@ -134,6 +136,8 @@ class OptunaTrainer(Trainer):
             )
         else:
             self._run_study(study, settings, base_args, remaining)
+        if base_args.search_report and self.is_world_process_zero():
+            write_report(study, base_args.output_dir, settings=settings)
         return _best_runs(study, settings)
 
     def _run_study(
@@ -149,6 +153,13 @@ class OptunaTrainer(Trainer):
             # The model transformers built at init is not trained during the search: keep it off the device.
             pre_search_model.to("cpu")
         state = _SearchState(output_dir=base_args.output_dir, model_config=getattr(pre_search_model, "config", None))
+        # Trainer.state.trial_name comes from `hp_name` (transformers' hook): TensorBoard and the other loggers then
+        # open one run per trial instead of appending every trial to the first trial's log directory.
+        user_hp_name = self.hp_name
+        self.hp_name = settings.hp_name or (lambda trial: f"run-{trial.number}")
+        progress = TrialProgress(
+            study, settings.n_trials, trainer=self, disable=base_args.disable_tqdm or not self.is_world_process_zero()
+        )
         if _best_value(study) is not None:
             state.best_value = study.best_value
             state.best_run_dir = study.best_trial.user_attrs.get("run_dir")
@@ -158,10 +169,16 @@ class OptunaTrainer(Trainer):
                 n_trials=n_trials,
                 timeout=settings.timeout,
                 catch=settings.catch,
-                callbacks=[optuna.study.MaxTrialsCallback(settings.n_trials, states=_FINISHED), *settings.callbacks],
+                callbacks=[
+                    optuna.study.MaxTrialsCallback(settings.n_trials, states=_FINISHED),
+                    progress,
+                    *settings.callbacks,
+                ],
                 gc_after_trial=settings.gc_after_trial,
             )
         finally:
+            progress.close()
+            self.hp_name = user_hp_name
             self.model_init = user_model_init
             self._trial_model_values = {}
             self._set_args(base_args)
@@ -221,6 +238,8 @@ class OptunaTrainer(Trainer):
             trial.set_user_attr("seconds", round(time.monotonic() - start, 3))
             if self.state is not None and "steps" not in trial.user_attrs:
                 trial.set_user_attr("steps", self.state.global_step)
+            if self.state is not None and self.state.max_steps:
+                trial.set_user_attr("max_steps", self.state.max_steps)  # planned steps: the report's steps saved
             self.remove_callback(callback)
             self._release_memory()
             if not (finished and state.best_run_dir == run_dir):
