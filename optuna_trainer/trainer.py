@@ -153,6 +153,9 @@ class OptunaTrainer(Trainer):
             # The model transformers built at init is not trained during the search: keep it off the device.
             pre_search_model.to("cpu")
         state = _SearchState(output_dir=base_args.output_dir, model_config=getattr(pre_search_model, "config", None))
+        if _best_value(study) is not None:
+            state.best_value = study.best_value
+            state.best_run_dir = study.best_trial.user_attrs.get("run_dir")
         # Trainer.state.trial_name comes from `hp_name` (transformers' hook): TensorBoard and the other loggers then
         # open one run per trial instead of appending every trial to the first trial's log directory.
         user_hp_name = self.hp_name
@@ -160,9 +163,6 @@ class OptunaTrainer(Trainer):
         progress = TrialProgress(
             study, settings.n_trials, trainer=self, disable=base_args.disable_tqdm or not self.is_world_process_zero()
         )
-        if _best_value(study) is not None:
-            state.best_value = study.best_value
-            state.best_run_dir = study.best_trial.user_attrs.get("run_dir")
         try:
             study.optimize(
                 lambda trial: self._run_trial(trial, settings, base_args, state),
