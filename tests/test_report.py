@@ -208,3 +208,17 @@ class TestSearchWritesReport:
     def test_search_report_must_be_bool(self, out_dir):
         with pytest.raises(ValueError, match="search_report"):
             OptunaTrainingArguments(**base_args(out_dir, search_report="yes"))
+
+
+def test_several_objectives(tmp_path):
+    s = optuna.create_study(directions=["minimize", "maximize"])
+    for i, values in enumerate([(0.5, 0.7), (0.4, 0.6), (0.6, 0.9)]):
+        s.add_trial(create_trial(values=list(values), params={"learning_rate": 1e-4 * (i + 1)},
+                                 distributions={"learning_rate": DISTRIBUTIONS["learning_rate"]}))
+    summary = write_report(s, tmp_path, print_summary=False)
+    assert summary["best_trial"] is None
+    assert sorted(t["number"] for t in summary["best_trials"]) == [0, 1, 2]  # none dominates another
+    assert_png_not_blank(str(tmp_path / REPORT_DIR / "pareto_front.png"))
+    with open(tmp_path / REPORT_DIR / TRIALS_FILE, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["value_0"], r["value_1"]) for r in rows] == [("0.5", "0.7"), ("0.4", "0.6"), ("0.6", "0.9")]
