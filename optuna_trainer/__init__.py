@@ -6,6 +6,7 @@ from .log import set_verbosity
 from .objective import Objective
 from .pruners import PRUNERS, build_pruner
 from .pruning import OptunaPruningCallback
+from .report import write_report
 from .samplers import SAMPLERS, build_sampler
 from .search_space import DEFAULT_HP_SPACE, SearchSpace
 from .trainer import NoCompletedTrialError, OptunaTrainer
@@ -26,4 +27,5 @@ __all__ = [
     "build_pruner",
     "build_sampler",
     "set_verbosity",
+    "write_report",
 ]

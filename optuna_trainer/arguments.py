@@ -30,6 +30,7 @@ SEARCH_FIELDS = (
     "study_name",
     "heartbeat_interval",
     "save_best_model",
+    "search_report",
 )
 
 
@@ -86,6 +87,9 @@ class OptunaTrainingArguments(TrainingArguments):
             same parameters from its last checkpoint. `0` turns heartbeats off. Journal and memory storages have none.
         save_best_model (`bool`, *optional*, defaults to `True`):
             Save the best trial's model to `output_dir/best_model` at the end of the search.
+        search_report (`bool`, *optional*, defaults to `True`):
+            Write the end-of-search report under `output_dir/report/` (summary JSON, trials CSV, plots) and print its
+            summary table; see `optuna_trainer.report.write_report`.
     """
 
     # Parameters that define the search
@@ -159,6 +163,13 @@ class OptunaTrainingArguments(TrainingArguments):
     save_best_model: bool = field(
         default=True, metadata={"help": "Save the best trial's model to output_dir/best_model (default true)."}
     )
+    search_report: bool = field(
+        default=True,
+        metadata={
+            "help": "Write the end-of-search report to output_dir/report/ (summary.json, trials.csv, PNG/HTML plots) "
+            "and print its summary table (default true)."
+        },
+    )
 
     def __post_init__(self) -> None:
         # The values as the user gave them, before TrainingArguments derives anything: each trial is rebuilt from
@@ -186,6 +197,8 @@ class OptunaTrainingArguments(TrainingArguments):
                 f"heartbeat_interval: must be a whole number of seconds (e.g. 60), or 0 to turn heartbeats off, got "
                 f"{self.heartbeat_interval!r}"
             )
+        if not isinstance(self.search_report, bool):
+            raise ValueError(f"search_report: must be true or false, got {self.search_report!r}")
 
         # Derive: the parsed space (None for a callable or no space), checked sampler and pruner.
         self.search_space = parse_hp_space(self.hp_space, type(self))

@@ -45,10 +45,10 @@ def checkpoint_step(path: str) -> int:
     return int(os.path.basename(os.path.normpath(path)).rsplit("-", 1)[-1])
 
 
-def find_resume_point(trial: optuna.Trial) -> ResumePoint | None:
-    """The resume point of a trial re-queued after its worker died; None for any other trial."""
-    by_number = {t.number: t for t in trial.study.get_trials(deepcopy=False)}
-    frozen = by_number[trial.number]
+def find_resume_point(study: optuna.Study, number: int) -> ResumePoint | None:
+    """The resume point of trial `number`, when it was re-queued after its worker died; None for any other trial."""
+    by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
+    frozen = by_number[number]
     original = frozen.system_attrs.get("failed_trial")
     if original is None:
         return None
@@ -57,13 +57,13 @@ def find_resume_point(trial: optuna.Trial) -> ResumePoint | None:
     point = ResumePoint(original=original, run_dir=run_dir)
     if run_dir is None or not os.path.isdir(run_dir):
         logger.info(
-            f"Trial {trial.number} retries trial {original} (its worker stopped), with the same parameters; its run "
+            f"Trial {number} retries trial {original} (its worker stopped), with the same parameters; its run "
             f"directory {run_dir!r} is not on this machine, so it starts from step 0"
         )
         return point
     point.checkpoint = get_last_checkpoint(run_dir)
     if point.checkpoint is None:
-        logger.info(f"Trial {trial.number} retries trial {original} from step 0: no checkpoint in {run_dir}")
+        logger.info(f"Trial {number} retries trial {original} from step 0: no checkpoint in {run_dir}")
         return point
     # The latest attempt in the series wrote the checkpoint; it reported the evaluations up to it (attempts before
     # it carried their own over in the same way).
@@ -72,7 +72,7 @@ def find_resume_point(trial: optuna.Trial) -> ResumePoint | None:
     if reported is not None:
         point.history = sorted((s, v) for s, v in reported.intermediate_values.items() if s <= point.step)
     logger.info(
-        f"Trial {trial.number} retries trial {original} (its worker stopped) with the same parameters, resuming from "
+        f"Trial {number} retries trial {original} (its worker stopped) with the same parameters, resuming from "
         f"{point.checkpoint} (step {point.step})"
     )
     return point

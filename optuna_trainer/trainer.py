@@ -29,7 +29,9 @@ from .arguments import OptunaTrainingArguments
 from .claims import local_lock
 from .distributed import Coordinator, coordinator_for
 from .models import InitialModel, apply_config_values
+from .progress import TrialProgress
 from .pruning import Decide, OptunaPruningCallback
+from .report import write_report
 from .resume import find_resume_point
 from .search_space import SearchSpace, check_key, check_model_keys, split_params
 from .settings import SearchSettings, resolve_settings
@@ -152,7 +154,9 @@ class OptunaTrainer(Trainer):
                     f"n_trials={settings.n_trials}; no trial to run"
                 )
         else:
-            self._run_study(study, settings, base_args, remaining, coordinator)
+            self._run_study(study, settings, base_args, coordinator)
+        if base_args.search_report and study is not None and self.is_world_process_zero():
+            write_report(study, base_args.output_dir, settings=settings)
         if coordinator is None:
             return _best_runs(study, settings)
         return coordinator.finish_search(lambda: _best_runs(study, settings))
@@ -162,7 +166,6 @@ class OptunaTrainer(Trainer):
         study: optuna.Study | None,
         settings: SearchSettings,
         base_args: OptunaTrainingArguments,
-        n_trials: int,
         coordinator: Coordinator | None = None,
     ) -> None:
         user_model_init = self.model_init
@@ -178,6 +181,13 @@ class OptunaTrainer(Trainer):
         if study is not None and _best_value(study) is not None:
             state.best_value = study.best_value
             state.best_run_dir = study.best_trial.user_attrs.get("run_dir")
+        # Trainer.state.trial_name comes from `hp_name` (transformers' hook): TensorBoard and the other loggers then
+        # open one run per trial instead of appending every trial to the first trial's log directory.
+        user_hp_name = self.hp_name
+        self.hp_name = settings.hp_name or (lambda trial: f"run-{trial.number}")
+        progress = TrialProgress(
+            study, settings.n_trials, trainer=self, disable=base_args.disable_tqdm or not self.is_world_process_zero()
+        )
         try:
             objective = lambda trial: self._run_trial(trial, settings, base_args, state)  # noqa: E731
 
@@ -191,7 +201,7 @@ class OptunaTrainer(Trainer):
                     heartbeat_interval=settings.heartbeat_interval,
                     timeout=settings.timeout,
                     catch=settings.catch,
-                    callbacks=settings.callbacks,
+                    callbacks=[progress, *settings.callbacks],
                     gc_after_trial=settings.gc_after_trial,
                 )
 
@@ -209,6 +219,8 @@ class OptunaTrainer(Trainer):
             )
             raise
         finally:
+            progress.close()
+            self.hp_name = user_hp_name
             self.model_init = user_model_init
             self._trial_model_values = {}
             self._set_args(base_args)
@@ -237,7 +249,8 @@ class OptunaTrainer(Trainer):
         run_name = settings.hp_name(trial) if settings.hp_name is not None else f"run-{trial.number}"
         run_dir = os.path.join(base_args.output_dir, run_name)
         # A trial re-queued after its worker died continues in the original's run directory, from its checkpoint.
-        resume = state.share(find_resume_point(trial) if state.is_main else None)
+        number = trial.number  # collective under DDP (SyncTrial): read it on every process
+        resume = state.share(find_resume_point(self.study, number) if state.is_main else None)
         if resume is not None and resume.checkpoint is not None:
             run_dir = resume.run_dir
             trial.set_user_attr("resumed_from_checkpoint", resume.checkpoint)
@@ -265,7 +278,7 @@ class OptunaTrainer(Trainer):
             finished = True
             if not objective.multi:
                 # Other workers of the study may have found better trials since this worker last looked.
-                study_best = _best_value(trial.study)
+                study_best = state.share(_best_value(self.study) if state.is_main else None)
                 if study_best is not None and _is_better(study_best, state.best_value, objective.directions[0]):
                     state.best_value = study_best
             if not objective.multi and _is_better(value, state.best_value, objective.directions[0]):
@@ -283,6 +296,8 @@ class OptunaTrainer(Trainer):
             trial.set_user_attr("seconds", round(time.monotonic() - start, 3))
             if self.state is not None and "steps" not in trial.user_attrs:
                 trial.set_user_attr("steps", self.state.global_step)
+            if self.state is not None and self.state.max_steps:
+                trial.set_user_attr("max_steps", self.state.max_steps)  # planned steps: the report's steps saved
             self.remove_callback(callback)
             self._release_memory()
             if not (finished and state.best_run_dir == run_dir):

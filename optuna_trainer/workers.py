@@ -93,6 +93,14 @@ def run_trials(
     """
     start = time.monotonic()
     ran = 0
+    # Failed trials do not count towards the budget; a search whose every trial fails (an OOM at each batch size, a
+    # bug caught by `catch`) must still end: this worker stops after max(n_trials, 10) failures in a row.
+    failures_in_row = 0
+    last_state: list[optuna.trial.TrialState] = []
+
+    def record_state(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        last_state[:] = [trial.state]
+
     waiting_for: tuple[int, int] | None = None
     poll = max(0.5, min(heartbeat_interval / 2, 10.0)) if heartbeat_interval else 0.0
     while True:
@@ -140,8 +148,22 @@ def run_trials(
                 time.sleep(poll)
                 continue
             waiting_for = None
-            study.optimize(claimed, n_trials=1, catch=tuple(catch), callbacks=list(callbacks), gc_after_trial=gc_after_trial)
+            study.optimize(
+                claimed,
+                n_trials=1,
+                catch=tuple(catch),
+                callbacks=[record_state, *callbacks],
+                gc_after_trial=gc_after_trial,
+            )
             ran += 1
+            failed = bool(last_state) and last_state[0] == optuna.trial.TrialState.FAIL
+            failures_in_row = failures_in_row + 1 if failed else 0
+            if failures_in_row >= max(n_trials, 10):
+                logger.warning(
+                    f"{failures_in_row} trials in a row failed (see each trial's fail_reason): this worker stops "
+                    f"(this worker ran {ran})"
+                )
+                break
         finally:
             if held:
                 lock.release()

@@ -340,7 +340,7 @@ def test_failed_trial_is_recorded_and_catch_goes_on(out_dir):
     trainer = make_trainer(out_dir, callbacks=[Boom()], hp_space=LR_SPACE, pruner="none", n_trials=3)
     trainer.hyperparameter_search(catch=(RuntimeError,))
     states = [t.state.name for t in trainer.study.trials]
-    assert states == ["COMPLETE", "FAIL", "COMPLETE"]
+    assert states == ["COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]  # n_trials counts finished trials
     assert trainer.study.trials[1].user_attrs["fail_reason"] == "RuntimeError: boom in trial 1"
 
     trainer = make_trainer(out_dir / "again", callbacks=[Boom()], hp_space=LR_SPACE, pruner="none", n_trials=3)
@@ -356,3 +356,15 @@ def test_default_storage_is_sqlite_under_output_dir(out_dir):
     assert (out_dir / "optuna_study.db").is_file()
     loaded = optuna.load_study(study_name="out", storage=f"sqlite:///{out_dir / 'optuna_study.db'}")
     assert len(loaded.trials) == 2
+
+
+def test_a_search_whose_every_trial_fails_ends(out_dir):
+    class AlwaysBoom(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            raise RuntimeError("out of luck")
+
+    trainer = make_trainer(out_dir, callbacks=[AlwaysBoom()], hp_space=LR_SPACE, pruner="none", n_trials=2)
+    with pytest.raises(NoCompletedTrialError, match=r"0 pruned, 10 failed"):
+        trainer.hyperparameter_search(catch=(RuntimeError,))
+    # failed trials do not count towards n_trials, but a search that only fails stops after max(n_trials, 10) in a row
+    assert [t.state.name for t in trainer.study.trials] == ["FAIL"] * 10

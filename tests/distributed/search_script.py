@@ -87,7 +87,8 @@ def main() -> None:
         extra = dict(n_trials=6, pruner={"name": "median", "n_startup_trials": 1, "n_warmup_steps": 0})
     elif cli.scenario in ("fail", "fail_nocatch"):
         # A low process-group timeout: rank 0 waits this long in the all-reduce that rank 1 never joins.
-        extra = dict(n_trials=4, pruner="none", ddp_timeout=5)
+        # n_trials counts finished trials: 2 finished + the 2 failed ones = trials 0-3.
+        extra = dict(n_trials=2, pruner="none", ddp_timeout=5)
     elif cli.scenario == "timeout":
         extra = dict(n_trials=1000, timeout=6, pruner="none")
     args = OptunaTrainingArguments(

@@ -1,0 +1,92 @@
+"""The `optuna-trainer` command: `optuna-trainer report` writes the end-of-search report of a stored study.
+
+    optuna-trainer report --storage sqlite:///out/optuna_study.db --study-name out --output-dir out
+
+The arguments are a dataclass parsed by `HfArgumentParser`, like the training arguments, so `--study_name` and
+`--study-name` both work.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+
+import optuna
+from transformers import HfArgumentParser
+
+from . import log as _log  # noqa: F401  (the package logger prints INFO)
+from .report import REPORT_DIR, write_report
+from .storage import mask_url, resolve_storage
+
+logger = logging.getLogger(__name__)
+
+COMMANDS = {"report": "write the report (summary.json, trials.csv, plots) of a stored study"}
+
+
+@dataclass
+class ReportArguments:
+    """Arguments of `optuna-trainer report`."""
+
+    storage: str = field(
+        metadata={
+            "help": "The study's storage: sqlite:///out/optuna_study.db, postgresql+psycopg://..., redis://..., or a "
+            "journal file path."
+        }
+    )
+    output_dir: str = field(metadata={"help": f"Where to write the report (into its {REPORT_DIR}/ folder)."})
+    study_name: str | None = field(
+        default=None, metadata={"help": "The study's name; may be left out when the storage holds a single study."}
+    )
+    plots: bool = field(default=True, metadata={"help": "Draw the plots (default true)."})
+
+
+def _usage() -> str:
+    lines = ["usage: optuna-trainer <command> [options]", "", "commands:"]
+    lines += [f"  {name:<8} {help_}" for name, help_ in COMMANDS.items()]
+    lines += ["", "optuna-trainer <command> --help shows a command's options."]
+    return "\n".join(lines)
+
+
+def load_study(storage_url: str, study_name: str | None) -> optuna.Study:
+    """Load a study; without a name, the storage's only study. Errors name what exists."""
+    if storage_url.startswith("sqlite:///") and not os.path.isfile(storage_url[len("sqlite:///"):]):
+        # Opening a missing SQLite file would create an empty study database; say what is wrong instead.
+        raise SystemExit(f"storage: no SQLite file at {storage_url[len('sqlite:///'):]!r}")
+    storage, description = resolve_storage(storage_url, output_dir=".")
+    if storage is None:
+        raise SystemExit("storage: an in-memory study cannot be read back; give the storage the search used")
+    names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+    if study_name is None:
+        if len(names) != 1:
+            raise SystemExit(f"study_name: {description} holds {len(names)} studies {names}; pass --study-name")
+        study_name = names[0]
+    elif study_name not in names:
+        raise SystemExit(f"study_name: no study {study_name!r} in {description}; it holds {names}")
+    return optuna.load_study(study_name=study_name, storage=storage)
+
+
+def report(argv: list[str]) -> int:
+    parser = HfArgumentParser(ReportArguments, prog="optuna-trainer report", description=COMMANDS["report"])
+    (args,) = parser.parse_args_into_dataclasses(args=argv)
+    study = load_study(args.storage, args.study_name)
+    logger.info(f"Study {study.study_name!r} in {mask_url(args.storage)}: {len(study.trials)} trials")
+    write_report(study, args.output_dir, storage_url=args.storage, plots=args.plots)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command == "report":
+        return report(rest)
+    print(f"optuna-trainer: unknown command {command!r}; commands: {', '.join(COMMANDS)}\n\n{_usage()}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
