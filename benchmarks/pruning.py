@@ -85,11 +85,90 @@ def run(task: common.Task, s: dict[str, Any], pruner: Any) -> dict[str, Any]:
     }
 
 
+REPLAY_COLUMNS = ["pruner", "optimizer steps", "steps saved vs none %", "completed/pruned", "best dev accuracy",
+                  "accuracy vs none (points)", "target met"]
+
+
+def replay_candidates(s: dict[str, Any]) -> list[tuple[str, Any]]:
+    """Settings tried on the recorded curves (warm-up in evaluations, start-up trials, floors, rank-based pruners)."""
+    e = s["eval_steps"]
+    return [
+        *pruners(s)[1:],
+        ("median, n_startup_trials=3", {"name": "median", "n_startup_trials": 3}),
+        ("median, n_startup_trials=3, n_warmup_steps=1 evaluation",
+         {"name": "median", "n_startup_trials": 3, "n_warmup_steps": e}),
+        ("patient (patience 1 evaluation, no wrapped pruner)", {"name": "patient", "patience": 1}),
+        ("hyperband, min_resource=1 evaluation", {"name": "hyperband", "min_resource": e, "max_resource": s["steps"]}),
+        ("successive_halving, min_resource=2 evaluations", {"name": "successive_halving", "min_resource": 2 * e}),
+        ("threshold lower=0.5 (chance), n_warmup_steps=1 evaluation",
+         {"name": "threshold", "lower": 0.5, "n_warmup_steps": e}),
+        ("threshold lower=0.5 (chance), n_warmup_steps=2 evaluations",
+         {"name": "threshold", "lower": 0.5, "n_warmup_steps": 2 * e}),
+    ]
+
+
+def replay(path: str, out: str) -> dict[str, Any]:
+    """Replay pruner settings on the evaluation curves the `none` row recorded: what each would have pruned.
+
+    Exact for the pruning decisions while the sampler's choices do not depend on earlier results (all trials within
+    TPE's n_startup_trials=10 random start-up trials, as with the default 10 trials): every trial then gets the same
+    parameters and so the same curve, whatever was pruned before it. Hyperband is the exception: it assigns a trial
+    to a bracket by a hash of the study name, so its replay may differ from the run (whose study name differs).
+    """
+    import optuna
+
+    from optuna_trainer.pruners import build_pruner
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    table = json.load(open(path, encoding="utf-8"))
+    s = table["meta"]["settings"]
+    none = next(r for r in table["rows"] if r["spec"] == "none")
+    curves = none["per-trial accuracies"]
+    eval_at = list(range(s["eval_steps"], s["steps"] + 1, s["eval_steps"]))
+    total_none = none["optimizer steps"]
+    rows = []
+    for label, spec in replay_candidates(s):
+        study = optuna.create_study(direction="maximize", pruner=build_pruner(spec))
+        steps, best, pruned = 0, float("-inf"), 0
+        for curve in curves:
+            trial = study.ask()
+            stopped = False
+            for step, value in zip(eval_at, curve):
+                trial.report(value, step)
+                steps = steps + s["eval_steps"]
+                if trial.should_prune():
+                    stopped = True
+                    break
+            if stopped:
+                pruned += 1
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            else:
+                study.tell(trial, max(curve))
+                best = max(best, max(curve))
+        saved = 100.0 * (1 - steps / total_none)
+        best = best if best > float("-inf") else float("nan")  # every trial pruned: no completed trial
+        points = 100.0 * (best - none["best dev accuracy"])
+        rows.append({
+            "pruner": label, "spec": spec, "optimizer steps": steps, "steps saved vs none %": saved,
+            "completed/pruned": f"{len(curves) - pruned}/{pruned}", "best dev accuracy": best,
+            "accuracy vs none (points)": points,
+            "target met": "yes" if saved >= TARGET_SAVED and points >= -TARGET_POINTS else "no",
+        })
+    meta = {"command": common.command_line(), "replayed from": os.path.relpath(path, common.REPO),
+            "model": table["meta"]["model"], "data": table["meta"]["data"], "settings": s}
+    common.write_table(out, NAME + "_replay", "Pruning settings replayed on the recorded curves of pruner none",
+                       REPLAY_COLUMNS, rows, meta)
+    return {"rows": rows}
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = common.parser(__doc__.splitlines()[0])
     p.add_argument("--layers", type=int, default=None, help="MiniLM layers to keep (default 3)")
     p.add_argument("--pruners", default=None, help='JSON list of [label, spec] rows replacing the default rows')
+    p.add_argument("--replay", default=None, help="a pruning.json: replay more pruner settings on its none row's curves")
     a = p.parse_args(argv)
+    if a.replay:
+        return replay(a.replay, a.out)
     common.quiet()
     s = settings(a.quick, a.model, a.layers)
     task = common.make_task(s["model"], a.data, s["n_train"], s["n_dev"], layers=s["layers"])
