@@ -6,7 +6,7 @@ Same model_init, data, space (`common.SPACE`: learning_rate log 1e-6..1e-3, weig
 that its peak resident memory (ru_maxrss) is its own. Ours runs with `save_best_model=False` and in-memory storage,
 so that neither side writes files.
 
-    python benchmarks/head_to_head.py            # default: MiniLM (first 3 layers), SST-2 subset, 8 trials
+    python benchmarks/head_to_head.py            # default: MiniLM (first 3 layers), SST-2 subset, 6 trials
     python benchmarks/head_to_head.py --quick    # CI: tiny BERT from a config
 """
 
@@ -39,7 +39,7 @@ def settings(quick: bool, model: str | None) -> dict[str, Any]:
     if quick:
         return dict(model=model or "tiny-bert", layers=None, n_train=64, n_dev=64, steps=6, eval_steps=2, n_trials=4,
                     batch=16)
-    return dict(model=model or "minilm", layers=3, n_train=1024, n_dev=256, steps=60, eval_steps=20, n_trials=8,
+    return dict(model=model or "minilm", layers=3, n_train=512, n_dev=128, steps=30, eval_steps=10, n_trials=6,
                 batch=16)
 
 

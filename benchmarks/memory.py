@@ -1,12 +1,12 @@
 """Figure 4: resident memory across 20 trials, ours vs transformers', with some trials pruned and one failing.
 
 Each side runs in a fresh interpreter: the same model_init, data, space, `TPESampler(seed=0)`,
-`MedianPruner(n_startup_trials=3)`, and one trial (the 8th) that raises at its 2nd step (caught with
+`MedianPruner(n_startup_trials=3)` on eval_loss (continuous, so that the median rule prunes), and one trial (the 8th) that raises at its 2nd step (caught with
 `catch=(RuntimeError,)`). "After trial k" is read when trial k+1 calls `model_init` (before it builds its model) and,
 for the last trial, when the search returns: the current RSS (psutil, or /proc/self/statm) and the peak RSS
 (ru_maxrss). Target: growth under 2% for ours from trial 1 to trial 20.
 
-    python benchmarks/memory.py            # default: MiniLM-L6, SST-2 subset, 20 trials
+    python benchmarks/memory.py            # default: MiniLM (first 3 layers), SST-2 subset, 20 trials
     python benchmarks/memory.py --quick    # CI: tiny BERT from a config, 6 trials
 """
 
@@ -39,10 +39,10 @@ FAILING_TRIAL = 7  # 0-based: the 8th trial raises
 
 def settings(quick: bool, model: str | None) -> dict[str, Any]:
     if quick:
-        return dict(model=model or "tiny-bert", n_train=64, n_dev=32, steps=6, eval_steps=2, n_trials=6, batch=16,
-                    failing=3)
-    return dict(model=model or "minilm", n_train=256, n_dev=64, steps=8, eval_steps=2, n_trials=20, batch=16,
-                failing=FAILING_TRIAL)
+        return dict(model=model or "tiny-bert", layers=None, n_train=64, n_dev=32, steps=6, eval_steps=2, n_trials=6,
+                    batch=16, failing=3)
+    return dict(model=model or "minilm", layers=3, n_train=256, n_dev=32, steps=6, eval_steps=2, n_trials=20,
+                batch=16, failing=FAILING_TRIAL)
 
 
 class InjectedFailure(RuntimeError):
@@ -54,7 +54,7 @@ def side(name: str, s: dict[str, Any], data: str) -> dict[str, Any]:
     from transformers import TrainerCallback
 
     common.quiet()
-    task = common.make_task(s["model"], data, s["n_train"], s["n_dev"])
+    task = common.make_task(s["model"], data, s["n_train"], s["n_dev"], layers=s["layers"])
     snapshots: list[tuple[float, float]] = []  # (current, peak) after each trial
     searching = False
 
@@ -87,7 +87,7 @@ def side(name: str, s: dict[str, Any], data: str) -> dict[str, Any]:
 
         args = OptunaTrainingArguments(
             **common.train_args(out, **train), hp_space=common.SPACE, n_trials=s["n_trials"],
-            sampler={"name": "tpe", "seed": 0}, pruner=pruner, storage="memory", objective_metric="accuracy",
+            sampler={"name": "tpe", "seed": 0}, pruner=pruner, storage="memory", objective_metric="loss",
             save_best_model=False,
         )
         trainer = OptunaTrainer(
@@ -107,8 +107,8 @@ def side(name: str, s: dict[str, Any], data: str) -> dict[str, Any]:
         )
         searching = True
         trainer.hyperparameter_search(
-            hp_space=common.hf_space(), compute_objective=lambda m: m["eval_accuracy"], n_trials=s["n_trials"],
-            direction="maximize", backend="optuna", sampler=optuna.samplers.TPESampler(seed=0), pruner=pruner,
+            hp_space=common.hf_space(), compute_objective=lambda m: m["eval_loss"], n_trials=s["n_trials"],
+            direction="minimize", backend="optuna", sampler=optuna.samplers.TPESampler(seed=0), pruner=pruner,
             catch=(InjectedFailure,),
         )
         # transformers returns no study: a trial that stopped early without the injected failure was pruned.
