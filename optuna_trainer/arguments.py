@@ -29,6 +29,7 @@ SEARCH_FIELDS = (
     "storage",
     "study_name",
     "save_best_model",
+    "continue_on_oom",
 )
 
 
@@ -79,6 +80,14 @@ class OptunaTrainingArguments(TrainingArguments):
             The study's name in the storage. Defaults to the base name of `output_dir`.
         save_best_model (`bool`, *optional*, defaults to `True`):
             Save the best trial's model to `output_dir/best_model` at the end of the search.
+
+    Parameters that control faults inside trials:
+
+        continue_on_oom (`bool`, *optional*, defaults to `True`):
+            A trial that runs out of memory (CUDA/CPU OOM, `torch.OutOfMemoryError`) is marked FAIL with its reason in
+            the user attribute `fail_reason`, its memory and checkpoints are released, and the search goes on with the
+            next trial (searching batch sizes makes this the common case). With `False` the error stops the search,
+            like any exception not listed in `catch`. See docs/errors.md.
     """
 
     # Parameters that define the search
@@ -144,6 +153,16 @@ class OptunaTrainingArguments(TrainingArguments):
         default=True, metadata={"help": "Save the best trial's model to output_dir/best_model (default true)."}
     )
 
+    # Parameters that control faults inside trials
+    continue_on_oom: bool = field(
+        default=True,
+        metadata={
+            "help": "When a trial runs out of memory, mark it FAIL (reason in the trial's user attribute "
+            "'fail_reason'), release its memory and checkpoints, and go on with the next trial (default true). "
+            "false stops the search at the first out-of-memory error."
+        },
+    )
+
     def __post_init__(self) -> None:
         # The values as the user gave them, before TrainingArguments derives anything: each trial is rebuilt from
         # these plus its own values, so derived fields (warmup steps, greater_is_better, ...) are computed afresh.
@@ -161,6 +180,8 @@ class OptunaTrainingArguments(TrainingArguments):
         if self.study_name is not None and not str(self.study_name).strip():
             raise ValueError("study_name: must be a non-empty name or None")
         validate_storage(self.storage)
+        if not isinstance(self.continue_on_oom, bool):
+            raise ValueError(f"continue_on_oom: must be true or false, got {self.continue_on_oom!r}")
 
         # Derive: the parsed space (None for a callable or no space), checked sampler and pruner.
         self.search_space = parse_hp_space(self.hp_space, type(self))

@@ -26,6 +26,8 @@ from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, BestRun, HPSearchBackend
 
 from .arguments import OptunaTrainingArguments
+from .checks import check_before_study
+from .faults import NonFiniteLossCallback, catch_for, trial_failure
 from .models import InitialModel, apply_config_values
 from .pruning import OptunaPruningCallback
 from .search_space import SearchSpace, check_key, check_model_keys, split_params
@@ -113,8 +115,8 @@ class OptunaTrainer(Trainer):
             hp_name=hp_name,
             **kwargs,
         )
-        if settings.declarative is not None:
-            settings.declarative.check_model_config(getattr(self.model, "config", None))
+        # Everything that can be checked without training is checked before the study exists in the storage.
+        check_before_study(self, settings)
         settings.log()
 
         study = optuna.create_study(
@@ -157,7 +159,7 @@ class OptunaTrainer(Trainer):
                 lambda trial: self._run_trial(trial, settings, base_args, state),
                 n_trials=n_trials,
                 timeout=settings.timeout,
-                catch=settings.catch,
+                catch=catch_for(settings.catch, base_args.continue_on_oom),
                 callbacks=[optuna.study.MaxTrialsCallback(settings.n_trials, states=_FINISHED), *settings.callbacks],
                 gc_after_trial=settings.gc_after_trial,
             )
@@ -195,6 +197,9 @@ class OptunaTrainer(Trainer):
         objective = dataclasses.replace(settings.objective, history=[])
         callback = OptunaPruningCallback(trial, objective, prune=not objective.multi)
         self.add_callback(callback)
+        # A NaN/inf training loss ends the trial through the pruning callback's stop (recorded as pruned).
+        guard = NonFiniteLossCallback(callback._stop, lambda: self.model, decide=callback.decide)
+        self.add_callback(guard)
         finished = False
         try:
             self.train(trial=trial)
@@ -215,13 +220,17 @@ class OptunaTrainer(Trainer):
             trial.set_user_attr("stopped_reason", callback.stopped_reason)
             raise
         except Exception as err:
-            trial.set_user_attr("fail_reason", f"{type(err).__name__}: {err}"[:2000])
-            raise
+            failure = trial_failure(trial, err, base_args.continue_on_oom)
+            if failure is err:
+                raise
+            raise failure from None
         finally:
             trial.set_user_attr("seconds", round(time.monotonic() - start, 3))
             if self.state is not None and "steps" not in trial.user_attrs:
                 trial.set_user_attr("steps", self.state.global_step)
             self.remove_callback(callback)
+            guard.close()
+            self.remove_callback(guard)
             self._release_memory()
             if not (finished and state.best_run_dir == run_dir):
                 _delete_checkpoints(run_dir, self.args.should_save)
