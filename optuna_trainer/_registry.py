@@ -47,4 +47,4 @@ def construct(what: str, name: str, registry: Mapping[str, type], kwargs: dict[s
         return cls(**kwargs)
     except (TypeError, ValueError) as err:
         # Optuna validates its arguments at construction; keep its message and say where it came from.
-        raise ValueError(f"{what} {name!r}: {err}") from None
+        raise ValueError(f"{what} {name!r}: {err}; {cls.__name__} takes {inspect.signature(cls)}") from None

@@ -13,6 +13,7 @@ when the space is built, so a typo fails before any model is loaded, with the ke
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import enum
 import json
 import math
@@ -94,8 +95,13 @@ def load_mapping(value: Mapping[str, Any] | str | os.PathLike, what: str) -> dic
             else:
                 # safe_load: a search space is data, never code (YAML tags that build objects are refused).
                 loaded = yaml.safe_load(text)
+        except yaml.constructor.ConstructorError as err:
+            raise ValueError(
+                f"{what}: cannot parse {path}: {err.problem}; a search space is plain data (YAML tags such as "
+                "!!python/object are refused): write each spec as a mapping of numbers, strings and lists"
+            ) from None
         except (yaml.YAMLError, json.JSONDecodeError) as err:
-            raise ValueError(f"{what}: cannot parse {path}: {err}") from None
+            raise ValueError(f"{what}: cannot parse {path}: {err}; fix the file there") from None
     if not isinstance(loaded, Mapping):
         raise ValueError(f"{what}: expected a mapping of name -> spec, got {type(loaded).__name__}")
     return dict(loaded)
@@ -163,7 +169,10 @@ def _spec_to_distribution(key: str, spec: Any) -> BaseDistribution:
         if not _is_number(step) or not math.isfinite(step) or step <= 0:
             raise ValueError(f"{where}: step must be a positive number, got {step!r}")
         if step > high - low:
-            raise ValueError(f"{where}: step ({step}) is larger than the range high - low ({high - low})")
+            raise ValueError(
+                f"{where}: step ({step}) is larger than the range high - low ({high - low}); use a step of at most "
+                f"{high - low} or widen the range"
+            )
 
     if kind == "int":
         for name, value in (("low", low), ("high", high), ("step", step)):
@@ -229,7 +238,7 @@ def _check_field_type(key: str, dist: BaseDistribution, annotation: Any) -> None
             if not _value_fits(choice, accepted):
                 raise ValueError(
                     f"hp_space[{key!r}]: choice {choice!r} ({type(choice).__name__}) does not fit the field's type "
-                    f"{_type_name(annotation)}"
+                    f"{_type_name(annotation)}; use choices of that type"
                 )
         return
     sample = 1 if isinstance(dist, IntDistribution) else 0.5
@@ -272,8 +281,11 @@ def check_key(key: str, args_class: type | None, dist: BaseDistribution | None =
             raise ValueError(f"hp_space[{key!r}]: a ratio must lie in [0, 1), got {ratios}")
         return
     if key not in init_fields:
+        close = difflib.get_close_matches(key, sorted(init_fields), n=1)
         raise ValueError(
-            f"hp_space[{key!r}]: not a field of {args_class.__name__}; a key must be a training argument "
+            f"hp_space[{key!r}]: not a field of {args_class.__name__}"
+            + (f" (did you mean {close[0]!r}?)" if close else "")
+            + "; a key must be a training argument "
             "(e.g. learning_rate, per_device_train_batch_size, weight_decay) or model.<config attribute> "
             "(e.g. model.hidden_dropout_prob)"
         )
@@ -299,9 +311,11 @@ def check_model_keys(keys: Iterable[str], config: Any) -> None:
             raise ValueError(f"hp_space[{key!r}]: the model has no config to apply {attr} to")
         if not hasattr(config, attr):
             known = sorted(k for k in config.to_dict() if not k.startswith("_")) if hasattr(config, "to_dict") else []
+            close = difflib.get_close_matches(attr, known, n=1)
             raise ValueError(
-                f"hp_space[{key!r}]: {type(config).__name__} has no attribute {attr!r}; known attributes include "
-                f"{known[:40]}"
+                f"hp_space[{key!r}]: {type(config).__name__} has no attribute {attr!r}"
+                + (f" (did you mean 'model.{close[0]}'?)" if close else "")
+                + f"; known attributes include {known[:40]}"
             )
 
 

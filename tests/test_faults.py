@@ -48,7 +48,7 @@ class Recorder:
 
 
 def make_trainer(tmp_path, callbacks=(), model_init=None, metrics=compute_metrics, **overrides) -> OptunaTrainer:
-    args = OptunaTrainingArguments(**base_args(tmp_path / "out", **overrides))
+    args = OptunaTrainingArguments(**base_args(tmp_path / "out", **{"max_steps": 4, **overrides}))
     return OptunaTrainer(
         model_init=model_init or Recorder(),
         args=args,
@@ -200,8 +200,8 @@ class NaNAfter(BertForSequenceClassification):
         super().__init__(config)
         self.training_calls = 0
 
-    def forward(self, *args, **kwargs):
-        out = super().forward(*args, **kwargs)
+    def forward(self, input_ids=None, attention_mask=None, labels=None, **kwargs):
+        out = super().forward(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **kwargs)
         if self.training:
             self.training_calls += 1
             if 0 <= self.config.nan_after < self.training_calls:
