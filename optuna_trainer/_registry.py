@@ -50,4 +50,5 @@ def construct(what: str, name: str, registry: Mapping[str, type], kwargs: dict[s
         return cls(**kwargs)
     except (TypeError, ValueError) as err:
         # Optuna validates its arguments at construction; keep its message and say where it came from.
-        raise ValueError(f"{what} {name!r}: {str(err).rstrip('.')}; {cls.__name__} takes {inspect.signature(cls)}") from None
+        message = str(err).rstrip(".")
+        raise ValueError(f"{what} {name!r}: {message}; {cls.__name__} takes {inspect.signature(cls)}") from None

@@ -37,7 +37,8 @@ def check_before_study(trainer: Trainer, settings: SearchSettings) -> None:
         raise ValueError("train_dataset: a search trains every trial; pass train_dataset= to the trainer")
     if trainer.eval_dataset is None:
         raise ValueError(
-            "eval_dataset: every trial is scored by an evaluation; pass eval_dataset= to the trainer (a held-out split)"
+            "eval_dataset: every trial is scored by an evaluation; pass eval_dataset= to the trainer "
+            "(a held-out split)"
         )
     check_objective_metric(trainer, settings)
 

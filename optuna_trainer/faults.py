@@ -34,7 +34,7 @@ _REASON_CHARS = 2000
 
 
 class TrialOutOfMemoryError(RuntimeError):
-    """One trial ran out of memory; the search catches it (with ``continue_on_oom``) and goes on with the next trial."""
+    """One trial ran out of memory; with ``continue_on_oom`` the search catches it and goes on with the next trial."""
 
 
 def is_out_of_memory(err: BaseException) -> bool:
@@ -58,7 +58,7 @@ def catch_for(catch: tuple[type[BaseException], ...], continue_on_oom: bool) -> 
     return catch
 
 
-def trial_failure(trial: optuna.trial.BaseTrial, err: Exception, continue_on_oom: bool) -> Exception:
+def trial_failure(trial: optuna.trial.BaseTrial, err: BaseException, continue_on_oom: bool) -> BaseException:
     """Record why `trial` failed and return the exception to raise out of the objective.
 
     With ``continue_on_oom``, an out-of-memory error becomes a `TrialOutOfMemoryError` (which the study catches) and
@@ -130,13 +130,17 @@ class NonFiniteLossCallback(TrainerCallback):
         bad = ~torch.isfinite(loss.detach()).all()
         self._bad = bad if self._bad is None else self._bad | bad
 
-    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
         self._remove_hook()
         model = self.model()
         if model is not None:
             self._handle = model.register_forward_hook(self._forward_hook)
 
-    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+    def on_step_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
         bad = self._bad is not None and bool(self._bad.item())
         self._bad = None
         if self.decide(bad):
@@ -160,7 +164,9 @@ class NonFiniteLossCallback(TrainerCallback):
         if reason:
             self._end(state, control, reason)
 
-    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+    def on_train_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
         self._remove_hook()
 
     def _end(self, state: TrainerState, control: TrainerControl, reason: str) -> None:

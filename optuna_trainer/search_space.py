@@ -189,7 +189,9 @@ def _spec_to_distribution(key: str, spec: Any) -> BaseDistribution:
         low, high = int(low), int(high)
         step = 1 if step is None else int(step)
         if log and low < 1:
-            raise ValueError(f"{where}: log=true needs low >= 1 for type int, got low={low}; use log=false or low >= 1")
+            raise ValueError(
+                f"{where}: log=true needs low >= 1 for type int, got low={low}; use log=false or low >= 1"
+            )
         if log and step != 1:
             raise ValueError(f"{where}: log=true cannot be combined with step ({step}); drop one of them")
         return IntDistribution(low, high, log=log, step=step)
