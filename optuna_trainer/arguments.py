@@ -15,7 +15,7 @@ from .objective import normalize_direction
 from .pruners import DEFAULT_PRUNER, build_pruner
 from .samplers import DEFAULT_SAMPLER, build_sampler
 from .search_space import SearchSpace
-from .storage import validate_storage
+from .storage import DEFAULT_HEARTBEAT_INTERVAL, validate_storage
 
 # The fields this class adds; everything else is `TrainingArguments`.
 SEARCH_FIELDS = (
@@ -28,6 +28,7 @@ SEARCH_FIELDS = (
     "pruner",
     "storage",
     "study_name",
+    "heartbeat_interval",
     "save_best_model",
     "continue_on_oom",
 )
@@ -74,10 +75,16 @@ class OptunaTrainingArguments(TrainingArguments):
     Parameters that control where the study lives:
 
         storage (`str`, *optional*):
-            An Optuna storage URL (`sqlite:///...`, `postgresql+psycopg://...`, `mysql+pymysql://...`), or `memory`
-            (nothing kept). Defaults to an SQLite file `optuna_study.db` under `output_dir`.
+            An Optuna storage URL (`sqlite:///...`, `postgresql+psycopg://...`, `mysql+pymysql://...`), a journal
+            file path, a `redis://` URL (journal on Redis), or `memory` (nothing kept). Defaults to an SQLite file
+            `optuna_study.db` under `output_dir`. Running the same command again continues the study; several
+            workers with the same storage and study name share it (see docs/storage.md).
         study_name (`str`, *optional*):
             The study's name in the storage. Defaults to the base name of `output_dir`.
+        heartbeat_interval (`int`, *optional*, defaults to `60`):
+            Seconds between heartbeats of a running trial, for RDB storages (SQLite, PostgreSQL, MySQL). A trial
+            whose heartbeat is older than twice this is taken as killed: it is marked failed and run again with the
+            same parameters from its last checkpoint. `0` turns heartbeats off. Journal and memory storages have none.
         save_best_model (`bool`, *optional*, defaults to `True`):
             Save the best trial's model to `output_dir/best_model` at the end of the search.
 
@@ -149,6 +156,15 @@ class OptunaTrainingArguments(TrainingArguments):
     study_name: str | None = field(
         default=None, metadata={"help": "Study name in the storage. Default: the base name of output_dir."}
     )
+    heartbeat_interval: int | None = field(
+        default=DEFAULT_HEARTBEAT_INTERVAL,
+        metadata={
+            "help": "Seconds between heartbeats of a running trial on an RDB storage (sqlite, postgresql, mysql); a "
+            "trial silent for twice this long is taken as killed, marked failed and retried with the same "
+            "parameters from its last checkpoint (default 60; 0 turns heartbeats off; journal and memory storages "
+            "have none)."
+        },
+    )
     save_best_model: bool = field(
         default=True, metadata={"help": "Save the best trial's model to output_dir/best_model (default true)."}
     )
@@ -180,6 +196,15 @@ class OptunaTrainingArguments(TrainingArguments):
         if self.study_name is not None and not str(self.study_name).strip():
             raise ValueError("study_name: must be a non-empty name or None")
         validate_storage(self.storage)
+        if self.heartbeat_interval is not None and (
+            isinstance(self.heartbeat_interval, bool)
+            or not isinstance(self.heartbeat_interval, int)
+            or self.heartbeat_interval < 0
+        ):
+            raise ValueError(
+                f"heartbeat_interval: must be a whole number of seconds (e.g. 60), or 0 to turn heartbeats off, got "
+                f"{self.heartbeat_interval!r}"
+            )
         if not isinstance(self.continue_on_oom, bool):
             raise ValueError(f"continue_on_oom: must be true or false, got {self.continue_on_oom!r}")
 
@@ -209,6 +234,14 @@ class OptunaTrainingArguments(TrainingArguments):
 
             d["storage"] = mask_url(d["storage"])
         return d
+
+    def __str__(self) -> str:
+        # TrainingArguments prints every field (users log `args`): a password in the storage URL is masked.
+        from .storage import mask_url
+
+        return mask_url(super().__str__())
+
+    __repr__ = __str__
 
     def __getstate__(self) -> dict[str, Any]:
         # Checkpoints pickle the arguments (training_args.bin): drop what may not pickle (a lambda space, a sampler).

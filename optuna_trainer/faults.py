@@ -101,23 +101,25 @@ class NonFiniteLossCallback(TrainerCallback):
         stop: called with ``(state, control, reason)`` to end the trial; the trainer passes its pruning callback's
             stop, so the trial is recorded like a pruned one (``pruned_at_step``, ``stopped_reason``).
         model: returns the model the trial trains (read at ``on_train_begin``).
-        decide: shares the main process's decision with every process (identity in one process), so that every
-            rank stops at the same step.
+        decide: shares an outcome (a reason, None, or an error) between processes; None in one process. Under
+            DDP the decision is shared at logging steps only, so that training does
+            not pay an exchange between processes at every step; a step's non-finite loss is kept until then.
     """
 
     def __init__(
         self,
         stop: Callable[[TrainerState, TrainerControl, str], None],
         model: Callable[[], torch.nn.Module | None],
-        decide: Callable[[Any], Any] = lambda value: value,
+        decide: Callable[[Any], Any] | None = None,
     ) -> None:
         self.stop = stop
         self.model = model
-        self.decide = decide
+        self.decide = decide if decide is not None else (lambda outcome: outcome)
+        self.every_step = decide is None
         self.stopped_reason: str | None = None
         self._handle: torch.utils.hooks.RemovableHandle | None = None
         self._bad: torch.Tensor | None = None
-        self._first_bad: str | None = None
+        self._pending: str | None = None
 
     # ---- per-step loss, read from the model's output ---------------------------------------------------------
 
@@ -141,10 +143,11 @@ class NonFiniteLossCallback(TrainerCallback):
     def on_step_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
-        bad = self._bad is not None and bool(self._bad.item())
+        if self._bad is not None and self._pending is None and bool(self._bad.item()):
+            self._pending = f"training loss is not finite at step {state.global_step}"
         self._bad = None
-        if self.decide(bad):
-            self._end(state, control, f"training loss is not finite at step {state.global_step}")
+        if self.every_step:
+            self._share(state, control, self._pending)
 
     def on_log(
         self,
@@ -154,15 +157,21 @@ class NonFiniteLossCallback(TrainerCallback):
         logs: dict[str, float] | None = None,
         **kwargs: Any,
     ) -> None:
-        bad_key = None
+        reason = self._pending
         for key in ("loss", "grad_norm"):
             value = (logs or {}).get(key)
-            if isinstance(value, (int, float)) and not math.isfinite(value):
-                bad_key = f"logged {key} is {value} at step {state.global_step}"
-                break
-        reason = self.decide(bad_key)
-        if reason:
-            self._end(state, control, reason)
+            if reason is None and isinstance(value, (int, float)) and not math.isfinite(value):
+                reason = f"logged {key} is {value} at step {state.global_step}"
+        self._share(state, control, reason)
+
+    def _share(self, state: TrainerState, control: TrainerControl, reason: str | None) -> None:
+        if self.stopped_reason is not None:
+            return
+        outcome = self.decide(reason)
+        if isinstance(outcome, BaseException):
+            raise outcome  # an error on another process: every process leaves the trial with it
+        if outcome:
+            self._end(state, control, str(outcome))
 
     def on_train_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
@@ -170,8 +179,6 @@ class NonFiniteLossCallback(TrainerCallback):
         self._remove_hook()
 
     def _end(self, state: TrainerState, control: TrainerControl, reason: str) -> None:
-        if self.stopped_reason is not None:
-            return
         self.stopped_reason = reason
         logger.warning(f"{reason}: the trial stops here and is recorded as pruned (a diverged trial has no value)")
         self.stop(state, control, reason)
@@ -188,3 +195,4 @@ class NonFiniteLossCallback(TrainerCallback):
         """Remove the hook (also when training raised before `on_train_end`)."""
         self._remove_hook()
         self._bad = None
+        self._pending = None

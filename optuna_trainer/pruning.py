@@ -17,7 +17,8 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 from .objective import Objective, ObjectiveValue, resolve_objective
 
 # Every decision is made once and then shared; in one process sharing is the identity. Under DDP the trainer passes
-# a function that broadcasts the main process's decision so that every rank stops at the same step.
+# a function that shares the main process's decision (a stop reason or None), or an error raised on any process, so
+# that every rank stops at the same step (see distributed.py).
 Decide = Callable[[Any], Any]
 
 
@@ -77,19 +78,31 @@ class OptunaPruningCallback(TrainerCallback):
     ) -> None:
         if metrics is None or self.pruned_at is not None:
             return
+        try:
+            outcome: str | BaseException | None = self._judge(state, metrics)
+        except Exception as err:  # noqa: BLE001 - shared like a decision, so that every process stops with it
+            outcome = err
+        # In one process this is the identity; under DDP every process gets the same outcome (the main process's
+        # decision, or an error raised on any process) at the same step.
+        outcome = self.decide(outcome)
+        if isinstance(outcome, BaseException):
+            raise outcome
+        if outcome is not None:
+            self._stop(state, control, outcome)
+
+    def _judge(self, state: TrainerState, metrics: dict[str, float]) -> str | None:
+        """Record the value and return why the trial stops here, or None to go on."""
         self.last_metrics = dict(metrics)
         value = self.objective(metrics)
         self.objective.record(state.global_step, value)
         if not _finite(value):
             # A NaN/inf objective would poison the sampler; the trial ends here and is recorded as pruned.
-            self._stop(state, control, f"objective is {value} at step {state.global_step}")
-            return
-        should_prune = False
+            return f"objective is {value} at step {state.global_step}"
         if self.trial is not None and self.prune:
             self.trial.report(value, state.global_step)
-            should_prune = self.trial.should_prune()
-        if self.decide(should_prune) and self.prune:
-            self._stop(state, control, f"pruned at step {state.global_step}")
+            if self.trial.should_prune():
+                return f"pruned at step {state.global_step}"
+        return None
 
     def _stop(self, state: TrainerState, control: TrainerControl, reason: str) -> None:
         self.pruned_at = state.global_step

@@ -14,7 +14,8 @@ from .objective import Objective, resolve_objective
 from .pruners import build_pruner, describe_pruner
 from .samplers import build_sampler, describe_sampler
 from .search_space import DEFAULT_HP_SPACE, SearchSpace, describe_hp_space
-from .storage import default_study_name, resolve_storage
+from .claims import ClaimLock
+from .storage import default_study_name, open_storage
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +43,9 @@ class SearchSettings:
     gc_after_trial: bool = True
     hp_name: Callable[[optuna.Trial], str] | None = None
     notes: list[str] = field(default_factory=list)
+    # Seconds between heartbeats when the storage has them (None: it has none), and the study's claim lock.
+    heartbeat_interval: int | None = None
+    claim_lock: ClaimLock | None = field(default=None, repr=False)
 
     @property
     def declarative(self) -> SearchSpace | None:
@@ -128,9 +132,10 @@ def resolve_settings(
     for exc in catch:
         if not (isinstance(exc, type) and issubclass(exc, BaseException)):
             raise TypeError(f"catch: expected exception classes, e.g. catch=(ValueError,), got {exc!r}")
-    storage, storage_description = resolve_storage(
-        kwargs.get("storage", args.storage), args.output_dir, heartbeat_interval=heartbeat_interval
-    )
+    if heartbeat_interval is None:
+        heartbeat_interval = getattr(args, "heartbeat_interval", None)
+    opened = open_storage(kwargs.get("storage", args.storage), args.output_dir, heartbeat_interval=heartbeat_interval)
+    notes.extend(opened.notes)
     study_name = kwargs.get("study_name", args.study_name) or default_study_name(args.output_dir)
     return SearchSettings(
         hp_space=space,
@@ -141,12 +146,14 @@ def resolve_settings(
         sampler=sampler,
         sampler_spec=sampler_spec,
         pruner=pruner,
-        storage=storage,
-        storage_description=storage_description,
+        storage=opened.storage,
+        storage_description=opened.description,
         study_name=study_name,
         catch=catch,
         callbacks=list(kwargs.get("callbacks") or []),
         gc_after_trial=bool(kwargs.get("gc_after_trial", True)),
         hp_name=hp_name,
         notes=notes,
+        heartbeat_interval=opened.heartbeat_interval,
+        claim_lock=opened.make_lock(study_name),
     )

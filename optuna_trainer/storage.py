@@ -1,18 +1,31 @@
-"""Where a study lives: Optuna storage URLs, journal files, the embedded default, and masked passwords.
+"""Where a study lives: Optuna storage URLs, journal files, the embedded default, heartbeats and masked passwords.
 
 The default is an SQLite file under `output_dir`: one file, readable by `optuna-dashboard`, transactional, and it
-supports Optuna's heartbeats (the journal storage does not), which is what lets a killed run be resumed.
+supports Optuna's heartbeats (the journal storage does not), which is what lets a killed run be resumed: a trial whose
+heartbeat stopped is marked failed and re-queued with the same parameters (see docs/storage.md).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
 
+from .claims import ClaimLock, file_lock, local_lock, rdb_lock, redis_lock
+
+logger = logging.getLogger(__name__)
+
 DEFAULT_DB_NAME = "optuna_study.db"
+DEFAULT_HEARTBEAT_INTERVAL = 60
+# How often a trial whose worker died is re-queued before it is left failed (a trial that kills its process every
+# time, e.g. by running out of memory, must not be retried forever).
+MAX_RETRY = 3
 MEMORY = ("memory", ":memory:", "inmemory")
 _RDB_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql", "mariadb", "oracle", "mssql")
 _PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/@\s]*:)(?P<password>[^@\s]*)@")
@@ -74,40 +87,129 @@ def default_study_name(output_dir: str) -> str:
     return os.path.basename(os.path.normpath(os.path.abspath(output_dir))) or "optuna_trainer"
 
 
-def resolve_storage(
+@dataclass
+class OpenedStorage:
+    """A storage ready for `optuna.create_study`, with what the search needs to know about it.
+
+    Attributes:
+        storage: the storage (None: Optuna's in-memory storage).
+        description: printable, password-masked.
+        heartbeat_interval: seconds between heartbeats, None when the storage has none (then a killed worker's
+            trial cannot be told from a live one).
+        notes: lines for the printed settings (e.g. that this storage has no heartbeat).
+        make_lock: study name -> the lock that serializes "count the budget, then create a trial" across workers.
+    """
+
+    storage: optuna.storages.BaseStorage | None
+    description: str
+    heartbeat_interval: int | None = None
+    notes: list[str] = field(default_factory=list)
+    make_lock: Callable[[str], ClaimLock] = field(default=lambda name: local_lock(), repr=False)
+
+
+def _no_heartbeat_note(kind: str) -> str:
+    return (
+        f"{kind} has no heartbeat: a trial of a killed run stays RUNNING and is not retried; use an RDB storage "
+        "(the default SQLite file, postgresql+psycopg://..., mysql+pymysql://...) for crash recovery"
+    )
+
+
+def _rdb_storage(url: str, heartbeat_interval: int | None) -> optuna.storages.RDBStorage:
+    kwargs: dict[str, Any] = {}
+    if heartbeat_interval:
+        kwargs = {
+            "heartbeat_interval": heartbeat_interval,
+            "grace_period": 2 * heartbeat_interval,
+            # A stale trial (its worker was killed) is re-queued as WAITING with the same parameters, user attributes
+            # (its `run_dir`, where its checkpoints are) and grid point; the next trial any worker starts is that one.
+            "heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
+        }
+    engine_kwargs = {"pool_pre_ping": True} if _scheme(url) != "sqlite" else {}
+    return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+
+
+def open_storage(
     storage: str | optuna.storages.BaseStorage | None,
     output_dir: str,
-    heartbeat_interval: int | None = None,
-) -> tuple[optuna.storages.BaseStorage | None, str]:
-    """Build the storage object and a printable (password-masked) description.
+    heartbeat_interval: int | None = DEFAULT_HEARTBEAT_INTERVAL,
+) -> OpenedStorage:
+    """Open (and for a server, connect to) the storage; raise a clear, password-masked `ValueError` if it fails.
 
-    Returns:
-        `(storage, description)`; storage None means Optuna's in-memory storage.
+    Args:
+        storage: a URL, a journal file path, "memory", None (the SQLite file under `output_dir`), or a storage.
+        output_dir: where the default SQLite file goes.
+        heartbeat_interval: seconds between heartbeats of a running trial (RDB storages); 0 or None turns them off.
     """
     if isinstance(storage, optuna.storages.BaseStorage):
-        return storage, type(storage).__name__
+        return _wrap_given(storage)
     validate_storage(storage)
     if storage is not None and storage.lower() in MEMORY:
-        return None, "memory (not persisted)"
+        return OpenedStorage(None, "memory (not persisted)", notes=[_no_heartbeat_note("memory storage")])
     if storage is None:
         os.makedirs(output_dir, exist_ok=True)
         storage = default_storage_url(output_dir)
     try:
-        if "://" not in storage:
-            backend = optuna.storages.journal.JournalFileBackend(os.path.abspath(storage))
-            return optuna.storages.JournalStorage(backend), f"journal file {os.path.abspath(storage)}"
-        if _scheme(storage) in ("redis", "rediss"):
-            backend = optuna.storages.journal.JournalRedisBackend(storage)
-            return optuna.storages.JournalStorage(backend), mask_url(storage)
-        kwargs: dict[str, Any] = {}
-        if heartbeat_interval:
-            kwargs = {
-                "heartbeat_interval": heartbeat_interval,
-                "grace_period": 2 * heartbeat_interval,
-            }
-        engine_kwargs = {"pool_pre_ping": True} if _scheme(storage) != "sqlite" else {}
-        return optuna.storages.RDBStorage(storage, engine_kwargs=engine_kwargs, **kwargs), mask_url(storage)
+        with warnings.catch_warnings():
+            # heartbeat_interval and the retry callback are marked experimental by Optuna; they are what crash
+            # recovery is built on, so the warning says nothing the user can act on.
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            if "://" not in storage:
+                path = os.path.abspath(storage)
+                backend = optuna.storages.journal.JournalFileBackend(path)
+                return OpenedStorage(
+                    optuna.storages.JournalStorage(backend),
+                    f"journal file {path}",
+                    notes=[_no_heartbeat_note("a journal file")],
+                    make_lock=lambda name: file_lock(path + ".claim.lock"),
+                )
+            if _scheme(storage) in ("redis", "rediss"):
+                backend = optuna.storages.journal.JournalRedisBackend(storage)
+                url = storage
+                return OpenedStorage(
+                    optuna.storages.JournalStorage(backend),
+                    mask_url(storage),
+                    notes=[_no_heartbeat_note("a Redis journal")],
+                    make_lock=lambda name: redis_lock(url, name),
+                )
+            rdb = _rdb_storage(storage, heartbeat_interval)
     except Exception as err:  # noqa: BLE001 - any driver error becomes one clear, masked message
         raise ValueError(
             f"storage: cannot open {mask_url(storage)!r}: {type(err).__name__}: {mask_url(str(err)).splitlines()[0]}"
         ) from None
+    return _wrap_rdb(rdb, mask_url(storage))
+
+
+def _wrap_rdb(rdb: optuna.storages.RDBStorage, description: str) -> OpenedStorage:
+    interval = rdb.get_heartbeat_interval()
+    notes = [] if interval else ["heartbeat_interval is off: a trial of a killed run stays RUNNING and is not retried"]
+    if interval:
+        description += f" (heartbeat every {interval} s)"
+    return OpenedStorage(rdb, description, interval, notes=notes, make_lock=lambda name: rdb_lock(rdb, name))
+
+
+def _wrap_given(storage: optuna.storages.BaseStorage) -> OpenedStorage:
+    """A storage object built by the user: used as is, with what can be learned from it."""
+    if isinstance(storage, optuna.storages.RDBStorage):
+        return _wrap_rdb(storage, type(storage).__name__)
+    return OpenedStorage(
+        storage,
+        type(storage).__name__,
+        notes=[
+            f"{type(storage).__name__} given as an object: trial claims are serialized within this process only; "
+            "pass the storage as a URL or journal file path to coordinate several workers exactly"
+        ],
+    )
+
+
+def resolve_storage(
+    storage: str | optuna.storages.BaseStorage | None,
+    output_dir: str,
+    heartbeat_interval: int | None = DEFAULT_HEARTBEAT_INTERVAL,
+) -> tuple[optuna.storages.BaseStorage | None, str]:
+    """Build the storage object and a printable (password-masked) description (see `open_storage`).
+
+    Returns:
+        `(storage, description)`; storage None means Optuna's in-memory storage.
+    """
+    opened = open_storage(storage, output_dir, heartbeat_interval)
+    return opened.storage, opened.description

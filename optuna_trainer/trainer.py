@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import shutil
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -28,10 +29,14 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, BestRun, HPSearchB
 from .arguments import OptunaTrainingArguments
 from .checks import check_before_study
 from .faults import NonFiniteLossCallback, catch_for, trial_failure
+from .claims import local_lock
+from .distributed import Coordinator, coordinator_for
 from .models import InitialModel, apply_config_values
-from .pruning import OptunaPruningCallback
+from .pruning import Decide, OptunaPruningCallback
+from .resume import find_resume_point
 from .search_space import SearchSpace, check_key, check_model_keys, split_params
 from .settings import SearchSettings, resolve_settings
+from .workers import run_trials
 
 logger = logging.getLogger(__name__)
 
@@ -102,44 +107,66 @@ class OptunaTrainer(Trainer):
 
         Returns:
             transformers' `BestRun` of the best trial (a list of them, the Pareto front, for several objectives).
+            Under `accelerate launch`/torchrun every process returns the same value; only the main process holds
+            `trainer.study` (None on the others, see docs/distributed.md).
         """
         if backend is not None and HPSearchBackend(backend) != HPSearchBackend.OPTUNA:
             raise ValueError(f"backend: OptunaTrainer searches with optuna only, got {backend!r}")
         base_args: OptunaTrainingArguments = self.args
-        settings = resolve_settings(
-            base_args,
-            hp_space=hp_space,
-            compute_objective=compute_objective,
-            n_trials=n_trials,
-            direction=direction,
-            hp_name=hp_name,
-            **kwargs,
-        )
-        # Everything that can be checked without training is checked before the study exists in the storage.
-        check_before_study(self, settings)
-        settings.log()
+        # Several processes (DDP): the main process owns the study, the others follow it (distributed.py).
+        coordinator = coordinator_for(base_args)
+        follower = coordinator is not None and not coordinator.is_main
 
-        study = optuna.create_study(
-            storage=settings.storage,
-            sampler=settings.sampler,
-            pruner=settings.pruner,
-            study_name=settings.study_name,
-            directions=settings.objective.directions,
-            load_if_exists=True,
-        )
-        self.study = study
-        remaining = settings.n_trials - _count_finished(study)
-        if remaining <= 0:
-            logger.info(
-                f"Study {settings.study_name!r} already has {_count_finished(study)} finished trials of "
-                f"n_trials={settings.n_trials}; no trial to run"
+        def prepare() -> tuple[SearchSettings, optuna.Study | None]:
+            settings = resolve_settings(
+                base_args,
+                hp_space=hp_space,
+                compute_objective=compute_objective,
+                n_trials=n_trials,
+                direction=direction,
+                hp_name=hp_name,
+                # Only the main process opens the storage; the others check everything else the same way.
+                **({**kwargs, "storage": "memory"} if follower else kwargs),
             )
+            # Everything that can be checked without training is checked before the study exists in the storage.
+            check_before_study(self, settings)
+            if follower:
+                return settings, None
+            settings.log()
+            study = optuna.create_study(
+                storage=settings.storage,
+                sampler=settings.sampler,
+                pruner=settings.pruner,
+                study_name=settings.study_name,
+                directions=settings.objective.directions,
+                load_if_exists=True,
+            )
+            return settings, study
+
+        settings, study = prepare() if coordinator is None else coordinator.setup(prepare)
+        self.study = study
+        remaining = settings.n_trials - _count_finished(study) if study is not None else 0
+        if coordinator is not None:
+            remaining = coordinator.share(remaining)
+        if remaining <= 0:
+            if study is not None:
+                logger.info(
+                    f"Study {settings.study_name!r} already has {_count_finished(study)} finished trials of "
+                    f"n_trials={settings.n_trials}; no trial to run"
+                )
         else:
-            self._run_study(study, settings, base_args, remaining)
-        return _best_runs(study, settings)
+            self._run_study(study, settings, base_args, remaining, coordinator)
+        if coordinator is None:
+            return _best_runs(study, settings)
+        return coordinator.finish_search(lambda: _best_runs(study, settings))
 
     def _run_study(
-        self, study: optuna.Study, settings: SearchSettings, base_args: OptunaTrainingArguments, n_trials: int
+        self,
+        study: optuna.Study | None,
+        settings: SearchSettings,
+        base_args: OptunaTrainingArguments,
+        n_trials: int,
+        coordinator: Coordinator | None = None,
     ) -> None:
         user_model_init = self.model_init
         pre_search_model = self.model
@@ -151,18 +178,39 @@ class OptunaTrainer(Trainer):
             # The model transformers built at init is not trained during the search: keep it off the device.
             pre_search_model.to("cpu")
         state = _SearchState(output_dir=base_args.output_dir, model_config=getattr(pre_search_model, "config", None))
-        if _best_value(study) is not None:
+        if study is not None and _best_value(study) is not None:
             state.best_value = study.best_value
             state.best_run_dir = study.best_trial.user_attrs.get("run_dir")
         try:
-            study.optimize(
-                lambda trial: self._run_trial(trial, settings, base_args, state),
-                n_trials=n_trials,
-                timeout=settings.timeout,
-                catch=catch_for(settings.catch, base_args.continue_on_oom),
-                callbacks=[optuna.study.MaxTrialsCallback(settings.n_trials, states=_FINISHED), *settings.callbacks],
-                gc_after_trial=settings.gc_after_trial,
+            objective = lambda trial: self._run_trial(trial, settings, base_args, state)  # noqa: E731
+
+            def drive(study: optuna.Study, func: Callable[[optuna.Trial], Any]) -> None:
+                # `n_trials` is the study's total over every run and worker: see workers.py for how it is kept exact.
+                run_trials(
+                    study,
+                    func,
+                    n_trials=settings.n_trials,
+                    lock=settings.claim_lock or local_lock(),
+                    heartbeat_interval=settings.heartbeat_interval,
+                    timeout=settings.timeout,
+                    catch=catch_for(settings.catch, base_args.continue_on_oom),
+                    callbacks=settings.callbacks,
+                    gc_after_trial=settings.gc_after_trial,
+                )
+
+            if coordinator is None:
+                assert study is not None
+                drive(study, objective)
+            else:
+                state.decide, state.share, state.is_main = coordinator.decide, coordinator.share, coordinator.is_main
+                state.best_value, state.best_run_dir = coordinator.share((state.best_value, state.best_run_dir))
+                coordinator.optimize(study, objective, drive=drive, gc_after_trial=settings.gc_after_trial)
+        except KeyboardInterrupt:
+            logger.warning(
+                f"Interrupted: the running trial is marked FAIL and study {settings.study_name!r} is consistent; run "
+                "the same command again to continue it"
             )
+            raise
         finally:
             self.model_init = user_model_init
             self._trial_model_values = {}
@@ -191,18 +239,29 @@ class OptunaTrainer(Trainer):
         args_values, model_values = split_params(values)
         run_name = settings.hp_name(trial) if settings.hp_name is not None else f"run-{trial.number}"
         run_dir = os.path.join(base_args.output_dir, run_name)
+        # A trial re-queued after its worker died continues in the original's run directory, from its checkpoint.
+        resume = state.share(find_resume_point(trial) if state.is_main else None)
+        if resume is not None and resume.checkpoint is not None:
+            run_dir = resume.run_dir
+            trial.set_user_attr("resumed_from_checkpoint", resume.checkpoint)
         trial.set_user_attr("run_dir", run_dir)
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         self._set_args(base_args.trial_arguments(args_values, output_dir=run_dir))
         self._trial_model_values = model_values
         objective = dataclasses.replace(settings.objective, history=[])
-        callback = OptunaPruningCallback(trial, objective, prune=not objective.multi)
+        callback = OptunaPruningCallback(trial, objective, prune=not objective.multi, decide=state.decide)
         self.add_callback(callback)
+        if resume is not None and resume.history and not objective.multi:
+            for step, value in resume.history:
+                trial.report(value, step)
+                objective.record(step, value)
         # A NaN/inf training loss ends the trial through the pruning callback's stop (recorded as pruned).
-        guard = NonFiniteLossCallback(callback._stop, lambda: self.model, decide=callback.decide)
+        shared = None if state.decide is _same_decision else state.decide
+        guard = NonFiniteLossCallback(callback._stop, lambda: self.model, decide=shared)
         self.add_callback(guard)
         finished = False
         try:
-            self.train(trial=trial)
+            self.train(resume_from_checkpoint=resume.checkpoint if resume is not None else None, trial=trial)
             if not objective.history:
                 # No evaluation during training: evaluate once at the end (nothing left to prune).
                 callback.prune = False
@@ -211,6 +270,11 @@ class OptunaTrainer(Trainer):
             callback.check_pruned()
             value = self._trial_value(callback, objective)
             finished = True
+            if not objective.multi:
+                # Other workers of the study may have found better trials since this worker last looked.
+                study_best = _best_value(trial.study)
+                if study_best is not None and _is_better(study_best, state.best_value, objective.directions[0]):
+                    state.best_value = study_best
             if not objective.multi and _is_better(value, state.best_value, objective.directions[0]):
                 state.best_value = value
                 self._save_best(trial, value, values, run_dir, state)
@@ -219,7 +283,7 @@ class OptunaTrainer(Trainer):
             trial.set_user_attr("pruned_at_step", callback.pruned_at)
             trial.set_user_attr("stopped_reason", callback.stopped_reason)
             raise
-        except Exception as err:
+        except (Exception, KeyboardInterrupt) as err:
             failure = trial_failure(trial, err, base_args.continue_on_oom)
             if failure is err:
                 raise
@@ -285,12 +349,21 @@ class OptunaTrainer(Trainer):
             torch.cuda.empty_cache()
 
 
+def _same_decision(outcome: Any) -> Any:
+    return outcome
+
+
 @dataclasses.dataclass
 class _SearchState:
     output_dir: str
     model_config: Any = None
     best_value: Any = None
     best_run_dir: str | None = None
+    # Shares each pruning decision between processes (the identity in one process).
+    decide: Decide = _same_decision
+    # Shares a value computed on the main process (the identity in one process); only the main process reads the study.
+    share: Callable[[Any], Any] = _same_decision
+    is_main: bool = True
 
 
 _FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)

@@ -1,0 +1,434 @@
+"""One Optuna study driven by the main process while every process of a DDP group trains the same trial.
+
+Under `accelerate launch` / torchrun, every rank runs the user's script and calls `hyperparameter_search()`. Rank 0
+owns the study (the only process that opens the storage, samples, reports, prunes and writes records); the other
+ranks follow it. Every decision is made on rank 0, or gathered from every rank, and then known to all ranks at the same
+point of the program, so that no rank waits on a collective another rank will not join:
+
+- the start of each trial and the end of the study (`n_trials`, `timeout`, `MaxTrialsCallback`, an uncaught error):
+  rank 0 sends "next" or "stop" (with the error every rank then raises);
+- the parameters: a `TorchDistributedTrial` (optuna-integration) on every rank, so that `hp_space(trial)` and
+  `model_init(trial)` get rank 0's values; its numbers are sent pickled (see `SyncTrial`), so floats arrive
+  bit-identical;
+- report and prune: `OptunaPruningCallback` asks rank 0's trial, and its `decide` (here `Coordinator.decide`) shares
+  rank 0's decision, or an error raised on any rank, at every evaluation: all ranks stop at the same global step;
+- the end of a trial: every rank sends its outcome (value, pruned, or its error); an error on any rank fails the trial
+  on all of them, and rank 0's `study.optimize` (with or without `catch`) decides what happens next.
+
+The coordination runs over its own gloo process groups with CPU tensors, as `TorchDistributedTrial` does, so it works
+the same when the training group is NCCL (GPUs) or gloo (CPUs).
+
+A rank that raises in the middle of a step leaves the others waiting in a collective of the training group (a DDP
+gradient all-reduce, an evaluation gather) that it will never join. Those ranks get an error only when that collective
+times out: the process group's timeout, `TrainingArguments.ddp_timeout` (1800 s by default; set it lower to fail such
+trials sooner). With gloo the timeout raises, the ranks meet in the end-of-trial exchange, and since a timed-out
+collective leaves the group out of step, every process group is rebuilt on the same rendezvous store before the next
+trial. With NCCL, the NCCL watchdog usually aborts the processes on such a timeout (`TORCH_NCCL_ASYNC_ERROR_HANDLING`),
+which ends the whole job rather than one trial: an error on every rank at once (a bad value, an out-of-memory in the
+same step) or in a callback is caught collectively on either backend.
+"""
+
+from __future__ import annotations
+
+import datetime
+import gc
+import logging
+import pickle
+import traceback
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import optuna
+import torch.distributed as dist
+from optuna_integration import TorchDistributedTrial
+from transformers import TrainingArguments
+
+logger = logging.getLogger(__name__)
+
+# The end-of-trial exchange waits for ranks that are still stuck in a training collective until it times out, so the
+# control group waits longer than the training group does.
+_CONTROL_TIMEOUT_FACTOR = 3
+_CONTROL_TIMEOUT_MARGIN_S = 60
+
+
+class CoordinationError(RuntimeError):
+    """The control group itself failed (a process crashed or hung): the search cannot go on on any rank."""
+
+
+class PeerFailedError(RuntimeError):
+    """This rank stopped because another rank failed or left the trial (the trial's error is the other rank's)."""
+
+
+def coordinator_for(args: TrainingArguments) -> Coordinator | None:
+    """The coordinator of a multi-process search, or None in one process."""
+    if args.world_size <= 1 or not dist.is_available() or not dist.is_initialized():
+        return None
+    return Coordinator(timeout_s=float(args.ddp_timeout))
+
+
+class SyncTrial(TorchDistributedTrial):
+    """`TorchDistributedTrial` whose suggestions arrive bit-identical and whose errors reach every rank.
+
+    Upstream sends `suggest_float` through a `torch.float` (float32) tensor: every rank gets the same number, but not the
+    float64 the study records (a learning rate of 3.0000001e-05 trains as 2.9999999e-05). Here every value is sent
+    pickled (`broadcast_object_list`), which keeps Python's float64 and arbitrary ints exactly. An error in rank 0's
+    suggestion (an invalid range) is sent too and raised on every rank, where upstream leaves the others waiting.
+
+    Only the suggestions are collective. `report`, `should_prune`, `set_user_attr` and `set_constraint` act on rank 0's
+    trial only (other ranks keep user attributes locally): the trainer calls them on paths that may differ between
+    ranks (an error on one rank), and the pruning decision is shared by `Coordinator.decide` instead.
+    """
+
+    def __init__(self, trial: optuna.trial.BaseTrial | None, group: Any) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            super().__init__(trial, group=group)
+
+    def _call_and_communicate(self, func: Callable[[], Any], dtype: Any) -> Any:
+        return self._call_and_communicate_obj(func)
+
+    def _call_and_communicate_obj(self, func: Callable[[], Any]) -> Any:
+        result: tuple[bool, Any] | None = None
+        if self._delegate is not None:
+            try:
+                result = (True, func())
+            except Exception as err:  # noqa: BLE001 - raised on every rank below
+                result = (False, _portable(err))
+        ok, value = self._broadcast(result)
+        if not ok:
+            raise value
+        return value
+
+    def report(self, value: float, step: int) -> None:
+        if self._delegate is not None:
+            self._delegate.report(value, step)
+
+    def should_prune(self) -> bool:
+        return bool(self._delegate.should_prune()) if self._delegate is not None else False
+
+    def set_user_attr(self, key: str, value: Any) -> None:
+        if self._delegate is not None:
+            self._delegate.set_user_attr(key, value)
+        self._user_attrs = {**self._user_attrs, key: value}
+
+    def set_constraint(self, key: str, value: float) -> None:
+        if self._delegate is not None:
+            self._delegate.set_constraint(key, value)
+
+
+class Coordinator:
+    """Keeps the processes of one search in step; see the module docstring for the protocol.
+
+    Every exchange on the control group is an `all_gather_object` of a tagged record, so that a rank that left a trial
+    early (its end-of-trial record) and a rank still training (its evaluation record) still meet in the same
+    collective and can tell what the other is doing.
+    """
+
+    def __init__(self, timeout_s: float) -> None:
+        self.rank = dist.get_rank()
+        self.world_size = dist.get_world_size()
+        self.is_main = self.rank == 0
+        self.timeout = datetime.timedelta(seconds=timeout_s)
+        self.control_timeout = datetime.timedelta(
+            seconds=_CONTROL_TIMEOUT_FACTOR * timeout_s + _CONTROL_TIMEOUT_MARGIN_S
+        )
+        self.backend = dist.get_backend()
+        _apply_timeout(self.timeout)
+        # The rendezvous store outlives the process groups: rebuilding them after a failed trial reuses it.
+        self._store = dist.distributed_c10d._get_default_store()
+        self._generation = 0
+        self._make_groups()
+
+    # ---- process groups ----------------------------------------------------------------------------------------
+
+    def _make_groups(self) -> None:
+        # gloo with CPU tensors, whatever the training backend is (as TorchDistributedTrial does under NCCL).
+        self.trial_group = dist.new_group(backend="gloo", timeout=self.timeout)
+        self.control_group = dist.new_group(backend="gloo", timeout=self.control_timeout)
+
+    def _rebuild_groups(self) -> None:
+        """Replace every process group with a fresh one; called by all ranks at the same point after a failure.
+
+        A collective that timed out on some ranks (a rank failed in the middle of a step) leaves the group's sequence
+        of collectives out of step, so the next trial's DDP would hang or mix messages. The default group is
+        re-initialized on the same store under a new prefix; accelerate and DDP look it up at each use.
+        """
+        self._generation += 1
+        try:
+            dist.destroy_process_group()
+            dist.init_process_group(
+                backend=self.backend,
+                store=dist.PrefixStore(f"optuna_trainer/{self._generation}/", self._store),
+                rank=self.rank,
+                world_size=self.world_size,
+                timeout=self.timeout,
+            )
+            self._make_groups()
+        except Exception as err:
+            raise CoordinationError(
+                f"rank {self.rank}: could not rebuild the process groups after a failed trial: {err}"
+            ) from err
+        logger.debug(f"rank {self.rank}: process groups rebuilt after a failed trial (generation {self._generation})")
+
+    # ---- exchanges --------------------------------------------------------------------------------------------
+
+    def _exchange(self, record: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        gathered: list[Any] = [None] * self.world_size
+        try:
+            dist.all_gather_object(gathered, record, group=self.control_group)
+        except Exception as err:
+            raise CoordinationError(
+                f"rank {self.rank}: the processes of the search lost each other ({type(err).__name__}: {err}); "
+                f"another process probably crashed or hung for more than {self.control_timeout}"
+            ) from err
+        logger.debug(f"rank {self.rank}: {record[0]} -> {[r[0] for r in gathered]}")
+        return gathered
+
+    def share(self, value: Any = None) -> Any:
+        """Rank 0's `value` on every rank (the others' arguments are ignored)."""
+        return self._exchange(("share", _portable(value) if self.is_main else None))[0][1]
+
+    def decide(self, outcome: str | BaseException | None) -> str | BaseException | None:
+        """`OptunaPruningCallback`'s `decide`: the same outcome of an evaluation on every rank.
+
+        An error on any rank (the first in rank order) wins over rank 0's stop reason; a rank that has already left
+        the trial (its end-of-trial record) counts as an error, so the ranks still training stop and join it.
+        """
+        local = _portable(outcome) if isinstance(outcome, BaseException) else outcome
+        records = self._exchange(("check", self.rank, local))
+        _check_not_stopped(records)
+        errors = _errors(records)
+        if errors:
+            return _primary(errors)[1]
+        return records[0][2]
+
+    def run_trial(self, run: Callable[[], Any]) -> Any:
+        """Run one trial's body on this rank and return the trial's shared result.
+
+        Returns rank 0's value; raises `optuna.TrialPruned` when rank 0 pruned the trial, or the trial's error (from
+        any rank) on every rank.
+        """
+        outcome: tuple[Any, ...]
+        local_error: BaseException | None = None
+        try:
+            outcome = ("ok", run())
+        except optuna.TrialPruned as err:
+            outcome = ("pruned", str(err))
+        except Exception as err:  # noqa: BLE001 - every rank learns of it below
+            local_error = err
+            outcome = ("failed", _portable(err), "".join(traceback.format_exception(err)))
+        outcomes = self._finish(outcome)
+        failures = [(rank, o) for rank, o in enumerate(outcomes) if o[0] == "failed"]
+        if not failures:
+            kind, value = outcomes[0]
+            if kind == "pruned":
+                raise optuna.TrialPruned(value)
+            return value
+        self._rebuild_groups()
+        source, error = _primary([(rank, o[1]) for rank, o in failures])
+        if source == self.rank and local_error is not None and _origin(local_error, self.rank) == self.rank:
+            error = local_error  # this rank's own error, with its traceback
+        elif self.is_main and outcomes[source][0] == "failed" and len(outcomes[source]) > 2:
+            logger.error(f"Trial failed on rank {source}:\n{outcomes[source][2]}")
+        raise _with_note(error, f"the trial failed on rank {source}")
+
+    def _finish(self, outcome: tuple[str, Any]) -> list[tuple[str, Any]]:
+        # Repeat until every rank is here: a rank still training meets this record in its own `decide` exchange,
+        # stops, and comes here for the next round.
+        while True:
+            records = self._exchange(("end", self.rank, outcome))
+            if all(r[0] == "end" for r in records):
+                return [r[2] for r in records]
+            _check_not_stopped(records)
+
+    # ---- the search -------------------------------------------------------------------------------------------
+
+    def optimize(
+        self,
+        study: optuna.Study | None,
+        objective: Callable[[optuna.trial.BaseTrial], Any],
+        *,
+        drive: Callable[[optuna.Study, Callable[[optuna.Trial], Any]], Any],
+        gc_after_trial: bool,
+    ) -> None:
+        """Rank 0 runs the trials (`drive(study, objective)`: the study's run loop, with its budget, timeout and
+        `catch`); the other ranks follow it trial by trial until it sends "stop"."""
+        if not self.is_main:
+            self._follow(objective, gc_after_trial)
+            return
+        assert study is not None
+
+        def main_objective(trial: optuna.Trial) -> Any:
+            try:
+                self._exchange(("next", None))
+                return self.run_trial(lambda: objective(SyncTrial(trial, self.trial_group)))
+            except optuna.TrialPruned:
+                raise
+            except CoordinationError:
+                # The processes lost each other: no further trial can run, whatever `catch` says.
+                trial.study.stop()
+                raise
+            except Exception as err:
+                # The trainer recorded this rank's error; the trial's error may come from another rank.
+                notes = "; ".join(getattr(err, "__notes__", []))
+                trial.set_user_attr("fail_reason", f"{type(err).__name__}: {err} ({notes})"[:2000])
+                raise
+
+        try:
+            drive(study, main_objective)
+        except BaseException as err:
+            self._send_stop(err)
+            raise
+        self._send_stop(None)
+
+    def _send_stop(self, error: BaseException | None) -> None:
+        try:
+            self._exchange(("stop", _portable(error) if error is not None else None))
+        except Exception as err:  # noqa: BLE001 - the original error matters more than this one
+            if error is None:
+                raise
+            logger.error(f"could not tell the other processes that the search stopped: {err}")
+
+    def _follow(self, objective: Callable[[optuna.trial.BaseTrial], Any], gc_after_trial: bool) -> None:
+        while True:
+            kind, payload = self._exchange(("wait", None))[0]
+            if kind == "stop":
+                if payload is not None:
+                    raise payload
+                return
+            try:
+                self.run_trial(lambda: objective(SyncTrial(None, self.trial_group)))
+            except CoordinationError:
+                raise
+            except (optuna.TrialPruned, Exception):  # noqa: BLE001 - rank 0 records the trial and decides what's next
+                pass
+            if gc_after_trial:
+                gc.collect()
+
+    def finish_search(self, compute: Callable[[], Any]) -> Any:
+        """Rank 0's result of `compute()` (or its error) on every rank."""
+        result: tuple[bool, Any] | None = None
+        if self.is_main:
+            try:
+                result = (True, compute())
+            except Exception as err:  # noqa: BLE001 - raised on every rank below
+                result = (False, _portable(err))
+        ok, value = self.share(result)
+        if not ok:
+            raise value
+        return value
+
+    def setup(self, prepare: Callable[[], Any]) -> Any:
+        """Run `prepare()` on every rank; if it fails on any rank, raise that error on all of them.
+
+        Returns this rank's result.
+        """
+        result: Any = None
+        error: BaseException | None = None
+        try:
+            result = prepare()
+        except Exception as err:  # noqa: BLE001 - raised on every rank below
+            error = _portable(err)
+        errors = [r[1] for r in self._exchange(("setup", error)) if r[1] is not None]
+        if errors:
+            if error is not None:
+                raise error
+            raise errors[0]
+        return result
+
+
+def _check_not_stopped(records: list[tuple[Any, ...]]) -> None:
+    """Rank 0 left `study.optimize` (an interrupt) while this rank was still in the trial: the search is over."""
+    stop = records[0]
+    if stop[0] == "stop":
+        raise CoordinationError(f"the main process stopped the search during a trial: {stop[1]!r}") from (
+            stop[1] if isinstance(stop[1], BaseException) else None
+        )
+
+
+def _apply_timeout(timeout: datetime.timedelta) -> None:
+    """Make the training group time out after `ddp_timeout`, as the user asked.
+
+    transformers passes `ddp_timeout` to accelerate except with `use_cpu=True`, where gloo keeps torch's 30-minute
+    default: a rank left waiting by a failed peer would then wait that long. torch has no public setter for an existing
+    group's timeout; `_set_pg_timeout` is the one it ships (used since torch 2.2), hence the private name.
+    """
+    setter = getattr(dist.distributed_c10d, "_set_pg_timeout", None)
+    if setter is None:
+        logger.warning(f"this torch cannot set the process group's timeout; ddp_timeout={timeout} may not apply")
+        return
+    try:
+        setter(timeout)
+    except Exception as err:  # noqa: BLE001 - the search works without it, only slower to fail
+        logger.warning(f"could not set the process group's timeout to {timeout}: {err}")
+
+
+def _errors(records: list[tuple[Any, ...]]) -> list[tuple[int, BaseException]]:
+    errors: list[tuple[int, BaseException]] = []
+    for record in records:
+        rank = record[1]
+        if record[0] == "check" and isinstance(record[2], BaseException):
+            errors.append((rank, record[2]))
+        elif record[0] == "end":
+            outcome = record[2]
+            if outcome[0] == "failed":
+                errors.append((rank, outcome[1]))
+            else:
+                errors.append((rank, PeerFailedError(f"rank {rank} ended the trial while this rank was evaluating")))
+    for rank, err in errors:
+        # A rank that raises this error because of an exchange raises a copy: remember where it came from, so that
+        # the end of the trial names the rank where it happened.
+        if _ORIGIN not in vars(err):
+            setattr(err, _ORIGIN, rank)
+    return errors
+
+
+_ORIGIN = "optuna_trainer_rank"
+
+
+def _origin(err: BaseException, rank: int) -> int:
+    """The rank where `err` was first raised (`rank` itself unless it came from an exchange)."""
+    return getattr(err, _ORIGIN, rank)
+
+
+def _is_collateral(err: BaseException) -> bool:
+    """An error caused by another rank's failure (a collective that timed out or lost its peer)."""
+    if isinstance(err, PeerFailedError):
+        return True
+    if isinstance(err, getattr(dist, "DistError", ())):
+        return True
+    text = str(err)
+    return isinstance(err, RuntimeError) and any(
+        mark in text for mark in ("gloo", "Gloo", "NCCL", "Timed out", "timed out", "Connection closed")
+    )
+
+
+def _primary(errors: list[tuple[int, BaseException]]) -> tuple[int, BaseException]:
+    """The error that caused the others, and the rank where it was raised: the first (in rank order) raised where it
+    happened that is not a timeout or a peer's failure."""
+    for rank, err in errors:
+        if _origin(err, rank) == rank and not _is_collateral(err):
+            return rank, err
+    for rank, err in errors:
+        if not _is_collateral(err):
+            return _origin(err, rank), err
+    rank, err = errors[0]
+    return _origin(err, rank), err
+
+
+def _with_note(err: BaseException, note: str) -> BaseException:
+    if note not in getattr(err, "__notes__", []):
+        err.add_note(note)
+    return err
+
+
+def _portable(value: Any) -> Any:
+    """`value` if it survives pickling (to be sent to other ranks), else a RuntimeError with its text."""
+    try:
+        pickle.loads(pickle.dumps(value))
+        return value
+    except Exception:  # noqa: BLE001 - any pickling problem
+        if isinstance(value, BaseException):
+            return RuntimeError(f"{type(value).__name__}: {value}")
+        raise

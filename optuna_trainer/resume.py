@@ -1,0 +1,78 @@
+"""Resume a trial whose worker was killed: same parameters (Optuna re-queues it), same run directory, last checkpoint.
+
+When a worker dies (SIGKILL, a preempted machine, the OOM killer), its trial stops beating; the next worker that
+counts the budget marks it FAIL and `RetryHeartbeatStaleTrialCallback` re-queues a copy as WAITING with the same
+parameters, grid point and user attributes (its `run_dir`), and `failed_trial` = the original number in its system
+attributes. This module finds, for such a copy, where the original trained and its last checkpoint, so that the copy
+continues from that step instead of step 0. The evaluations the original reported up to that checkpoint are carried
+over, so that the trial's value (its best evaluation) and the pruner see the whole curve.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+
+import optuna
+from transformers.trainer_utils import get_last_checkpoint
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ResumePoint:
+    """Where a retried trial continues.
+
+    Attributes:
+        original: the number of the trial whose worker died (the first of the retry series).
+        run_dir: the original's run directory.
+        checkpoint: its last checkpoint, or None (then the trial starts from step 0).
+        history: `(step, value)` the original reported up to the checkpoint's step.
+    """
+
+    original: int
+    run_dir: str | None
+    checkpoint: str | None = None
+    history: list[tuple[int, float]] = field(default_factory=list)
+
+    @property
+    def step(self) -> int:
+        return checkpoint_step(self.checkpoint) if self.checkpoint else 0
+
+
+def checkpoint_step(path: str) -> int:
+    return int(os.path.basename(os.path.normpath(path)).rsplit("-", 1)[-1])
+
+
+def find_resume_point(trial: optuna.Trial) -> ResumePoint | None:
+    """The resume point of a trial re-queued after its worker died; None for any other trial."""
+    by_number = {t.number: t for t in trial.study.get_trials(deepcopy=False)}
+    frozen = by_number[trial.number]
+    original = frozen.system_attrs.get("failed_trial")
+    if original is None:
+        return None
+    retry_history: list[int] = frozen.system_attrs.get("retry_history", [original])
+    run_dir = frozen.user_attrs.get("run_dir")
+    point = ResumePoint(original=original, run_dir=run_dir)
+    if run_dir is None or not os.path.isdir(run_dir):
+        logger.info(
+            f"Trial {trial.number} retries trial {original} (its worker stopped), with the same parameters; its run "
+            f"directory {run_dir!r} is not on this machine, so it starts from step 0"
+        )
+        return point
+    point.checkpoint = get_last_checkpoint(run_dir)
+    if point.checkpoint is None:
+        logger.info(f"Trial {trial.number} retries trial {original} from step 0: no checkpoint in {run_dir}")
+        return point
+    # The latest attempt in the series wrote the checkpoint; it reported the evaluations up to it (attempts before
+    # it carried their own over in the same way).
+    last = retry_history[-1]
+    reported = by_number.get(last)
+    if reported is not None:
+        point.history = sorted((s, v) for s, v in reported.intermediate_values.items() if s <= point.step)
+    logger.info(
+        f"Trial {trial.number} retries trial {original} (its worker stopped) with the same parameters, resuming from "
+        f"{point.checkpoint} (step {point.step})"
+    )
+    return point

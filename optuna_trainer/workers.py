@@ -1,0 +1,153 @@
+"""Run a study's trials until it holds exactly `n_trials` finished ones, however many workers share it.
+
+`n_trials` is the study's total budget (finished = COMPLETE + PRUNED), not a number per worker or per run. Before each
+trial a worker takes the study's claim lock (see claims.py), fails the trials whose worker stopped beating (which
+re-queues them with their parameters), and counts: if the finished and running trials already fill the budget it
+starts nothing; otherwise `study.optimize(n_trials=1)` creates the trial (or takes a re-queued one) while the lock is
+still held, and the objective releases the lock as its first act. So no two workers can claim the last slot, a grid
+point is never handed out twice, and each trial still runs inside Optuna's own loop (heartbeat thread, `tell`,
+logging, callbacks, `catch`).
+
+When the budget is filled only because trials are running elsewhere, a worker on a storage with heartbeats waits: if
+one of those trials fails, or its worker is killed and the trial goes stale, this worker runs its replacement, so
+nothing is lost. Without heartbeats a killed worker's trial would look running forever, so the worker stops instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from .claims import ClaimLock
+
+logger = logging.getLogger(__name__)
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+@dataclass
+class Budget:
+    """The study's trials by state, as counted under the claim lock."""
+
+    n_trials: int
+    finished: int
+    running: int
+
+    @property
+    def done(self) -> bool:
+        return self.finished >= self.n_trials
+
+    @property
+    def full(self) -> bool:
+        return self.finished + self.running >= self.n_trials
+
+
+def count(study: optuna.Study, n_trials: int) -> Budget:
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    return Budget(
+        n_trials=n_trials,
+        finished=sum(s in FINISHED for s in states),
+        running=sum(s == TrialState.RUNNING for s in states),
+    )
+
+
+def fail_stale_trials(study: optuna.Study) -> None:
+    """Mark trials whose worker stopped beating as FAIL; the storage's callback re-queues them (no-op without heartbeats)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
+def run_trials(
+    study: optuna.Study,
+    func: Callable[[optuna.Trial], Any],
+    *,
+    n_trials: int,
+    lock: ClaimLock,
+    heartbeat_interval: int | None = None,
+    timeout: float | None = None,
+    catch: Sequence[type[Exception]] = (),
+    callbacks: Sequence[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] = (),
+    gc_after_trial: bool = True,
+) -> int:
+    """Run trials of `study` until it has `n_trials` finished ones (counting every worker's), or `timeout` passes.
+
+    Args:
+        func: the objective, called with each trial this worker claims.
+        n_trials: the study's total budget of finished (COMPLETE or PRUNED) trials.
+        lock: the study's claim lock.
+        heartbeat_interval: the storage's heartbeat interval; None when it has none (then this worker does not wait
+            for trials running elsewhere).
+        timeout: seconds after which this worker starts no new trial.
+        catch, callbacks, gc_after_trial: as in `Study.optimize`.
+
+    Returns:
+        The number of trials this worker ran.
+    """
+    start = time.monotonic()
+    ran = 0
+    waiting_for: tuple[int, int] | None = None
+    poll = max(0.5, min(heartbeat_interval / 2, 10.0)) if heartbeat_interval else 0.0
+    while True:
+        if timeout is not None and time.monotonic() - start >= timeout:
+            logger.info(f"timeout of {timeout} s reached: no new trial starts (this worker ran {ran})")
+            break
+        lock.acquire()
+        held = True
+
+        def claimed(trial: optuna.Trial) -> Any:
+            nonlocal held
+            # The trial is RUNNING in the storage now: the claim is made, let the other workers count.
+            held = False
+            lock.release()
+            return func(trial)
+
+        try:
+            if heartbeat_interval:
+                fail_stale_trials(study)
+            budget = count(study, n_trials)
+            if budget.done:
+                logger.info(
+                    f"Study {study.study_name!r} has {budget.finished} finished trials of n_trials={n_trials}: "
+                    f"done (this worker ran {ran})"
+                )
+                break
+            if budget.full:
+                if not heartbeat_interval:
+                    logger.info(
+                        f"Study {study.study_name!r}: {budget.finished} finished and {budget.running} running "
+                        f"elsewhere fill n_trials={n_trials}; this worker stops (this storage has no heartbeat, so it "
+                        "cannot tell a killed worker's trial from a live one; if one of them fails, run the command "
+                        "again to fill its place)"
+                    )
+                    break
+                if waiting_for != (budget.finished, budget.running):
+                    waiting_for = (budget.finished, budget.running)
+                    logger.info(
+                        f"Study {study.study_name!r}: {budget.finished} finished and {budget.running} running elsewhere "
+                        f"fill n_trials={n_trials}; waiting for them (a trial whose worker was killed is retried here "
+                        f"once its heartbeat is {2 * heartbeat_interval} s old)"
+                    )
+                held = False
+                lock.release()
+                time.sleep(poll)
+                continue
+            waiting_for = None
+            study.optimize(claimed, n_trials=1, catch=tuple(catch), callbacks=list(callbacks), gc_after_trial=gc_after_trial)
+            ran += 1
+        finally:
+            if held:
+                lock.release()
+        # `Study.stop()` (from a user callback, e.g. MaxTrialsCallback) only ends the current `optimize`; Optuna keeps
+        # the request in this attribute until the next `optimize` resets it, so it is read here to end the loop too.
+        if getattr(study, "_stop_flag", False):
+            logger.info(f"Study.stop() was called: no new trial starts (this worker ran {ran})")
+            break
+    return ran

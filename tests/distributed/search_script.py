@@ -1,0 +1,142 @@
+"""A search launched as a real process group by tests/distributed/test_distributed_search.py (not a test itself).
+
+Every rank writes what it saw to `<out>/rank<r>.json`: the values each trial trained with (floats as `float.hex`, so
+that bit-identity is checked), the value `model_init(trial)` suggested, the global step each trial stopped at, the
+returned `BestRun` or the error, and, on rank 0, the study's trials.
+
+    accelerate launch --multi_gpu --num_processes 2 tests/distributed/search_script.py --scenario prune --out DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+# Launched as a script: import this worktree's package and test helpers, whatever is installed.
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, ROOT)
+
+import optuna  # noqa: E402
+from transformers import BertForSequenceClassification, TrainerCallback  # noqa: E402
+
+from optuna_trainer import OptunaTrainer, OptunaTrainingArguments  # noqa: E402
+from tests.helpers import base_args, compute_metrics, make_dataset, tiny_config  # noqa: E402
+
+FAIL_TRIAL = 1
+FAIL_STEP = 3
+EVAL_FAIL_TRIAL = 2
+
+
+class Recorder(TrainerCallback):
+    """Records, per trial, the values this rank trained with and the step it stopped at."""
+
+    def __init__(self, record: dict[str, Any], rank: int, fail: bool) -> None:
+        self.record = record
+        self.rank = rank
+        self.fail = fail
+
+    @staticmethod
+    def _trial(args: Any) -> str:
+        return os.path.basename(args.output_dir).removeprefix("run-")
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        self.record["used"][self._trial(args)] = {
+            "learning_rate": float(args.learning_rate).hex(),
+            "weight_decay": float(args.weight_decay).hex(),
+            "per_device_train_batch_size": args.per_device_train_batch_size,
+            "model.attention_probs_dropout_prob": float(model.config.attention_probs_dropout_prob).hex(),
+            "model.hidden_dropout_prob": float(model.config.hidden_dropout_prob).hex(),
+        }
+
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        # Rank 1 alone fails in the middle of training: rank 0 is then waiting in DDP's gradient all-reduce.
+        if self.fail and self.rank == 1 and self._trial(args) == str(FAIL_TRIAL) and state.global_step == FAIL_STEP:
+            raise ValueError(f"boom on rank 1 at step {FAIL_STEP}")
+
+    def on_evaluate(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        # Rank 1 alone fails at an evaluation: rank 0 is then in the pruning exchange, not in a DDP collective.
+        if self.fail and self.rank == 1 and self._trial(args) == str(EVAL_FAIL_TRIAL) and state.global_step == 4:
+            raise ValueError("eval boom on rank 1 at step 4")
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.record["stopped_at"][self._trial(args)] = state.global_step
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--scenario", choices=["prune", "fail", "fail_nocatch", "timeout"], required=True)
+    parser.add_argument("--out", required=True)
+    cli = parser.parse_args()
+
+    record: dict[str, Any] = {"used": {}, "stopped_at": {}, "model_init": {}}
+
+    def model_init(trial: Any = None) -> BertForSequenceClassification:
+        dropout = 0.1
+        if trial is not None:
+            # A parameter that only model_init suggests: every rank must get rank 0's value.
+            dropout = trial.suggest_float("model_init_dropout", 0.0, 0.3)
+            record["model_init"][str(trial.number)] = dropout.hex()
+        return BertForSequenceClassification(tiny_config(hidden_dropout_prob=dropout))
+
+    extra: dict[str, Any] = {}
+    if cli.scenario == "prune":
+        # Prunes any trial worse than the median of the earlier ones at the same step, from the second trial on.
+        extra = dict(n_trials=6, pruner={"name": "median", "n_startup_trials": 1, "n_warmup_steps": 0})
+    elif cli.scenario in ("fail", "fail_nocatch"):
+        # A low process-group timeout: rank 0 waits this long in the all-reduce that rank 1 never joins.
+        extra = dict(n_trials=4, pruner="none", ddp_timeout=5)
+    elif cli.scenario == "timeout":
+        extra = dict(n_trials=1000, timeout=6, pruner="none")
+    args = OptunaTrainingArguments(
+        **base_args(
+            cli.out,
+            objective_metric="loss",
+            hp_space={
+                "learning_rate": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True},
+                "weight_decay": {"type": "float", "low": 0.0, "high": 0.1},
+                "per_device_train_batch_size": {"type": "categorical", "choices": [4, 8]},
+                "model.attention_probs_dropout_prob": {"type": "float", "low": 0.0, "high": 0.3},
+            },
+            sampler={"name": "tpe", "seed": 0},
+            storage="sqlite:///" + os.path.join(cli.out, "study.db"),
+            **extra,
+        )
+    )
+    rank = args.process_index
+    trainer = OptunaTrainer(
+        model_init=model_init,
+        args=args,
+        train_dataset=make_dataset(64, seed=0),
+        eval_dataset=make_dataset(32, seed=1),
+        compute_metrics=compute_metrics,
+        callbacks=[Recorder(record, rank, fail=cli.scenario.startswith("fail"))],
+    )
+    catch = (ValueError,) if cli.scenario == "fail" else ()
+    try:
+        best = trainer.hyperparameter_search(catch=catch)
+        record["best"] = [best.run_id, best.objective, best.hyperparameters]
+    except Exception as err:
+        record["error"] = f"{type(err).__name__}: {err}"
+        raise
+    finally:
+        record["study_is_none"] = trainer.study is None
+        if trainer.study is not None:
+            record["trials"] = [
+                {"number": t.number, "state": t.state.name, "value": t.value, "params": {k: _hex(v) for k, v in t.params.items()},
+                 "user_attrs": t.user_attrs}
+                for t in trainer.study.trials
+            ]
+        with open(os.path.join(cli.out, f"rank{rank}.json"), "w", encoding="utf-8") as f:
+            json.dump(record, f, indent=1, default=str)
+
+
+def _hex(value: Any) -> Any:
+    return value.hex() if isinstance(value, float) else value
+
+
+if __name__ == "__main__":
+    optuna.logging.set_verbosity(optuna.logging.INFO)
+    main()

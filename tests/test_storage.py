@@ -1,0 +1,176 @@
+"""Storage settings: what each kind opens, heartbeats, masked passwords, and clear errors before any training."""
+
+from __future__ import annotations
+
+import logging
+import traceback
+import uuid
+from pathlib import Path
+
+import optuna
+import pytest
+
+from optuna_trainer import OptunaTrainer, OptunaTrainingArguments
+from optuna_trainer.storage import mask_url, open_storage
+from tests.helpers import base_args, compute_metrics, make_dataset, require_service, tiny_model
+from tests.logcapture import capture_logs
+
+PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+SECRET = "s3cr3t-Pw-7f1c"  # trust authentication ignores it, so a real server accepts the URL
+PG_WITH_PASSWORD = f"postgresql+psycopg://postgres:{SECRET}@127.0.0.1:5432/test"
+HP = {"learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}}
+
+
+class _Counting:
+    """A `model_init` that counts its calls (Trainer calls it once at construction)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, trial=None):
+        self.calls += 1
+        return tiny_model(trial)
+
+
+def _trainer(out_dir, model_init=tiny_model, **overrides) -> OptunaTrainer:
+    values = {"n_trials": 2, "pruner": "none", "sampler": {"name": "random", "seed": 0}}
+    values.update(overrides)
+    return OptunaTrainer(
+        model_init=model_init,
+        args=OptunaTrainingArguments(**base_args(out_dir, **values)),
+        train_dataset=make_dataset(),
+        eval_dataset=make_dataset(32, seed=1),
+        compute_metrics=compute_metrics,
+    )
+
+
+class TestOpenStorage:
+    def test_default_is_sqlite_under_output_dir_with_heartbeat(self, tmp_path):
+        opened = open_storage(None, str(tmp_path / "out"))
+        assert isinstance(opened.storage, optuna.storages.RDBStorage)
+        assert opened.storage.url == f"sqlite:///{tmp_path / 'out' / 'optuna_study.db'}"
+        assert opened.heartbeat_interval == 60 and opened.storage.grace_period == 120
+        assert "heartbeat every 60 s" in opened.description
+
+    def test_heartbeat_zero_turns_it_off_and_says_so(self, tmp_path):
+        opened = open_storage(None, str(tmp_path), heartbeat_interval=0)
+        assert opened.heartbeat_interval is None and opened.storage.get_heartbeat_interval() is None
+        assert any("not retried" in n for n in opened.notes)
+
+    @pytest.mark.parametrize("spec", ["memory", "journal"])
+    def test_storages_without_heartbeat_say_so(self, spec, tmp_path):
+        opened = open_storage(spec if spec == "memory" else str(tmp_path / "j.log"), str(tmp_path))
+        assert opened.heartbeat_interval is None
+        assert any("has no heartbeat" in n for n in opened.notes)
+
+    def test_the_printed_settings_carry_the_no_heartbeat_note(self, out_dir):
+        with capture_logs() as logs:
+            _trainer(out_dir, storage=str(out_dir / "study.journal"), n_trials=1).hyperparameter_search(hp_space=HP)
+        assert "note: a journal file has no heartbeat: a trial of a killed run stays RUNNING" in logs.text
+
+    def test_heartbeat_interval_reaches_the_rdb_storage(self, out_dir):
+        trainer = _trainer(out_dir, storage=None, heartbeat_interval=7, n_trials=1)
+        trainer.hyperparameter_search(hp_space=HP)
+        storage = trainer.study._storage
+        storage = getattr(storage, "_backend", storage)  # create_study wraps an RDBStorage in a cache
+        assert storage.get_heartbeat_interval() == 7 and storage.grace_period == 14
+        assert isinstance(storage.get_heartbeat_stale_trial_callback(), optuna.storages.RetryHeartbeatStaleTrialCallback)
+
+
+class TestHeartbeatArgument:
+    @pytest.mark.parametrize("bad", [-1, 1.5, "60", True])
+    def test_rejected_with_the_field_name(self, bad, tmp_path):
+        with pytest.raises(ValueError, match=r"heartbeat_interval: must be a whole number of seconds"):
+            OptunaTrainingArguments(output_dir=str(tmp_path), heartbeat_interval=bad)
+
+    def test_cli(self, tmp_path):
+        from transformers import HfArgumentParser
+
+        (args,) = HfArgumentParser(OptunaTrainingArguments).parse_args_into_dataclasses(
+            ["--output_dir", str(tmp_path), "--heartbeat_interval", "5"]
+        )
+        assert args.heartbeat_interval == 5
+
+
+@pytest.mark.services
+class TestRedisJournal:
+    def test_persisted_and_resumed(self, out_dir):
+        require_service("Redis", "127.0.0.1", 6379)
+        name = f"t-redis-{uuid.uuid4().hex[:10]}"
+        try:
+            first = _trainer(out_dir, storage="redis://127.0.0.1:6379/0", study_name=name)
+            first.hyperparameter_search(hp_space=HP)
+            again = _trainer(out_dir, storage="redis://127.0.0.1:6379/0", study_name=name)
+            with capture_logs() as logs:
+                again.hyperparameter_search(hp_space=HP)
+            assert [t.state.name for t in again.study.trials] == ["COMPLETE", "COMPLETE"]
+            assert "already has 2 finished trials" in logs.text
+        finally:
+            optuna.delete_study(study_name=name, storage=open_storage("redis://127.0.0.1:6379/0", ".").storage)
+
+
+@pytest.mark.services
+class TestMaskedPassword:
+    def test_password_never_written(self, tmp_path, capfd):
+        require_service("PostgreSQL", "127.0.0.1", 5432)
+        out_dir = tmp_path / "secret-run"
+        name = f"t-secret-{uuid.uuid4().hex[:10]}"
+        # Every logger the run touches, at DEBUG (SQLAlchemy's engine and pool logs included), and stderr.
+        names = ("optuna_trainer", "optuna", "transformers", "sqlalchemy", "")
+        try:
+            with capture_logs(*names, level=logging.DEBUG) as logs:
+                trainer = _trainer(
+                    out_dir, storage=PG_WITH_PASSWORD, study_name=name, save_strategy="steps", save_steps=4
+                )
+                trainer.hyperparameter_search(hp_space=HP)
+            text = logs.text + capfd.readouterr().err + str(trainer.args) + trainer.args.to_json_string()
+        finally:
+            optuna.delete_study(study_name=name, storage=open_storage(PG, ".").storage)
+        assert "postgres:***@127.0.0.1" in text  # the URL was printed, masked
+        assert SECRET not in text
+        files = [p for p in out_dir.rglob("*") if p.is_file()]
+        assert any(p.name == "training_args.bin" for p in files)  # pickled arguments were written and checked
+        leaked = [str(p) for p in files if SECRET.encode() in p.read_bytes()]
+        assert leaked == []
+
+    def test_mask_url(self):
+        assert mask_url(f"x {PG_WITH_PASSWORD} y") == "x postgresql+psycopg://postgres:***@127.0.0.1:5432/test y"
+        assert mask_url("redis://:pw@h:6379/0") == "redis://:***@h:6379/0"
+        assert mask_url(PG) == PG
+
+
+class TestClearErrorsBeforeTraining:
+    @pytest.mark.parametrize(
+        "url",
+        [
+            f"postgresql+psycopg://postgres:{SECRET}@127.0.0.1:1/test",  # nothing listens on port 1
+            f"redis://:{SECRET}@127.0.0.1:1/0",
+        ],
+    )
+    def test_unreachable_server(self, url, out_dir):
+        model_init = _Counting()
+        trainer = _trainer(out_dir, model_init=model_init, storage=url)
+        calls = model_init.calls
+        with pytest.raises(ValueError) as info:
+            trainer.hyperparameter_search(hp_space=HP)
+        message = str(info.value)
+        assert message.startswith("storage: cannot open ") and "127.0.0.1:1" in message
+        assert "Connection refused" in message or "connection" in message.lower()
+        assert SECRET not in message and ":***@" in message
+        assert SECRET not in "".join(traceback.format_exception(info.value))
+        assert model_init.calls == calls  # no trial's model was built
+        assert not any(p.name.startswith("run-") for p in Path(out_dir).iterdir())
+
+    @pytest.mark.parametrize(
+        ("url", "expected"),
+        [
+            (f"postgresql+psycopg://postgres:{SECRET}@127.0.0.1:notaport/test", "malformed URL"),
+            (f"postgresq://postgres:{SECRET}@127.0.0.1:5432/test", "unknown scheme 'postgresq'"),
+            ("study.db", "looks like an SQLite file; write it as sqlite:///study.db"),
+        ],
+    )
+    def test_malformed_url_fails_when_the_arguments_are_built(self, url, expected, tmp_path):
+        with pytest.raises(ValueError, match=r"^storage: ") as info:
+            OptunaTrainingArguments(output_dir=str(tmp_path), storage=url)
+        assert expected in str(info.value)
+        assert SECRET not in str(info.value)

@@ -1,0 +1,264 @@
+"""Several workers on one study run `n_trials` in total: no trial twice, no grid point twice, nothing lost."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from optuna_trainer.claims import local_lock
+from optuna_trainer.storage import open_storage
+from optuna_trainer.workers import run_trials
+from tests.helpers import require_service
+from tests.logcapture import capture_logs
+from tests.subprocs import start_worker, wait_all
+
+PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+REDIS = "redis://127.0.0.1:6379/0"
+GRID = {
+    "learning_rate": {"type": "categorical", "choices": [1e-3, 3e-3, 1e-2]},
+    "weight_decay": {"type": "categorical", "choices": [0.0, 0.01]},
+}  # 6 points
+
+
+@pytest.fixture
+def study_name() -> str:
+    return f"t-workers-{uuid.uuid4().hex[:10]}"
+
+
+def _delete(study_name: str, storage: str) -> None:
+    opened = open_storage(storage, ".", heartbeat_interval=None)
+    try:
+        optuna.delete_study(study_name=study_name, storage=opened.storage)
+    except KeyError:
+        pass
+
+
+@pytest.fixture
+def pg(study_name: str) -> Iterator[str]:
+    require_service("PostgreSQL", "127.0.0.1", 5432)
+    yield PG
+    _delete(study_name, PG)
+
+
+@pytest.fixture
+def redis_url(study_name: str) -> Iterator[str]:
+    require_service("Redis", "127.0.0.1", 6379)
+    yield REDIS
+    _delete(study_name, REDIS)
+
+
+def _storage(kind: str, request: pytest.FixtureRequest, tmp_path) -> str:
+    if kind == "postgresql":
+        return request.getfixturevalue("pg")
+    if kind == "redis":
+        return request.getfixturevalue("redis_url")
+    return str(tmp_path / "journal.log")
+
+
+@pytest.mark.parametrize("kind", ["postgresql", "journal file", "redis"])
+class TestLastSlotRace:
+    """N workers that all see `n_trials - 1` finished trials at the same moment: exactly one trial runs."""
+
+    def test_one_trial_fills_the_last_slot(self, kind, request, tmp_path, study_name):
+        storage = _storage(kind, request, tmp_path)
+        n_trials, n_workers = 4, 3
+        seed = optuna.create_study(study_name=study_name, storage=open_storage(storage, str(tmp_path)).storage)
+        for x in range(n_trials - 1):
+            seed.add_trial(optuna.create_trial(params={"x": float(x)}, distributions={"x": _X}, value=float(x)))
+
+        barrier = threading.Barrier(n_workers)
+        ran = [0] * n_workers
+        errors: list[BaseException] = []
+
+        def worker(i: int) -> None:
+            try:
+                # Each worker opens its own storage, as a separate process would (own connection, own lock session).
+                opened = open_storage(storage, str(tmp_path), heartbeat_interval=1)
+                study = optuna.load_study(study_name=study_name, storage=opened.storage)
+                barrier.wait(timeout=30)
+                ran[i] = run_trials(
+                    study,
+                    _slow_objective,
+                    n_trials=n_trials,
+                    lock=opened.make_lock(study_name),
+                    heartbeat_interval=opened.heartbeat_interval,
+                )
+            except BaseException as err:  # noqa: BLE001 - reported by the test
+                errors.append(err)
+
+        _run_threads(worker, n_workers, timeout=120)
+        assert not errors, errors
+        study = optuna.load_study(study_name=study_name, storage=open_storage(storage, str(tmp_path)).storage)
+        assert sum(ran) == 1
+        assert [t.state for t in study.trials] == [TrialState.COMPLETE] * n_trials
+
+
+_X = optuna.distributions.FloatDistribution(0.0, 10.0)
+
+
+def _slow_objective(trial: optuna.Trial) -> float:
+    x = trial.suggest_float("x", 0.0, 10.0)
+    time.sleep(0.5)  # long enough that every other worker counts while this trial is RUNNING
+    return x
+
+
+def _run_threads(target: Callable[[int], None], n: int, timeout: float) -> None:
+    threads = [threading.Thread(target=target, args=(i,), daemon=True) for i in range(n)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + timeout
+    for t in threads:
+        t.join(timeout=max(0.1, deadline - time.monotonic()))
+    assert not any(t.is_alive() for t in threads), f"workers still running after {timeout} s"
+
+
+@pytest.mark.services
+class TestFailedTrialIsReplaced:
+    def test_a_waiting_worker_runs_the_replacement_of_a_trial_that_failed_elsewhere(self, pg, tmp_path, study_name):
+        """Worker A's last trial fails while B waits for it: B runs its replacement, the study still ends at n_trials."""
+        n_trials = 3
+        opened = open_storage(pg, str(tmp_path), heartbeat_interval=1)
+        study = optuna.create_study(study_name=study_name, storage=opened.storage)
+        for x in range(n_trials - 1):
+            study.add_trial(optuna.create_trial(params={"x": float(x)}, distributions={"x": _X}, value=float(x)))
+        started = threading.Event()
+
+        def failing(trial: optuna.Trial) -> float:
+            trial.suggest_float("x", 0.0, 10.0)
+            started.set()
+            time.sleep(1.5)
+            raise RuntimeError("this trial fails")
+
+        ran: dict[str, int] = {}
+        errors: list[BaseException] = []
+
+        def a() -> None:
+            # A's failure is not caught: A stops, as a worker does when its trial raises.
+            try:
+                run_trials(
+                    optuna.load_study(study_name=study_name, storage=opened.storage),
+                    failing,
+                    n_trials=n_trials,
+                    lock=opened.make_lock(study_name),
+                    heartbeat_interval=1,
+                )
+            except RuntimeError as err:
+                errors.append(err)
+
+        def b() -> None:
+            started.wait(timeout=30)
+            own = open_storage(pg, str(tmp_path), heartbeat_interval=1)
+            ran["b"] = run_trials(
+                optuna.load_study(study_name=study_name, storage=own.storage),
+                _slow_objective,
+                n_trials=n_trials,
+                lock=own.make_lock(study_name),
+                heartbeat_interval=1,
+            )
+
+        threads = [threading.Thread(target=f, daemon=True) for f in (a, b)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        assert not any(t.is_alive() for t in threads)
+        assert [str(e) for e in errors] == ["this trial fails"]
+        states = [t.state for t in optuna.load_study(study_name=study_name, storage=opened.storage).trials]
+        assert states == [TrialState.COMPLETE] * 2 + [TrialState.FAIL, TrialState.COMPLETE]
+        assert ran["b"] == 1
+
+
+@pytest.mark.services
+@pytest.mark.parametrize("kind", ["postgresql", "journal file"])
+class TestThreeWorkerProcesses:
+    def test_three_workers_share_one_grid_study(self, kind, request, tmp_path, study_name):
+        storage = _storage(kind, request, tmp_path)
+        n_trials = 6
+        procs = []
+        started = time.monotonic()
+        for i in range(3):
+            spec = {
+                "output_dir": str(tmp_path / f"worker-{i}"),  # each worker its own run directories
+                "storage": storage,
+                "study_name": study_name,
+                "n_trials": n_trials,  # every worker is given the study's total
+                "heartbeat_interval": 2,
+                "sampler": "grid",
+                "pruner": "none",
+                "max_steps": 4,
+                "hp_space": GRID,
+                "_test": {"trial_sleep": 1.0},
+            }
+            procs.append((start_worker(spec, tmp_path / f"worker-{i}.log"), tmp_path / f"worker-{i}.log"))
+        results = wait_all(procs, timeout=240)
+        elapsed = time.monotonic() - started
+
+        study = optuna.load_study(study_name=study_name, storage=open_storage(storage, str(tmp_path)).storage)
+        trials = study.trials
+        assert [t.state for t in trials] == [TrialState.COMPLETE] * n_trials  # exactly n_trials, nothing lost
+        params = [tuple(sorted(t.params.items())) for t in trials]
+        assert len(set(params)) == n_trials  # every grid point once
+        assert sum(r["ran"] for r in results) == n_trials  # no trial run twice
+        if kind == "postgresql":
+            # With heartbeats a worker waits for the trials running elsewhere, so every worker ends seeing the total.
+            assert all(r["finished"] == n_trials for r in results)
+        else:
+            # A journal has no heartbeat: a worker stops once running trials elsewhere fill the budget.
+            assert all(r["finished"] <= n_trials for r in results)
+        workers = {t.user_attrs["worker"] for t in trials}
+        assert len(workers) >= 2, f"the trials did not overlap: {workers}"
+        print(f"3 workers on {kind}: {elapsed:.1f} s, trials per worker {[r['ran'] for r in results]}")
+
+
+class TestRunTrialsLoop:
+    """The loop on its own, on the in-memory storage: budget, Study.stop(), timeout."""
+
+    def _study(self, finished: int) -> optuna.Study:
+        study = optuna.create_study()
+        for x in range(finished):
+            study.add_trial(optuna.create_trial(params={"x": float(x)}, distributions={"x": _X}, value=float(x)))
+        return study
+
+    def _run(self, study: optuna.Study, n_trials: int, **kwargs) -> int:
+        return run_trials(study, lambda t: t.suggest_float("x", 0, 10), n_trials=n_trials, lock=local_lock(), **kwargs)
+
+    def test_runs_the_difference_and_nothing_on_a_finished_study(self):
+        study = self._study(2)
+        with capture_logs() as logs:
+            assert self._run(study, 5) == 3
+            assert self._run(study, 5) == 0
+        assert len(study.trials) == 5
+        assert "has 5 finished trials of n_trials=5: done (this worker ran 0)" in logs.text
+
+    def test_failed_trials_do_not_count(self):
+        study = self._study(0)
+        calls = []
+
+        def sometimes_fails(trial: optuna.Trial) -> float:
+            calls.append(trial.number)
+            if trial.number == 1:
+                raise RuntimeError("boom")
+            return trial.suggest_float("x", 0, 10)
+
+        run_trials(study, sometimes_fails, n_trials=3, lock=local_lock(), catch=(RuntimeError,))
+        assert [t.state.name for t in study.trials] == ["COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]
+
+    def test_study_stop_from_a_callback_ends_the_loop(self):
+        study = self._study(0)
+        stop_after_two = optuna.study.MaxTrialsCallback(2)
+        assert self._run(study, 10, callbacks=[stop_after_two]) == 2
+
+    def test_pruned_trials_count(self):
+        study = self._study(0)
+
+        def pruned(trial: optuna.Trial) -> float:
+            raise optuna.TrialPruned()
+
+        assert run_trials(study, pruned, n_trials=2, lock=local_lock()) == 2
+        assert [t.state.name for t in study.trials] == ["PRUNED", "PRUNED"]
