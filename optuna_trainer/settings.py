@@ -131,7 +131,7 @@ def resolve_settings(
     catch = tuple(catch) if isinstance(catch, (list, tuple)) else (catch,)
     for exc in catch:
         if not (isinstance(exc, type) and issubclass(exc, BaseException)):
-            raise TypeError(f"catch: expected exception classes, got {exc!r}")
+            raise TypeError(f"catch: expected exception classes, e.g. catch=(ValueError,), got {exc!r}")
     if heartbeat_interval is None:
         heartbeat_interval = getattr(args, "heartbeat_interval", None)
     opened = open_storage(kwargs.get("storage", args.storage), args.output_dir, heartbeat_interval=heartbeat_interval)

@@ -73,7 +73,10 @@ def validate_storage(storage: Any) -> None:
     try:
         make_url(storage)
     except (ArgumentError, ValueError) as err:
-        raise ValueError(f"storage: malformed URL {mask_url(storage)!r}: {mask_url(str(err))}") from None
+        raise ValueError(
+            f"storage: malformed URL {mask_url(storage)!r}: {mask_url(str(err))}; write it as "
+            "dialect+driver://user:password@host:port/database, e.g. postgresql+psycopg://user:pass@localhost:5432/db"
+        ) from None
 
 
 def default_storage_url(output_dir: str) -> str:
