@@ -38,6 +38,7 @@ class SearchSettings:
     storage: optuna.storages.BaseStorage | None
     storage_description: str
     study_name: str
+    storage_target: str | None = None
     catch: tuple[type[BaseException], ...] = ()
     callbacks: list[Callable[..., None]] = field(default_factory=list)
     gc_after_trial: bool = True
@@ -148,6 +149,7 @@ def resolve_settings(
         pruner=pruner,
         storage=opened.storage,
         storage_description=opened.description,
+        storage_target=opened.target,
         study_name=study_name,
         catch=catch,
         callbacks=list(kwargs.get("callbacks") or []),
