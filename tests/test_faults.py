@@ -299,17 +299,18 @@ class TestNothingFinished:
                                pruner="none", n_trials=3)
         with pytest.raises(NoCompletedTrialError) as info:
             trainer.hyperparameter_search(catch=(ValueError,))
-        assert "no completed trial: 0 pruned, 3 failed" in str(info.value)
+        # failed trials do not count towards n_trials; a search that only fails stops after max(n_trials, 10) in a row
+        assert "no completed trial: 0 pruned, 10 failed" in str(info.value)
         assert "fail_reason" in str(info.value)
-        assert states(trainer.study) == ["FAIL"] * 3
+        assert states(trainer.study) == ["FAIL"] * 10
 
     def test_every_trial_out_of_memory(self, tmp_path):
         oom = RaiseAt(1, lambda: torch.OutOfMemoryError("CUDA out of memory."))
         trainer = make_trainer(tmp_path, [oom], hp_space={"seed": {"type": "int", "low": 0, "high": 9}},
                                pruner="none", n_trials=2)
-        with pytest.raises(NoCompletedTrialError, match="0 pruned, 2 failed"):
+        with pytest.raises(NoCompletedTrialError, match="0 pruned, 10 failed"):
             trainer.hyperparameter_search()
-        assert [t.user_attrs["fault"] for t in trainer.study.trials] == ["out_of_memory"] * 2
+        assert [t.user_attrs["fault"] for t in trainer.study.trials] == ["out_of_memory"] * 10
 
 
 def test_trial_out_of_memory_error_is_a_runtime_error():
