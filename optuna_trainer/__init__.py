@@ -2,6 +2,8 @@
 
 from . import log as _log  # noqa: F401  (installs the package logger's handler)
 from .arguments import OptunaTrainingArguments
+from .config import parse_config_file
+from .faults import NonFiniteLossCallback, TrialOutOfMemoryError
 from .log import set_verbosity
 from .objective import Objective
 from .pruners import PRUNERS, build_pruner
@@ -18,14 +20,17 @@ __all__ = [
     "PRUNERS",
     "SAMPLERS",
     "NoCompletedTrialError",
+    "NonFiniteLossCallback",
     "Objective",
     "OptunaPruningCallback",
     "OptunaTrainer",
     "OptunaTrainingArguments",
     "SearchSpace",
+    "TrialOutOfMemoryError",
     "__version__",
     "build_pruner",
     "build_sampler",
+    "parse_config_file",
     "set_verbosity",
     "write_report",
 ]

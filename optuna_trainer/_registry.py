@@ -18,7 +18,10 @@ def parse_named_spec(spec: Any, what: str, default: str) -> tuple[str, dict[str,
             try:
                 spec = json.loads(text)
             except json.JSONDecodeError as err:
-                raise ValueError(f"{what}: not valid JSON ({err.msg} at column {err.colno})") from None
+                raise ValueError(
+                    f"{what}: not valid JSON ({err.msg} at column {err.colno}); fix the JSON there, e.g. "
+                    f'{{"name": "{default}", "seed": 0}}'
+                ) from None
         else:
             return text.lower(), {}
     if not isinstance(spec, Mapping):
@@ -47,4 +50,5 @@ def construct(what: str, name: str, registry: Mapping[str, type], kwargs: dict[s
         return cls(**kwargs)
     except (TypeError, ValueError) as err:
         # Optuna validates its arguments at construction; keep its message and say where it came from.
-        raise ValueError(f"{what} {name!r}: {err}") from None
+        message = str(err).rstrip(".")
+        raise ValueError(f"{what} {name!r}: {message}; {cls.__name__} takes {inspect.signature(cls)}") from None

@@ -31,6 +31,7 @@ SEARCH_FIELDS = (
     "heartbeat_interval",
     "save_best_model",
     "search_report",
+    "continue_on_oom",
 )
 
 
@@ -90,6 +91,14 @@ class OptunaTrainingArguments(TrainingArguments):
         search_report (`bool`, *optional*, defaults to `True`):
             Write the end-of-search report under `output_dir/report/` (summary JSON, trials CSV, plots) and print its
             summary table; see `optuna_trainer.report.write_report`.
+
+    Parameters that control faults inside trials:
+
+        continue_on_oom (`bool`, *optional*, defaults to `True`):
+            A trial that runs out of memory (CUDA/CPU OOM, `torch.OutOfMemoryError`) is marked FAIL with its reason in
+            the user attribute `fail_reason`, its memory and checkpoints are released, and the search goes on with the
+            next trial (searching batch sizes makes this the common case). With `False` the error stops the search,
+            like any exception not listed in `catch`. See docs/errors.md.
     """
 
     # Parameters that define the search
@@ -171,6 +180,16 @@ class OptunaTrainingArguments(TrainingArguments):
         },
     )
 
+    # Parameters that control faults inside trials
+    continue_on_oom: bool = field(
+        default=True,
+        metadata={
+            "help": "When a trial runs out of memory, mark it FAIL (reason in the trial's user attribute "
+            "'fail_reason'), release its memory and checkpoints, and go on with the next trial (default true). "
+            "false stops the search at the first out-of-memory error."
+        },
+    )
+
     def __post_init__(self) -> None:
         # The values as the user gave them, before TrainingArguments derives anything: each trial is rebuilt from
         # these plus its own values, so derived fields (warmup steps, greater_is_better, ...) are computed afresh.
@@ -199,6 +218,8 @@ class OptunaTrainingArguments(TrainingArguments):
             )
         if not isinstance(self.search_report, bool):
             raise ValueError(f"search_report: must be true or false, got {self.search_report!r}")
+        if not isinstance(self.continue_on_oom, bool):
+            raise ValueError(f"continue_on_oom: must be true or false, got {self.continue_on_oom!r}")
 
         # Derive: the parsed space (None for a callable or no space), checked sampler and pruner.
         self.search_space = parse_hp_space(self.hp_space, type(self))

@@ -89,16 +89,7 @@ class SyncTrial(TorchDistributedTrial):
         return self._call_and_communicate_obj(func)
 
     def _call_and_communicate_obj(self, func: Callable[[], Any]) -> Any:
-        result: tuple[bool, Any] | None = None
-        if self._delegate is not None:
-            try:
-                result = (True, func())
-            except Exception as err:  # noqa: BLE001 - raised on every rank below
-                result = (False, _portable(err))
-        ok, value = self._broadcast(result)
-        if not ok:
-            raise value
-        return value
+        return _unwrap(self._broadcast(_outcome(func) if self._delegate is not None else None))
 
     def report(self, value: float, step: int) -> None:
         if self._delegate is not None:
@@ -308,16 +299,7 @@ class Coordinator:
 
     def finish_search(self, compute: Callable[[], Any]) -> Any:
         """Rank 0's result of `compute()` (or its error) on every rank."""
-        result: tuple[bool, Any] | None = None
-        if self.is_main:
-            try:
-                result = (True, compute())
-            except Exception as err:  # noqa: BLE001 - raised on every rank below
-                result = (False, _portable(err))
-        ok, value = self.share(result)
-        if not ok:
-            raise value
-        return value
+        return _unwrap(self.share(_outcome(compute) if self.is_main else None))
 
     def setup(self, prepare: Callable[[], Any]) -> Any:
         """Run `prepare()` on every rank; if it fails on any rank, raise that error on all of them.
@@ -421,6 +403,21 @@ def _with_note(err: BaseException, note: str) -> BaseException:
     if note not in getattr(err, "__notes__", []):
         err.add_note(note)
     return err
+
+
+def _outcome(compute: Callable[[], Any]) -> tuple[bool, Any]:
+    """`(True, compute())`, or `(False, error)` with the error made sendable: it is raised on every rank."""
+    try:
+        return True, compute()
+    except Exception as err:  # noqa: BLE001 - raised on every rank by `_unwrap`
+        return False, _portable(err)
+
+
+def _unwrap(result: tuple[bool, Any]) -> Any:
+    ok, value = result
+    if not ok:
+        raise value
+    return value
 
 
 def _portable(value: Any) -> Any:

@@ -371,6 +371,9 @@ def _fmt(value: Any) -> str:
 
 def _storage_target(study: optuna.Study, settings: Any) -> str | None:
     """What optuna-dashboard is given for this study: the storage URL or the journal file, or None (in memory)."""
+    target = getattr(settings, "storage_target", None)
+    if target:
+        return target
     description = getattr(settings, "storage_description", None)
     if description:
         if description.startswith("journal file "):

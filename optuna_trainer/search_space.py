@@ -13,12 +13,15 @@ when the space is built, so a typo fails before any model is loaded, with the ke
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import logging
 import enum
 import json
 import math
 import os
 import types
 import typing
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal, Union
@@ -31,6 +34,8 @@ from optuna.distributions import (
     FloatDistribution,
     IntDistribution,
 )
+
+logger = logging.getLogger(__name__)
 
 MODEL_PREFIX = "model."
 SPEC_TYPES = ("float", "int", "categorical")
@@ -80,7 +85,10 @@ def load_mapping(value: Mapping[str, Any] | str | os.PathLike, what: str) -> dic
         try:
             loaded = json.loads(text)
         except json.JSONDecodeError as err:
-            raise ValueError(f"{what}: not valid JSON ({err.msg} at line {err.lineno} column {err.colno})") from None
+            raise ValueError(
+                f"{what}: not valid JSON ({err.msg} at line {err.lineno} column {err.colno}); fix the JSON there, or "
+                "give the path of a YAML/JSON file"
+            ) from None
     else:
         path = Path(text).expanduser()
         if not path.is_file():
@@ -94,8 +102,13 @@ def load_mapping(value: Mapping[str, Any] | str | os.PathLike, what: str) -> dic
             else:
                 # safe_load: a search space is data, never code (YAML tags that build objects are refused).
                 loaded = yaml.safe_load(text)
+        except yaml.constructor.ConstructorError as err:
+            raise ValueError(
+                f"{what}: cannot parse {path}: {err.problem}; a search space is plain data (YAML tags such as "
+                "!!python/object are refused): write each spec as a mapping of numbers, strings and lists"
+            ) from None
         except (yaml.YAMLError, json.JSONDecodeError) as err:
-            raise ValueError(f"{what}: cannot parse {path}: {err}") from None
+            raise ValueError(f"{what}: cannot parse {path}: {err}; fix the file there") from None
     if not isinstance(loaded, Mapping):
         raise ValueError(f"{what}: expected a mapping of name -> spec, got {type(loaded).__name__}")
     return dict(loaded)
@@ -139,7 +152,7 @@ def _spec_to_distribution(key: str, spec: Any) -> BaseDistribution:
                     "booleans or null"
                 )
         if len({(type(c), c) for c in choices}) != len(choices):
-            raise ValueError(f"{where}: choices {list(choices)!r} contain duplicates")
+            raise ValueError(f"{where}: choices {list(choices)!r} contain duplicates; list each choice once")
         return CategoricalDistribution(list(choices))
 
     spec = {k: _yaml_number(v) if k in ("low", "high", "step") else v for k, v in spec.items()}
@@ -162,8 +175,12 @@ def _spec_to_distribution(key: str, spec: Any) -> BaseDistribution:
     if step is not None:
         if not _is_number(step) or not math.isfinite(step) or step <= 0:
             raise ValueError(f"{where}: step must be a positive number, got {step!r}")
-        if step > high - low:
-            raise ValueError(f"{where}: step ({step}) is larger than the range high - low ({high - low})")
+        # A relative tolerance: a printed space whose high Optuna put on low + step must read back as valid.
+        if step > (high - low) * (1 + 1e-9):
+            raise ValueError(
+                f"{where}: step ({step}) is larger than the range high - low ({high - low}); use a step of at most "
+                f"{high - low} or widen the range"
+            )
 
     if kind == "int":
         for name, value in (("low", low), ("high", high), ("step", step)):
@@ -172,7 +189,9 @@ def _spec_to_distribution(key: str, spec: Any) -> BaseDistribution:
         low, high = int(low), int(high)
         step = 1 if step is None else int(step)
         if log and low < 1:
-            raise ValueError(f"{where}: log=true needs low >= 1 for type int, got low={low}")
+            raise ValueError(
+                f"{where}: log=true needs low >= 1 for type int, got low={low}; use log=false or low >= 1"
+            )
         if log and step != 1:
             raise ValueError(f"{where}: log=true cannot be combined with step ({step}); drop one of them")
         return IntDistribution(low, high, log=log, step=step)
@@ -181,7 +200,29 @@ def _spec_to_distribution(key: str, spec: Any) -> BaseDistribution:
         raise ValueError(f"{where}: log=true needs low > 0, got low={low}; use log=false or a positive low")
     if log and step is not None:
         raise ValueError(f"{where}: log=true cannot be combined with step ({step}); drop one of them")
-    return FloatDistribution(float(low), float(high), log=log, step=None if step is None else float(step))
+    if step is None:
+        return FloatDistribution(float(low), float(high), log=log)
+    return _stepped_float(where, float(low), float(high), float(step))
+
+
+def _stepped_float(where: str, low: float, high: float, step: float) -> FloatDistribution:
+    """A float range on the grid low + k * step, with k the count the user meant (0.0..0.2 step 0.05: k = 4).
+
+    Optuna lowers `high` onto the grid with decimal arithmetic on the floats' printed forms, which can drop the last
+    point when (high - low) / step is a whole number only up to rounding (and then again each time a printed space is
+    read back). Giving it the middle of the last step makes it land on exactly that point, so a printed space reads
+    back as the same space.
+    """
+    ratio = (high - low) / step
+    k = math.floor(ratio + 1e-9)
+    if abs(ratio - round(ratio)) > 1e-9:
+        logger.warning(
+            f"{where}: high ({high}) is not low + a whole number of steps ({step}); the largest value sampled is "
+            f"{low + k * step}"
+        )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The distribution is specified by", category=UserWarning)
+        return FloatDistribution(low, low + (k + 0.5) * step, step=step)
 
 
 def _accepted_types(annotation: Any) -> tuple[set[type], bool]:
@@ -229,7 +270,7 @@ def _check_field_type(key: str, dist: BaseDistribution, annotation: Any) -> None
             if not _value_fits(choice, accepted):
                 raise ValueError(
                     f"hp_space[{key!r}]: choice {choice!r} ({type(choice).__name__}) does not fit the field's type "
-                    f"{_type_name(annotation)}"
+                    f"{_type_name(annotation)}; use choices of that type"
                 )
         return
     sample = 1 if isinstance(dist, IntDistribution) else 0.5
@@ -263,7 +304,10 @@ def check_key(key: str, args_class: type | None, dist: BaseDistribution | None =
     if args_class is None:
         return
     if key in _FORBIDDEN_KEYS:
-        raise ValueError(f"hp_space[{key!r}]: {key} is fixed for the whole search and cannot be searched")
+        raise ValueError(
+            f"hp_space[{key!r}]: {key} is fixed for the whole search and cannot be searched; set it in the training "
+            "arguments and search training fields or model.<attribute> keys instead"
+        )
     init_fields = {f.name for f in dataclasses.fields(args_class) if f.init}
     if key in FIELD_ALIASES and key not in init_fields:
         high = dist.high if isinstance(dist, (FloatDistribution, IntDistribution)) else None
@@ -272,8 +316,11 @@ def check_key(key: str, args_class: type | None, dist: BaseDistribution | None =
             raise ValueError(f"hp_space[{key!r}]: a ratio must lie in [0, 1), got {ratios}")
         return
     if key not in init_fields:
+        close = difflib.get_close_matches(key, sorted(init_fields), n=1)
         raise ValueError(
-            f"hp_space[{key!r}]: not a field of {args_class.__name__}; a key must be a training argument "
+            f"hp_space[{key!r}]: not a field of {args_class.__name__}"
+            + (f" (did you mean {close[0]!r}?)" if close else "")
+            + "; a key must be a training argument "
             "(e.g. learning_rate, per_device_train_batch_size, weight_decay) or model.<config attribute> "
             "(e.g. model.hidden_dropout_prob)"
         )
@@ -299,9 +346,11 @@ def check_model_keys(keys: Iterable[str], config: Any) -> None:
             raise ValueError(f"hp_space[{key!r}]: the model has no config to apply {attr} to")
         if not hasattr(config, attr):
             known = sorted(k for k in config.to_dict() if not k.startswith("_")) if hasattr(config, "to_dict") else []
+            close = difflib.get_close_matches(attr, known, n=1)
             raise ValueError(
-                f"hp_space[{key!r}]: {type(config).__name__} has no attribute {attr!r}; known attributes include "
-                f"{known[:40]}"
+                f"hp_space[{key!r}]: {type(config).__name__} has no attribute {attr!r}"
+                + (f" (did you mean 'model.{close[0]}'?)" if close else "")
+                + f"; known attributes include {known[:40]}"
             )
 
 

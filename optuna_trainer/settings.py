@@ -38,6 +38,7 @@ class SearchSettings:
     storage: optuna.storages.BaseStorage | None
     storage_description: str
     study_name: str
+    storage_target: str | None = None
     catch: tuple[type[BaseException], ...] = ()
     callbacks: list[Callable[..., None]] = field(default_factory=list)
     # Off by default: every trial already releases its memory and collects once (OptunaTrainer._release_memory).
@@ -132,7 +133,7 @@ def resolve_settings(
     catch = tuple(catch) if isinstance(catch, (list, tuple)) else (catch,)
     for exc in catch:
         if not (isinstance(exc, type) and issubclass(exc, BaseException)):
-            raise TypeError(f"catch: expected exception classes, got {exc!r}")
+            raise TypeError(f"catch: expected exception classes, e.g. catch=(ValueError,), got {exc!r}")
     if heartbeat_interval is None:
         heartbeat_interval = getattr(args, "heartbeat_interval", None)
     opened = open_storage(kwargs.get("storage", args.storage), args.output_dir, heartbeat_interval=heartbeat_interval)
@@ -149,6 +150,7 @@ def resolve_settings(
         pruner=pruner,
         storage=opened.storage,
         storage_description=opened.description,
+        storage_target=opened.target,
         study_name=study_name,
         catch=catch,
         callbacks=list(kwargs.get("callbacks") or []),

@@ -73,7 +73,10 @@ def validate_storage(storage: Any) -> None:
     try:
         make_url(storage)
     except (ArgumentError, ValueError) as err:
-        raise ValueError(f"storage: malformed URL {mask_url(storage)!r}: {mask_url(str(err))}") from None
+        raise ValueError(
+            f"storage: malformed URL {mask_url(storage)!r}: {mask_url(str(err))}; write it as "
+            "dialect+driver://user:password@host:port/database, e.g. postgresql+psycopg://user:pass@localhost:5432/db"
+        ) from None
 
 
 def default_storage_url(output_dir: str) -> str:
@@ -95,6 +98,7 @@ class OpenedStorage:
             trial cannot be told from a live one).
         notes: lines for the printed settings (e.g. that this storage has no heartbeat).
         make_lock: study name -> the lock that serializes "count the budget, then create a trial" across workers.
+        target: what `optuna-dashboard` opens (the password-masked URL or the journal file), None in memory.
     """
 
     storage: optuna.storages.BaseStorage | None
@@ -102,6 +106,7 @@ class OpenedStorage:
     heartbeat_interval: int | None = None
     notes: list[str] = field(default_factory=list)
     make_lock: Callable[[str], ClaimLock] = field(default=lambda name: local_lock(), repr=False)
+    target: str | None = None
 
 
 def _no_heartbeat_note(kind: str) -> str:
@@ -158,6 +163,7 @@ def open_storage(
                     f"journal file {path}",
                     notes=[_no_heartbeat_note("a journal file")],
                     make_lock=lambda name: file_lock(path + ".claim.lock"),
+                    target=path,
                 )
             if _scheme(storage) in ("redis", "rediss"):
                 backend = optuna.storages.journal.JournalRedisBackend(storage)
@@ -167,6 +173,7 @@ def open_storage(
                     mask_url(storage),
                     notes=[_no_heartbeat_note("a Redis journal")],
                     make_lock=lambda name: redis_lock(url, name),
+                    target=mask_url(url),
                 )
             rdb = _rdb_storage(storage, heartbeat_interval)
     except Exception as err:  # noqa: BLE001 - any driver error becomes one clear, masked message
@@ -179,9 +186,12 @@ def open_storage(
 def _wrap_rdb(rdb: optuna.storages.RDBStorage, description: str) -> OpenedStorage:
     interval = rdb.get_heartbeat_interval()
     notes = [] if interval else ["heartbeat_interval is off: a trial of a killed run stays RUNNING and is not retried"]
+    target = mask_url(rdb.url)
     if interval:
         description += f" (heartbeat every {interval} s)"
-    return OpenedStorage(rdb, description, interval, notes=notes, make_lock=lambda name: rdb_lock(rdb, name))
+    return OpenedStorage(
+        rdb, description, interval, notes=notes, make_lock=lambda name: rdb_lock(rdb, name), target=target
+    )
 
 
 def _wrap_given(storage: optuna.storages.BaseStorage) -> OpenedStorage:

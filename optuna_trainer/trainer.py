@@ -26,6 +26,8 @@ from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, BestRun, HPSearchBackend
 
 from .arguments import OptunaTrainingArguments
+from .checks import check_before_study
+from .faults import NonFiniteLossCallback, catch_for, trial_failure
 from .claims import local_lock
 from .distributed import Coordinator, coordinator_for
 from .models import InitialModel, apply_config_values
@@ -127,8 +129,8 @@ class OptunaTrainer(Trainer):
                 # Only the main process opens the storage; the others check everything else the same way.
                 **({**kwargs, "storage": "memory"} if follower else kwargs),
             )
-            if settings.declarative is not None:
-                settings.declarative.check_model_config(getattr(self.model, "config", None))
+            # Everything that can be checked without training is checked before the study exists in the storage.
+            check_before_study(self, settings)
             if follower:
                 return settings, None
             settings.log()
@@ -200,7 +202,7 @@ class OptunaTrainer(Trainer):
                     lock=settings.claim_lock or local_lock(),
                     heartbeat_interval=settings.heartbeat_interval,
                     timeout=settings.timeout,
-                    catch=settings.catch,
+                    catch=catch_for(settings.catch, base_args.continue_on_oom),
                     callbacks=[progress, *settings.callbacks],
                     gc_after_trial=settings.gc_after_trial,
                 )
@@ -265,6 +267,10 @@ class OptunaTrainer(Trainer):
             for step, value in resume.history:
                 trial.report(value, step)
                 objective.record(step, value)
+        # A NaN/inf training loss ends the trial through the pruning callback's stop (recorded as pruned).
+        shared = None if state.decide is _same_decision else state.decide
+        guard = NonFiniteLossCallback(callback._stop, lambda: self.model, decide=shared)
+        self.add_callback(guard)
         finished = False
         try:
             self.train(resume_from_checkpoint=resume.checkpoint if resume is not None else None, trial=trial)
@@ -290,8 +296,10 @@ class OptunaTrainer(Trainer):
             trial.set_user_attr("stopped_reason", callback.stopped_reason)
             raise
         except (Exception, KeyboardInterrupt) as err:
-            trial.set_user_attr("fail_reason", f"{type(err).__name__}: {err}"[:2000])
-            raise
+            failure = trial_failure(trial, err, base_args.continue_on_oom)
+            if failure is err:
+                raise
+            raise failure from None
         finally:
             trial.set_user_attr("seconds", round(time.monotonic() - start, 3))
             if self.state is not None and "steps" not in trial.user_attrs:
@@ -299,6 +307,8 @@ class OptunaTrainer(Trainer):
             if self.state is not None and self.state.max_steps:
                 trial.set_user_attr("max_steps", self.state.max_steps)  # planned steps: the report's steps saved
             self.remove_callback(callback)
+            guard.close()
+            self.remove_callback(guard)
             self._release_memory()
             if not (finished and state.best_run_dir == run_dir):
                 _delete_checkpoints(run_dir, self.args.should_save)

@@ -1,0 +1,81 @@
+"""Checks that need the trainer (its model, datasets and metrics), run before the study is created.
+
+`settings.py` checks everything the arguments alone decide. What is left needs the trainer: `model.<attribute>`
+keys against the model's config, a callable `hp_space` (whose keys are only known once it is called), and the
+objective metric against what evaluation can return. Each raises before `optuna.create_study`, so a bad input never
+leaves a half-created study (or a FAIL trial) in the storage.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import optuna
+
+from .search_space import SearchSpace, check_key, check_model_keys
+
+if TYPE_CHECKING:
+    from transformers import Trainer
+
+    from .settings import SearchSettings
+
+logger = logging.getLogger(__name__)
+
+# What `Trainer.evaluate` returns without `compute_metrics`, besides timing: the loss (when the data has labels).
+_METRICS_WITHOUT_COMPUTE_METRICS = ("eval_loss",)
+
+
+def check_before_study(trainer: Trainer, settings: SearchSettings) -> None:
+    """Raise `ValueError`/`TypeError` for any input that would only fail once trials run."""
+    config = getattr(trainer.model, "config", None)
+    if isinstance(settings.hp_space, SearchSpace):
+        settings.hp_space.check_model_config(config)
+    else:
+        probe_hp_space(settings.hp_space, type(trainer.args), config)
+    if trainer.train_dataset is None:
+        raise ValueError("train_dataset: a search trains every trial; pass train_dataset= to the trainer")
+    if trainer.eval_dataset is None:
+        raise ValueError(
+            "eval_dataset: every trial is scored by an evaluation; pass eval_dataset= to the trainer "
+            "(a held-out split)"
+        )
+    check_objective_metric(trainer, settings)
+
+
+def probe_hp_space(hp_space: Any, args_class: type, config: Any) -> None:
+    """Call a callable `hp_space` once on a scratch in-memory trial and check the keys and values it returns.
+
+    The scratch study never touches the search's storage; its random sample exercises every `suggest_*` call the
+    space makes, so a misspelt key or a value of the wrong type fails here rather than in the first trial.
+    """
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created in memory" line for the probe
+    try:
+        scratch = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+        trial = scratch.ask()
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+    values = hp_space(trial)
+    if not isinstance(values, dict):
+        raise TypeError(
+            f"hp_space: the callable must return a dict of name -> value (e.g. {{'learning_rate': "
+            f"trial.suggest_float('learning_rate', 1e-5, 1e-3, log=True)}}), got {type(values).__name__}"
+        )
+    for key, value in values.items():
+        check_key(key, args_class, value=value)
+    check_model_keys(values, config)
+
+
+def check_objective_metric(trainer: Trainer, settings: SearchSettings) -> None:
+    """Without `compute_metrics`, evaluation returns only `eval_loss`: any other metric is known to be absent."""
+    metric = settings.objective.metric
+    if metric is None or trainer.compute_metrics is not None or metric in _METRICS_WITHOUT_COMPUTE_METRICS:
+        return
+    if not type(trainer).evaluate.__module__.startswith(("transformers.", "optuna_trainer.")):
+        return  # a user's evaluate() may add the metric itself
+    raise ValueError(
+        f"objective_metric: {metric!r} cannot be computed: the trainer has no compute_metrics, so evaluation "
+        f"returns only {list(_METRICS_WITHOUT_COMPUTE_METRICS)}; pass compute_metrics= returning "
+        f"{metric.removeprefix('eval_')!r}, or set objective_metric='loss'"
+    )
