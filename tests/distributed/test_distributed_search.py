@@ -190,6 +190,6 @@ def test_timeout_ends_every_rank(tmp_path: Path) -> None:
     # n_trials=1000 with timeout=6s: rank 0 stopped the study early and both ranks ended after the same trials.
     assert 1 <= len(run.trials) < 1000
     assert all(t["state"] == "COMPLETE" for t in run.trials)
-    assert sorted(rank0["used"]) == sorted(rank1["used"]) == [str(t["number"]) for t in run.trials]
+    assert sorted(rank0["used"], key=int) == sorted(rank1["used"], key=int) == [str(t["number"]) for t in run.trials]
     assert_same_on_both_ranks(run)
     assert rank0["best"] == rank1["best"]
