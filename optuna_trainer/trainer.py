@@ -11,12 +11,14 @@ same way when the batch size is a search parameter.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 import math
 import os
 import shutil
 import socket
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -353,16 +355,18 @@ class OptunaTrainer(Trainer):
     def _release_memory(self) -> None:
         # transformers' search keeps the optimizer, scheduler and wrapped model of a pruned trial alive (it raises out
         # of the loop); drop every reference the trainer holds before the next trial builds its own.
+        model = weakref.ref(self.model) if self.model is not None else None
         self.model_wrapped = self.model = None
         self.optimizer = self.lr_scheduler = None
         handler = self.callback_handler  # hands the model and optimizer to callbacks, and keeps them
         handler.model = handler.optimizer = handler.lr_scheduler = handler.train_dataloader = None
         # The accelerator holds the prepared model, optimizer and dataloaders too: a fresh one (as every trial gets in
-        # _set_args) drops them. Dropping the references frees the model and optimizer at once (they hold no reference
-        # cycles), so no gc.collect() is run: accelerator.free_memory() and Optuna's gc_after_trial (off by default
-        # for that reason) each cost a full pass over the heap, 0.2-1 s per trial with torch and transformers loaded
-        # (docs/benchmarks.md, figure 1).
+        # _set_args) drops them. That frees the model and optimizer at once when nothing else refers to them (a
+        # transformers model holds no reference cycles), so the full collection (0.2-1 s per trial with torch loaded,
+        # docs/benchmarks.md figure 1) runs only when the model is still alive, e.g. kept by a user's cycle.
         self.create_accelerator_and_postprocess()
+        if model is not None and model() is not None:
+            gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
