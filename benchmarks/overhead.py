@@ -44,7 +44,9 @@ def run_plain(task: common.Task, settings: dict[str, Any], out: str) -> tuple[fl
     return seconds, result.training_loss, accuracy
 
 
-def run_ours(task: common.Task, settings: dict[str, Any], out: str) -> tuple[float, float, float]:
+def run_ours(
+    task: common.Task, settings: dict[str, Any], out: str, report: bool = True
+) -> tuple[float, float, float]:
     from optuna_trainer import OptunaTrainer, OptunaTrainingArguments
 
     lr = settings["learning_rate"]
@@ -57,6 +59,7 @@ def run_ours(task: common.Task, settings: dict[str, Any], out: str) -> tuple[flo
         pruner="none",
         storage="memory",
         save_best_model=False,
+        search_report=report,  # the end-of-search report (plots) is a cost per search, not per trial
     )
     trainer = OptunaTrainer(
         model_init=task.model_init,
@@ -77,6 +80,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = common.parser(__doc__.splitlines()[0])
     p.add_argument("--pairs", type=int, default=None, help="interleaved (ours, plain) pairs after the warm-up")
     p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--no-report", action="store_true", help="ours without the end-of-search report (per-trial cost)")
     a = p.parse_args(argv)
     common.quiet()
     model = a.model or ("tiny-bert" if a.quick else "minilm")
@@ -98,8 +102,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     accuracy: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(pairs + 1):  # pair 0 is the warm-up
-            for side, fn in (("ours", run_ours), ("plain", run_plain)):
-                seconds, loss, acc = fn(task, settings, os.path.join(tmp, f"{side}-{i}"))
+            for side in ("ours", "plain"):
+                out = os.path.join(tmp, f"{side}-{i}")
+                if side == "ours":
+                    seconds, loss, acc = run_ours(task, settings, out, report=not a.no_report)
+                else:
+                    seconds, loss, acc = run_plain(task, settings, out)
                 losses[side].append(loss)
                 accuracy[side] = acc
                 if i > 0:
@@ -137,7 +145,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     meta = {
         "command": common.command_line(),
         "data": task.source,
-        "settings": {**settings, "pairs": pairs, "warm-up pairs": 1, "torch threads": None},
+        "settings": {
+            **settings, "pairs": pairs, "warm-up pairs": 1, "torch threads": None, "search_report": not a.no_report
+        },
         "loadavg before": load_before,
         "loadavg after": load_after,
         **summary,
