@@ -193,6 +193,35 @@ def make_task(model: str, data_dir: str, n_train: int, n_dev: int, seed: int = 0
     return Task(encode(tr_s, tr_l), encode(dv_s, dv_l), source, model_label(model, layers), model_init, collator)
 
 
+def search_trainer(task: "Task", s: dict[str, Any], output_dir: str, pruner: Any, callbacks: list[Any]) -> Any:
+    """The OptunaTrainer of the search benchmarks: the shared space, TPE(seed 0), in-memory study, `s`'s schedule."""
+    from optuna_trainer import OptunaTrainer, OptunaTrainingArguments
+
+    args = OptunaTrainingArguments(
+        **train_args(
+            output_dir, max_steps=s["steps"], per_device_train_batch_size=s["batch"], eval_strategy="steps",
+            eval_steps=s["eval_steps"],
+        ),
+        hp_space=SPACE,
+        n_trials=s["n_trials"],
+        sampler={"name": "tpe", "seed": 0},
+        pruner=pruner,
+        storage="memory",
+        objective_metric="accuracy",
+        save_best_model=False,
+    )
+    return OptunaTrainer(
+        model_init=task.model_init, args=args, train_dataset=task.train, eval_dataset=task.dev,
+        compute_metrics=compute_metrics, data_collator=task.collator, callbacks=callbacks,
+    )
+
+
+def run_both_sides(script: str, a: argparse.Namespace, timeout: float = 900) -> dict[str, dict]:
+    """Run the "ours" and "transformers" sides of `script` each in a fresh process, with the parsed options `a`."""
+    passthrough = [*(["--quick"] if a.quick else []), "--data", a.data, *(["--model", a.model] if a.model else [])]
+    return {name: run_side(os.path.abspath(script), name, passthrough, timeout=timeout) for name in ("ours", "transformers")}
+
+
 def compute_metrics(pred: Any) -> dict[str, float]:
     return {"accuracy": float((pred.predictions.argmax(-1) == pred.label_ids).mean())}
 

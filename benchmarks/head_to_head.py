@@ -58,22 +58,7 @@ def side(name: str, s: dict[str, Any], data: str) -> dict[str, Any]:
     out = tempfile.mkdtemp(prefix=f"h2h-{name}-")
     start = time.perf_counter()
     if name == "ours":
-        from optuna_trainer import OptunaTrainer, OptunaTrainingArguments
-
-        args = OptunaTrainingArguments(
-            **common.train_args(out, **train),
-            hp_space=common.SPACE,
-            n_trials=s["n_trials"],
-            sampler={"name": "tpe", "seed": 0},
-            pruner="median",
-            storage="memory",
-            objective_metric="accuracy",
-            save_best_model=False,
-        )
-        trainer = OptunaTrainer(
-            model_init=task.model_init, args=args, train_dataset=task.train, eval_dataset=task.dev,
-            compute_metrics=common.compute_metrics, data_collator=task.collator, callbacks=[rec],
-        )
+        trainer = common.search_trainer(task, s, out, "median", [rec])
         best = trainer.hyperparameter_search()
         states = [t.state.name for t in trainer.study.trials]
         params = [t.params for t in trainer.study.trials]
@@ -123,11 +108,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if a.side:
         common.write_side(a.side_out, side(a.side, s, a.data))
         return {}
-    passthrough = [*(["--quick"] if a.quick else []), "--data", a.data, *(["--model", a.model] if a.model else [])]
     load_before = common.loadavg()
-    results = {}
-    for name in ("ours", "transformers"):
-        results[name] = common.run_side(os.path.abspath(__file__), name, passthrough, timeout=900)
+    results = common.run_both_sides(__file__, a)
     load_after = common.loadavg()
     rows = []
     for name, label in (("ours", "OptunaTrainer"), ("transformers", "Trainer.hyperparameter_search (optuna)")):

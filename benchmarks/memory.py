@@ -127,10 +127,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if a.side:
         common.write_side(a.side_out, side(a.side, s, a.data))
         return {}
-    passthrough = [*(["--quick"] if a.quick else []), "--data", a.data, *(["--model", a.model] if a.model else [])]
     load_before = common.loadavg()
-    results = {name: common.run_side(os.path.abspath(__file__), name, passthrough, timeout=900)
-               for name in ("ours", "transformers")}
+    results = common.run_both_sides(__file__, a)
     load_after = common.loadavg()
     rows = []
     for name, label in (("ours", "OptunaTrainer"), ("transformers", "Trainer.hyperparameter_search (optuna)")):

@@ -49,27 +49,9 @@ def pruners(s: dict[str, Any]) -> list[tuple[str, Any]]:
 
 
 def run(task: common.Task, s: dict[str, Any], pruner: Any) -> dict[str, Any]:
-    from optuna_trainer import OptunaTrainer, OptunaTrainingArguments
-
     rec = common.recorder()
     with tempfile.TemporaryDirectory() as out:
-        args = OptunaTrainingArguments(
-            **common.train_args(
-                out, max_steps=s["steps"], per_device_train_batch_size=s["batch"], eval_strategy="steps",
-                eval_steps=s["eval_steps"],
-            ),
-            hp_space=common.SPACE,
-            n_trials=s["n_trials"],
-            sampler={"name": "tpe", "seed": 0},
-            pruner=pruner,
-            storage="memory",
-            objective_metric="accuracy",
-            save_best_model=False,
-        )
-        trainer = OptunaTrainer(
-            model_init=task.model_init, args=args, train_dataset=task.train, eval_dataset=task.dev,
-            compute_metrics=common.compute_metrics, data_collator=task.collator, callbacks=[rec],
-        )
+        trainer = common.search_trainer(task, s, out, pruner, [rec])
         start = time.perf_counter()
         trainer.hyperparameter_search()
         seconds = time.perf_counter() - start
