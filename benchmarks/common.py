@@ -193,8 +193,12 @@ def make_task(model: str, data_dir: str, n_train: int, n_dev: int, seed: int = 0
     return Task(encode(tr_s, tr_l), encode(dv_s, dv_l), source, model_label(model, layers), model_init, collator)
 
 
+STUDY_NAME = "benchmark"
+
+
 def search_trainer(task: "Task", s: dict[str, Any], output_dir: str, pruner: Any, callbacks: list[Any]) -> Any:
-    """The OptunaTrainer of the search benchmarks: the shared space, TPE(seed 0), in-memory study, `s`'s schedule."""
+    """The OptunaTrainer of the search benchmarks: the shared space, TPE(seed 0), an in-memory study named
+    `STUDY_NAME`, `s`'s schedule."""
     from optuna_trainer import OptunaTrainer, OptunaTrainingArguments
 
     args = OptunaTrainingArguments(
@@ -207,6 +211,8 @@ def search_trainer(task: "Task", s: dict[str, Any], output_dir: str, pruner: Any
         sampler={"name": "tpe", "seed": 0},
         pruner=pruner,
         storage="memory",
+        # Fixed: hyperband puts a trial in a bracket by a hash of the study name, so a random name changes its row.
+        study_name=STUDY_NAME,
         objective_metric="accuracy",
         save_best_model=False,
     )
@@ -220,6 +226,43 @@ def run_both_sides(script: str, a: argparse.Namespace, timeout: float = 900) -> 
     """Run the "ours" and "transformers" sides of `script` each in a fresh process, with the parsed options `a`."""
     passthrough = [*(["--quick"] if a.quick else []), "--data", a.data, *(["--model", a.model] if a.model else [])]
     return {name: run_side(os.path.abspath(script), name, passthrough, timeout=timeout) for name in ("ours", "transformers")}
+
+
+def two_sides(
+    script: str,
+    doc: str,
+    settings: Callable[[bool, str | None], dict[str, Any]],
+    side: Callable[[str, dict[str, Any], str], dict[str, Any]],
+    argv: list[str] | None,
+) -> tuple[argparse.Namespace, dict[str, Any], dict[str, dict], str, str] | None:
+    """The command line of a two-sided benchmark: with --side, run that side here and return None; otherwise run
+    both sides in fresh interpreters and return (options, settings, results per side, load before, load after)."""
+    a = parser(doc.splitlines()[0]).parse_args(argv)
+    s = settings(a.quick, a.model)
+    if a.side:
+        write_side(a.side_out, side(a.side, s, a.data))
+        return None
+    load_before = loadavg()
+    results = run_both_sides(script, a)
+    return a, s, results, load_before, loadavg()
+
+
+def recording(pruner: Any) -> Any:
+    """`pruner`, wrapped so that it remembers which trials it pruned: transformers returns no study to read the
+    states from (and a trial pruned at its last evaluation trained every step, so its step count cannot tell)."""
+    import optuna
+
+    class RecordingPruner(optuna.pruners.BasePruner):
+        def __init__(self) -> None:
+            self.pruned: set[int] = set()
+
+        def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+            decision = pruner.prune(study, trial)
+            if decision:
+                self.pruned.add(trial.number)
+            return decision
+
+    return RecordingPruner()
 
 
 def compute_metrics(pred: Any) -> dict[str, float]:
@@ -305,7 +348,7 @@ def machine() -> dict[str, Any]:
 
 def recorder() -> Any:
     """A TrainerCallback recording, per `train()` call (one per trial on both sides), the optimizer steps taken and
-    every evaluation's accuracy; the same class is given to both sides so that they are counted alike."""
+    every evaluation's accuracy and loss; the same class is given to both sides so that they are counted alike."""
     from transformers import TrainerCallback
 
     class Recorder(TrainerCallback):
@@ -315,7 +358,7 @@ def recorder() -> Any:
         def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             # The trial's values as the trainer applied them (transformers returns no study to read them from).
             values = {k: getattr(args, k) for k in SPACE}
-            self.trials.append({"steps": 0, "accuracy": [], "values": values})
+            self.trials.append({"steps": 0, "accuracy": [], "loss": [], "values": values})
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             self.trials[-1]["steps"] += 1
@@ -323,6 +366,8 @@ def recorder() -> Any:
         def on_evaluate(self, args: Any, state: Any, control: Any, metrics: Any = None, **kwargs: Any) -> None:
             if self.trials and metrics and "eval_accuracy" in metrics:
                 self.trials[-1]["accuracy"].append(float(metrics["eval_accuracy"]))
+            if self.trials and metrics and "eval_loss" in metrics:
+                self.trials[-1]["loss"].append(float(metrics["eval_loss"]))
 
         @property
         def steps(self) -> int:

@@ -1,10 +1,12 @@
 """Figure 4: resident memory across 20 trials, ours vs transformers', with some trials pruned and one failing.
 
 Each side runs in a fresh interpreter: the same model_init, data, space, `TPESampler(seed=0)`,
-`MedianPruner(n_startup_trials=3)` on eval_loss (continuous, so that the median rule prunes), and one trial (the 8th) that raises at its 2nd step (caught with
-`catch=(RuntimeError,)`). "After trial k" is read when trial k+1 calls `model_init` (before it builds its model) and,
-for the last trial, when the search returns: the current RSS (psutil, or /proc/self/statm) and the peak RSS
-(ru_maxrss). Target: growth under 2% for ours from trial 1 to trial 20.
+`MedianPruner(n_startup_trials=3)` on eval_loss (continuous, so that the median rule prunes), and one trial (the 8th)
+that raises at its 2nd step (caught with `catch=(InjectedFailure,)`). Both sides run N + 1 trials (21 by default): ours
+counts finished trials in `n_trials=N` and replaces the failed one; transformers counts every trial, so it is given
+`n_trials=N + 1`. "After trial k" is read when trial k+1 calls `model_init`, before it builds its model: the current
+RSS (psutil, or /proc/self/statm) and the peak RSS so far (ru_maxrss); "after the search" when the search returns.
+Target: growth under 2% for ours from trial 1 to trial N.
 
     python benchmarks/memory.py            # default: MiniLM (first 3 layers), SST-2 subset, 20 trials
     python benchmarks/memory.py --quick    # CI: tiny BERT from a config, 6 trials
@@ -26,11 +28,12 @@ COLUMNS = [
     "trials",
     "completed/pruned/failed",
     "RSS after trial 1 MiB",
-    "RSS after last trial MiB",
+    "RSS after trial N MiB",
     "RSS growth %",
     "peak RSS after trial 1 MiB",
-    "peak RSS after last trial MiB",
+    "peak RSS after trial N MiB",
     "peak RSS growth %",
+    "RSS after the search MiB",
     "target met",
 ]
 TARGET_GROWTH = 2.0
@@ -81,7 +84,7 @@ def side(name: str, s: dict[str, Any], data: str) -> dict[str, Any]:
         max_steps=s["steps"], per_device_train_batch_size=s["batch"], eval_strategy="steps", eval_steps=s["eval_steps"]
     )
     out = tempfile.mkdtemp(prefix=f"mem-{name}-")
-    pruner = optuna.pruners.MedianPruner(n_startup_trials=3)
+    pruner = common.recording(optuna.pruners.MedianPruner(n_startup_trials=3))
     if name == "ours":
         from optuna_trainer import OptunaTrainer, OptunaTrainingArguments
 
@@ -106,46 +109,43 @@ def side(name: str, s: dict[str, Any], data: str) -> dict[str, Any]:
             callbacks=[rec, Fail()],
         )
         searching = True
-        trainer.hyperparameter_search(
-            hp_space=common.hf_space(), compute_objective=lambda m: m["eval_loss"], n_trials=s["n_trials"],
+        trainer.hyperparameter_search(  # n_trials + 1: it counts the failed trial, ours replaces it
+            hp_space=common.hf_space(), compute_objective=lambda m: m["eval_loss"], n_trials=s["n_trials"] + 1,
             direction="minimize", backend="optuna", sampler=optuna.samplers.TPESampler(seed=0), pruner=pruner,
             catch=(InjectedFailure,),
         )
-        # transformers returns no study: a trial that stopped early without the injected failure was pruned.
+        # transformers returns no study: the states come from the pruner's own record.
         states = [
-            "FAIL" if i == s["failing"] else "COMPLETE" if t["steps"] == s["steps"] else "PRUNED"
-            for i, t in enumerate(rec.trials)
+            "FAIL" if i == s["failing"] else "PRUNED" if i in pruner.pruned else "COMPLETE"
+            for i in range(len(rec.trials))
         ]
     snapshots.append((common.current_rss_mib(), common.peak_rss_mib()))
     return {"snapshots": snapshots, "states": states, "data": task.source, "model": task.model_name}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    p = common.parser(__doc__.splitlines()[0])
-    a = p.parse_args(argv)
-    s = settings(a.quick, a.model)
-    if a.side:
-        common.write_side(a.side_out, side(a.side, s, a.data))
+    ran = common.two_sides(__file__, __doc__, settings, side, argv)
+    if ran is None:
         return {}
-    load_before = common.loadavg()
-    results = common.run_both_sides(__file__, a)
-    load_after = common.loadavg()
+    a, s, results, load_before, load_after = ran
     rows = []
     for name, label in (("ours", "OptunaTrainer"), ("transformers", "Trainer.hyperparameter_search (optuna)")):
         snaps, states = results[name]["snapshots"], results[name]["states"]
-        # snaps[0] is read when trial 1 starts; snaps[k] after trial k.
-        (cur1, peak1), (cur_n, peak_n) = snaps[1], snaps[-1]
+        # snaps[0] is read when trial 1 starts, snaps[k] when trial k+1 starts (after trial k), snaps[-1] at the end.
+        n = s["n_trials"]
+        (cur1, peak1), (cur_n, peak_n) = snaps[1], snaps[n]
         growth, peak_growth = 100 * (cur_n / cur1 - 1), 100 * (peak_n / peak1 - 1)
         rows.append({
             "side": label,
             "trials": len(states),
             "completed/pruned/failed": "/".join(str(states.count(x)) for x in ("COMPLETE", "PRUNED", "FAIL")),
             "RSS after trial 1 MiB": cur1,
-            "RSS after last trial MiB": cur_n,
+            "RSS after trial N MiB": cur_n,
             "RSS growth %": growth,
             "peak RSS after trial 1 MiB": peak1,
-            "peak RSS after last trial MiB": peak_n,
+            "peak RSS after trial N MiB": peak_n,
             "peak RSS growth %": peak_growth,
+            "RSS after the search MiB": snaps[-1][0],
             "target met": ("yes" if max(growth, peak_growth) < TARGET_GROWTH else "no") if name == "ours" else "n/a",
             "states": states,
             "RSS per trial MiB": [round(c, 1) for c, _ in snaps[1:]],
@@ -158,7 +158,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "data": results["ours"]["data"],
         "settings": {**s, "space": common.SPACE, "sampler": "TPESampler(seed=0)",
                      "pruner": "MedianPruner(n_startup_trials=3)"},
-        "target": f"growth under {TARGET_GROWTH:.0f}% (current and peak RSS) for ours",
+        "N": s["n_trials"],
+        "target": f"growth under {TARGET_GROWTH:.0f}% (current and peak RSS) for ours from trial 1 to trial N",
         "GPU memory": "not measured: no GPU on this machine",
         "RSS before trial 1 (ours, transformers)": [rows[0]["RSS before trial 1 MiB"], rows[1]["RSS before trial 1 MiB"]],
         "RSS per trial (ours)": rows[0]["RSS per trial MiB"],

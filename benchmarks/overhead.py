@@ -155,7 +155,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     import torch
 
     meta["settings"]["torch threads"] = torch.get_num_threads()
-    common.write_table(a.out, NAME, "Overhead of one trial over Trainer.train()", COLUMNS, rows, meta)
+    name = NAME + "_no_report" if a.no_report else NAME  # both tables are kept side by side under results/
+    common.write_table(a.out, name, "Overhead of one trial over Trainer.train()", COLUMNS, rows, meta)
     return {"rows": rows, **summary}
 
 

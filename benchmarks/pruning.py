@@ -1,5 +1,5 @@
-"""Figure 3: what pruning saves. The same search with `pruner: none`, our default pruner, hyperband and successive
-halving: total optimizer steps, wall time, best dev accuracy.
+"""Figure 3: what pruning saves. The same search with `pruner: none`, our default pruner, hyperband and the setting
+docs/benchmarks.md recommends: total optimizer steps, wall time, best dev accuracy.
 
 Every row runs the same search (space `common.SPACE`, `TPESampler(seed=0)`, n_trials, steps, evaluation every
 `eval_steps`) in this process, one after the other; only the pruner differs. Target: at least 40% fewer optimizer steps
@@ -36,15 +36,19 @@ def settings(quick: bool, model: str | None, layers: int | None) -> dict[str, An
                 n_trials=10, batch=16)
 
 
+def recommended(s: dict[str, Any]) -> dict[str, Any]:
+    """The setting docs/benchmarks.md recommends for plateaus of tied accuracies: a floor at chance (two balanced
+    classes) once two evaluations have passed, so that a trial is judged after it had time to leave the plateau."""
+    return {"name": "threshold", "lower": 0.5, "n_warmup_steps": 2 * s["eval_steps"]}
+
+
 def pruners(s: dict[str, Any]) -> list[tuple[str, Any]]:
     """(label, pruner spec) per row: the spec exactly as a user writes it in OptunaTrainingArguments."""
     return [
         ("none", "none"),
         ("median (default: n_startup_trials=5, n_warmup_steps=0)", "median"),
         ("hyperband (defaults)", "hyperband"),
-        # Rank-based: of trials tied at the same value (a classifier stuck at the majority class), it keeps only the
-        # top 1/reduction_factor, where the median rule keeps every tie.
-        ("successive_halving (defaults)", "successive_halving"),
+        ("recommended: threshold lower=0.5 (chance) after 2 evaluations", recommended(s)),
     ]
 
 
@@ -63,6 +67,7 @@ def run(task: common.Task, s: dict[str, Any], pruner: Any) -> dict[str, Any]:
         "best dev accuracy": trainer.study.best_value,
         "per-trial steps": [t["steps"] for t in rec.trials],
         "per-trial accuracies": [t["accuracy"] for t in rec.trials],
+        "per-trial eval losses": [t["loss"] for t in rec.trials],
         "per-trial values": [t["values"] for t in rec.trials],
     }
 
@@ -75,7 +80,10 @@ def replay_candidates(s: dict[str, Any]) -> list[tuple[str, Any]]:
     """Settings tried on the recorded curves (warm-up in evaluations, start-up trials, floors, rank-based pruners)."""
     e = s["eval_steps"]
     return [
-        *pruners(s)[1:],
+        *pruners(s)[1:3],
+        # Rank-based: of trials tied at the same value (a classifier stuck at the majority class), it keeps only the
+        # top 1/reduction_factor, where the median rule keeps every tie.
+        ("successive_halving (defaults)", "successive_halving"),
         ("median, n_startup_trials=3", {"name": "median", "n_startup_trials": 3}),
         ("median, n_startup_trials=3, n_warmup_steps=1 evaluation",
          {"name": "median", "n_startup_trials": 3, "n_warmup_steps": e}),
@@ -84,8 +92,13 @@ def replay_candidates(s: dict[str, Any]) -> list[tuple[str, Any]]:
         ("successive_halving, min_resource=2 evaluations", {"name": "successive_halving", "min_resource": 2 * e}),
         ("threshold lower=0.5 (chance), n_warmup_steps=1 evaluation",
          {"name": "threshold", "lower": 0.5, "n_warmup_steps": e}),
-        ("threshold lower=0.5 (chance), n_warmup_steps=2 evaluations",
-         {"name": "threshold", "lower": 0.5, "n_warmup_steps": 2 * e}),
+        ("threshold lower=0.5 (chance), n_warmup_steps=2 evaluations (recommended)", recommended(s)),
+        # Keeps the top quarter at each step (for a maximized value: prunes below the 75th percentile), so a trial
+        # tied with a majority of dead ones is pruned as soon as a quarter of the trials have left the plateau.
+        ("percentile 25, n_startup_trials=2, n_warmup_steps=1 evaluation",
+         {"name": "percentile", "percentile": 25.0, "n_startup_trials": 2, "n_warmup_steps": e}),
+        ("percentile 25, n_startup_trials=5, n_warmup_steps=1 evaluation",
+         {"name": "percentile", "percentile": 25.0, "n_startup_trials": 5, "n_warmup_steps": e}),
     ]
 
 
@@ -94,8 +107,8 @@ def replay(path: str, out: str) -> dict[str, Any]:
 
     Exact for the pruning decisions while the sampler's choices do not depend on earlier results (all trials within
     TPE's n_startup_trials=10 random start-up trials, as with the default 10 trials): every trial then gets the same
-    parameters and so the same curve, whatever was pruned before it. Hyperband is the exception: it assigns a trial
-    to a bracket by a hash of the study name, so its replay may differ from the run (whose study name differs).
+    parameters and so the same curve, whatever was pruned before it. Hyperband assigns a trial to a bracket by a hash
+    of the study name and the trial number: the replay's study has the run's name (`common.STUDY_NAME`).
     """
     import optuna
 
@@ -110,7 +123,7 @@ def replay(path: str, out: str) -> dict[str, Any]:
     total_none = none["optimizer steps"]
     rows = []
     for label, spec in replay_candidates(s):
-        study = optuna.create_study(direction="maximize", pruner=build_pruner(spec))
+        study = optuna.create_study(direction="maximize", pruner=build_pruner(spec), study_name=common.STUDY_NAME)
         steps, best, pruned = 0, float("-inf"), 0
         for curve in curves:
             trial = study.ask()

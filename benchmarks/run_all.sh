@@ -6,7 +6,14 @@ cd "$(dirname "$0")/.."
 out="${1:-benchmarks/results}"
 python="${PYTHON:-python}"
 mkdir -p "$out"
-for name in overhead head_to_head pruning memory multi_process parallel_workers; do
-  echo "== $name (loadavg $(cut -d' ' -f1-3 /proc/loadavg))"
-  "$python" "benchmarks/$name.py" --out "$out"
+run() {
+  echo "== $* (loadavg $(cut -d' ' -f1-3 /proc/loadavg))"
+  "$python" "benchmarks/$1.py" --out "$out" "${@:2}"
+}
+run overhead
+run overhead --no-report
+for name in head_to_head pruning memory multi_process parallel_workers; do
+  run "$name"
 done
+# What other pruner settings would have saved on the curves pruning.py just recorded (no training: seconds).
+run pruning --replay "$out/pruning.json"

@@ -58,19 +58,28 @@ def catch_for(catch: tuple[type[BaseException], ...], continue_on_oom: bool) -> 
     return catch
 
 
-def trial_failure(trial: optuna.trial.BaseTrial, err: BaseException, continue_on_oom: bool) -> BaseException:
+def trial_failure(
+    trial: optuna.trial.BaseTrial,
+    err: BaseException,
+    continue_on_oom: bool,
+    catch: tuple[type[BaseException], ...] = (),
+) -> BaseException:
     """Record why `trial` failed and return the exception to raise out of the objective.
 
-    With ``continue_on_oom``, an out-of-memory error becomes a `TrialOutOfMemoryError` (which the study catches) and
-    the frames of its traceback are cleared: they hold the trial's activations, gradients and model, which would
-    otherwise stay alive (and on the device) until Optuna drops the exception after logging it.
+    When the search goes on past the failure (an out-of-memory error with ``continue_on_oom``, or an exception whose
+    class is in ``catch``), the frames of its traceback are cleared: they hold the trial's activations, gradients and
+    model, which would otherwise stay alive (and on the device) while the next trial builds its own, until Optuna
+    drops the exception. Clearing keeps the traceback's files, lines and functions, so Optuna still logs where it
+    failed. An out-of-memory error then becomes a `TrialOutOfMemoryError`, which the study catches.
     """
     reason = f"{type(err).__name__}: {err}"[:_REASON_CHARS]
     oom = is_out_of_memory(err)
     trial.set_user_attr("fail_reason", reason)
     trial.set_user_attr("fault", OOM_FAULT if oom else ERROR_FAULT)
     if not (oom and continue_on_oom):
-        # Raised as it is: the search stops (unless its class is in `catch`) with the full traceback to debug.
+        if isinstance(err, catch) and err.__traceback__ is not None:
+            traceback.clear_frames(err.__traceback__)  # caught: the search goes on with the next trial
+        # Otherwise raised as it is: the search stops, with the full traceback (and its frames) to debug.
         return err
     if logger.isEnabledFor(logging.DEBUG):
         logger.debug(f"Trial {trial.number} ran out of memory:\n{''.join(traceback.format_exception(err))}")

@@ -32,6 +32,7 @@ from .checks import check_before_study
 from .faults import NonFiniteLossCallback, catch_for, trial_failure
 from .claims import local_lock
 from .distributed import Coordinator, coordinator_for
+from .memory import release_host_memory
 from .models import InitialModel, apply_config_values
 from .progress import TrialProgress
 from .pruning import Decide, OptunaPruningCallback
@@ -298,7 +299,7 @@ class OptunaTrainer(Trainer):
             trial.set_user_attr("stopped_reason", callback.stopped_reason)
             raise
         except (Exception, KeyboardInterrupt) as err:
-            failure = trial_failure(trial, err, base_args.continue_on_oom)
+            failure = trial_failure(trial, err, base_args.continue_on_oom, catch=settings.catch)
             if failure is err:
                 raise
             raise failure from None
@@ -369,6 +370,8 @@ class OptunaTrainer(Trainer):
             gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+        # Freed host pages stay mapped by glibc (the RSS would stay at the first trial's peak): hand them back.
+        release_host_memory()
 
 
 def _same_decision(outcome: Any) -> Any:

@@ -105,14 +105,19 @@ def test_pruning(tmp_path):
 
 def test_memory(tmp_path):
     table = run_quick("memory", tmp_path)
-    numbers(table, "trials", "RSS after trial 1 MiB", "RSS after last trial MiB", "RSS growth %",
-            "peak RSS after trial 1 MiB", "peak RSS after last trial MiB", "peak RSS growth %")
+    numbers(table, "trials", "RSS after trial 1 MiB", "RSS after trial N MiB", "RSS growth %",
+            "peak RSS after trial 1 MiB", "peak RSS after trial N MiB", "peak RSS growth %", "RSS after the search MiB")
     ours, theirs = table["rows"]
     for row in table["rows"]:
         assert row["states"][3] == "FAIL" and row["states"].count("FAIL") == 1  # the injected failure, caught
         assert len(row["RSS per trial MiB"]) == row["trials"]
-    # transformers counts the failed trial in n_trials; ours counts finished trials and runs one more in its place
-    assert theirs["trials"] == 6 and ours["trials"] == 7
+        # "after trial N" is read when trial N + 1 starts; "after the search" when it returns
+        per_trial = row["RSS per trial MiB"]  # rounded to 0.1 MiB
+        assert row["RSS after trial N MiB"] == pytest.approx(per_trial[table["meta"]["N"] - 1], abs=0.06)
+        assert row["RSS after the search MiB"] == pytest.approx(per_trial[-1], abs=0.06)
+    # ours counts finished trials in n_trials=6 and replaces the failed one; transformers, which counts every trial,
+    # is given n_trials=7: both run 7
+    assert table["meta"]["N"] == 6 and theirs["trials"] == 7 and ours["trials"] == 7
 
 
 @pytest.mark.distributed

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import logging
 import math
 import os
 import weakref
@@ -191,6 +192,52 @@ class TestOtherExceptions:
                                sampler=GRID, pruner="none")
         trainer.hyperparameter_search(catch=(ValueError,))
         assert sorted(states(trainer.study)) == ["COMPLETE", "COMPLETE", "FAIL"]
+
+    def test_a_caught_error_releases_its_trial_before_the_next(self, tmp_path):
+        # The traceback's frames hold the trial's model, optimizer and batches, and Optuna keeps the exception in a
+        # reference cycle (its frame -> the exception -> the traceback -> its frame) that only a collection frees.
+        recorder = Recorder()
+        boom = RaiseAt(2, lambda: ValueError("boom in trial"), lambda a: a.seed == 1)
+        alive_after_failure: list[bool] = []
+        logged: list[str] = []
+
+        def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+            if trial.state == optuna.trial.TrialState.FAIL:
+                alive_after_failure.append(recorder.models[-1]() is not None)
+
+        class Keep(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                logged.append(self.format(record) if record.exc_info else record.getMessage())
+
+        handler = Keep()
+        optuna_logger = logging.getLogger("optuna")
+        optuna_logger.addHandler(handler)
+        space = {"seed": {"type": "categorical", "choices": [0, 1, 2]}}
+        trainer = make_trainer(tmp_path, [boom], recorder, hp_space=space, sampler=GRID, pruner="none")
+        gc.disable()
+        try:
+            trainer.hyperparameter_search(catch=(ValueError,), gc_after_trial=False, callbacks=[after_trial])
+        finally:
+            gc.enable()
+            optuna_logger.removeHandler(handler)
+        assert alive_after_failure == [False]
+        failed = trainer.study.get_trials(states=(optuna.trial.TrialState.FAIL,))
+        assert [t.user_attrs["fail_reason"] for t in failed] == ["ValueError: boom in trial"]
+        # Optuna still logs where it failed: clearing frames drops their variables, not the traceback's lines.
+        failure_logs = [m for m in logged if "boom in trial" in m and "Traceback" in m]
+        assert failure_logs and "in on_step_end" in failure_logs[0]
+
+    def test_an_error_that_stops_the_search_keeps_its_frames(self, tmp_path):
+        # Not caught: the user gets the traceback with every frame's variables, for a debugger's post-mortem.
+        boom = RaiseAt(2, lambda: ValueError("boom in trial"))
+        trainer = make_trainer(tmp_path, [boom], hp_space={"seed": {"type": "categorical", "choices": [0]}},
+                               sampler=GRID, pruner="none")
+        with pytest.raises(ValueError, match="boom in trial") as info:
+            trainer.hyperparameter_search()
+        tb = info.value.__traceback__
+        while tb.tb_next is not None:
+            tb = tb.tb_next
+        assert tb.tb_frame.f_code.co_name == "on_step_end" and "state" in tb.tb_frame.f_locals
 
 
 class NaNAfter(BertForSequenceClassification):

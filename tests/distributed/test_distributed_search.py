@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -18,6 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+# Kills the launcher's group and every worker below it (torchrun starts each worker in a session of its own).
+from benchmarks.common import kill_group as kill_tree
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = Path(__file__).with_name("search_script.py")
@@ -64,45 +66,15 @@ def launch(scenario: str, out_dir: Path, launcher: str = "accelerate") -> Run:
     try:
         output, _ = proc.communicate(timeout=BOUND_S)
     except subprocess.TimeoutExpired:
-        _kill_tree(proc)
+        kill_tree(proc)
         output, _ = proc.communicate()
         pytest.fail(f"{scenario}: still running after {BOUND_S}s, killed (a hang)\n{output[-4000:]}")
     finally:
         if proc.poll() is None:  # interrupted: leave nothing running
-            _kill_tree(proc)
+            kill_tree(proc)
     seconds = time.monotonic() - start
     print(f"{scenario} ({launcher}): exit {proc.returncode} after {seconds:.1f}s")
     return Run(proc.returncode, seconds, output, out_dir)
-
-
-def _descendants(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
-            children.setdefault(ppid, []).append(int(entry))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
-def _kill_tree(proc: subprocess.Popen) -> None:
-    """Kill the launcher and its workers: torchrun starts each worker in a session of its own, so killing the
-    launcher's process group alone would leave them running."""
-    workers = _descendants(proc.pid)
-    os.killpg(proc.pid, signal.SIGKILL)
-    for pid in workers:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def assert_same_on_both_ranks(run: Run) -> None:
