@@ -11,13 +11,14 @@ import importlib.util
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from benchmarks.common import kill_group
 
 REPO = Path(__file__).resolve().parent.parent
 BENCHMARKS = REPO / "benchmarks"
@@ -46,7 +47,7 @@ def run_quick(name: str, out: Path, timeout: float = 420, extra: tuple[str, ...]
     try:
         output, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+        kill_group(proc)  # the group and every descendant: launcher workers sit in sessions of their own
         proc.communicate()
         pytest.fail(f"benchmarks/{name}.py --quick did not finish within {timeout} s")
     assert proc.returncode == 0, output[-4000:]
