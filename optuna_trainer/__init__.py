@@ -1,17 +1,17 @@
 """optuna_trainer: Optuna hyperparameter search as a declarative, first-class part of transformers training."""
 
 from . import log as _log  # noqa: F401  (installs the package logger's handler)
-from .arguments import OptunaTrainingArguments
+from .arguments import OptunaSearchArguments, OptunaTrainingArguments, with_search_fields
+from .callbacks import NonFiniteLossCallback, OptunaPruningCallback
 from .config import parse_config_file
-from .faults import NonFiniteLossCallback, TrialOutOfMemoryError
+from .exceptions import CoordinationError, NoCompletedTrialError, TrialOutOfMemoryError
 from .log import set_verbosity
 from .objective import Objective
 from .pruners import PRUNERS, build_pruner
-from .pruning import OptunaPruningCallback
 from .report import write_report
 from .samplers import SAMPLERS, build_sampler
 from .search_space import DEFAULT_HP_SPACE, SearchSpace
-from .trainer import NoCompletedTrialError, OptunaTrainer
+from .trainer import OptunaSearchMixin, OptunaTrainer, with_optuna_search
 
 __version__ = "0.1.0"
 
@@ -19,10 +19,13 @@ __all__ = [
     "DEFAULT_HP_SPACE",
     "PRUNERS",
     "SAMPLERS",
+    "CoordinationError",
     "NoCompletedTrialError",
     "NonFiniteLossCallback",
     "Objective",
     "OptunaPruningCallback",
+    "OptunaSearchArguments",
+    "OptunaSearchMixin",
     "OptunaTrainer",
     "OptunaTrainingArguments",
     "SearchSpace",
@@ -32,5 +35,6 @@ __all__ = [
     "build_sampler",
     "parse_config_file",
     "set_verbosity",
-    "write_report",
+    "with_optuna_search",
+    "with_search_fields",
 ]

@@ -1,4 +1,11 @@
-"""`OptunaTrainingArguments`: the search declared next to the training settings."""
+"""The search declared next to the training settings: `OptunaSearchArguments` on top of any arguments class.
+
+The search fields live in one dataclass mixin. `OptunaTrainingArguments` is that mixin over `TrainingArguments`, and
+`with_search_fields(Seq2SeqTrainingArguments)` (or TRL's `SFTConfig`, ...) builds the same for any other class, so
+that `HfArgumentParser`, YAML/JSON config files and `--help` see one dataclass. Every trial's arguments are rebuilt
+from the user's own arguments object (`trial_arguments`): the class and every field of it are kept, only the trial's
+values change, and values never leak from one trial into the next.
+"""
 
 from __future__ import annotations
 
@@ -10,35 +17,28 @@ from typing import Any
 
 import optuna
 from transformers import TrainingArguments
+from transformers.trainer_utils import SchedulerType
 
 from .objective import normalize_direction
 from .pruners import DEFAULT_PRUNER, build_pruner
 from .samplers import DEFAULT_SAMPLER, build_sampler
 from .search_space import SearchSpace
-from .storage import DEFAULT_HEARTBEAT_INTERVAL, validate_storage
+from .storage import DEFAULT_HEARTBEAT_INTERVAL, mask_url, validate_storage
 
-# The fields this class adds; everything else is `TrainingArguments`.
-SEARCH_FIELDS = (
-    "hp_space",
-    "n_trials",
-    "timeout",
-    "direction",
-    "objective_metric",
-    "sampler",
-    "pruner",
-    "storage",
-    "study_name",
-    "heartbeat_interval",
-    "save_best_model",
-    "search_report",
-    "continue_on_oom",
-)
+# Search fields whose value may be an object (a callable space, a sampler or pruner instance): shown by name, never
+# pickled into checkpoints, and dropped from a trial's arguments (a trial trains; it does not search).
+_OBJECT_FIELDS = ("hp_space", "sampler", "pruner")
 
 
-@dataclass
-class OptunaTrainingArguments(TrainingArguments):
+@dataclass(repr=False)
+class OptunaSearchArguments:
     r"""
-    `TrainingArguments` with an Optuna hyperparameter search declared next to the training settings.
+    The search fields, as a dataclass mixin for any `TrainingArguments` class.
+
+    `OptunaTrainingArguments` is `OptunaSearchArguments` over `TrainingArguments`; `with_search_fields(cls)` puts
+    the same fields on any other arguments class (`Seq2SeqTrainingArguments`, TRL's `SFTConfig`,
+    `SentenceTransformerTrainingArguments`, ...). A trainer with `OptunaSearchMixin` also accepts an arguments object
+    without these fields: the search then runs on the defaults below.
 
     Every field can be set from Python, from the command line through `HfArgumentParser`, and from a YAML or JSON
     config file (`HfArgumentParser.parse_yaml_file` / `parse_json_file`). Structured values (the search space, a
@@ -49,7 +49,7 @@ class OptunaTrainingArguments(TrainingArguments):
         hp_space (`dict`, `str` or `Callable`, *optional*):
             The search space: a mapping of name to spec (`{"learning_rate": {"type": "float", "low": 1e-5, "high":
             1e-3, "log": true}}`), a path to a YAML/JSON file holding it, or its JSON string; or, from Python, a
-            callable `hp_space(trial) -> dict` (transformers' form). Keys are `TrainingArguments` fields or
+            callable `hp_space(trial) -> dict` (transformers' form). Keys are fields of the arguments class or
             `model.<attribute>` of the model's config. Defaults to transformers' default space when a search starts
             without one.
         n_trials (`int`, *optional*, defaults to `20`):
@@ -60,8 +60,8 @@ class OptunaTrainingArguments(TrainingArguments):
             `"minimize"` or `"maximize"` (a list of them for several objectives). Defaults from `greater_is_better`
             for `metric_for_best_model`, else "minimize" for metrics whose name ends in "loss", "maximize" otherwise.
         objective_metric (`str`, *optional*):
-            The evaluation metric to optimize (`accuracy` or `eval_accuracy`). Defaults to `metric_for_best_model`,
-            then `eval_accuracy`.
+            The evaluation metric to optimize (`accuracy` or `eval_accuracy`). Defaults to `metric_for_best_model`
+            when the user set it, then `eval_accuracy` when the trainer has `compute_metrics`, else `eval_loss`.
 
     Parameters that control sampling and pruning:
 
@@ -127,7 +127,7 @@ class OptunaTrainingArguments(TrainingArguments):
         default=None,
         metadata={
             "help": "Evaluation metric to optimize, e.g. 'accuracy' (the eval_ prefix is optional). Default: "
-            "metric_for_best_model, then eval_accuracy."
+            "metric_for_best_model, then eval_accuracy with compute_metrics, else eval_loss."
         },
     )
 
@@ -192,66 +192,35 @@ class OptunaTrainingArguments(TrainingArguments):
 
     def __post_init__(self) -> None:
         # The values as the user gave them, before TrainingArguments derives anything: each trial is rebuilt from
-        # these plus its own values, so derived fields (warmup steps, greater_is_better, ...) are computed afresh.
-        self._init_values = {f.name: copy.copy(getattr(self, f.name)) for f in dataclasses.fields(self) if f.init}
-        super().__post_init__()
-
+        # these plus its own values, so derived fields (greater_is_better, ...) are computed afresh, and a
+        # metric_for_best_model that transformers filled in itself is not taken for the user's choice.
+        self._given_values = {f.name: copy.copy(getattr(self, f.name)) for f in dataclasses.fields(self) if f.init}
+        parent = super()
+        if hasattr(parent, "__post_init__"):
+            parent.__post_init__()  # type: ignore[misc]
         # Validate: every problem is reported here, before a model is loaded.
-        if isinstance(self.n_trials, bool) or not isinstance(self.n_trials, int) or self.n_trials < 1:
-            raise ValueError(f"n_trials: must be a positive whole number, got {self.n_trials!r}")
-        if self.timeout is not None and (isinstance(self.timeout, bool) or not self.timeout > 0):
-            raise ValueError(f"timeout: must be a positive number of seconds or None, got {self.timeout!r}")
+        validate_search_fields(self)
         self.direction = normalize_direction(self.direction)
-        if self.objective_metric is not None and not str(self.objective_metric).strip():
-            raise ValueError("objective_metric: must be a metric name such as 'accuracy', got an empty string")
-        if self.study_name is not None and not str(self.study_name).strip():
-            raise ValueError("study_name: must be a non-empty name or None")
-        validate_storage(self.storage)
-        if self.heartbeat_interval is not None and (
-            isinstance(self.heartbeat_interval, bool)
-            or not isinstance(self.heartbeat_interval, int)
-            or self.heartbeat_interval < 0
-        ):
-            raise ValueError(
-                f"heartbeat_interval: must be a whole number of seconds (e.g. 60), or 0 to turn heartbeats off, got "
-                f"{self.heartbeat_interval!r}"
-            )
-        if not isinstance(self.search_report, bool):
-            raise ValueError(f"search_report: must be true or false, got {self.search_report!r}")
-        if not isinstance(self.continue_on_oom, bool):
-            raise ValueError(f"continue_on_oom: must be true or false, got {self.continue_on_oom!r}")
-
-        # Derive: the parsed space (None for a callable or no space), checked sampler and pruner.
+        # Derive: the parsed space (None for a callable or no space); sampler and pruner are built once to check them.
         self.search_space = parse_hp_space(self.hp_space, type(self))
         build_sampler(self.sampler, self.search_space)
         build_pruner(self.pruner)
-
-    def trial_arguments(self, values: dict[str, Any], output_dir: str) -> OptunaTrainingArguments:
-        """A fresh copy of the user's arguments with one trial's values and its own output directory."""
-        init = {**self._init_values, **values, "output_dir": output_dir}
-        # The copy trains; it does not search. Plain values keep it picklable (Trainer saves args with torch.save).
-        for name in ("hp_space", "sampler", "pruner"):
-            init[name] = None
-        init["direction"] = init["storage"] = None
-        return type(self)(**init)
+        # What __post_init__ left, to tell a field the user changed afterwards (honoured) from a derived one.
+        self._derived_values = {f.name: copy.copy(getattr(self, f.name)) for f in dataclasses.fields(self) if f.init}
 
     def to_dict(self) -> dict[str, Any]:
-        d = super().to_dict()
+        d: dict[str, Any] = super().to_dict()  # type: ignore[misc]
         # Objects (a callable space, a sampler instance) are shown by name so that the args stay JSON-serializable.
-        for name in ("hp_space", "sampler", "pruner"):
+        for name in _OBJECT_FIELDS:
             value = d.get(name)
             if value is not None and not isinstance(value, (str, dict, int, float, bool, list)):
                 d[name] = f"<{getattr(value, '__qualname__', type(value).__name__)}>"
         if d.get("storage"):
-            from .storage import mask_url
-
             d["storage"] = mask_url(d["storage"])
         return d
 
     def __str__(self) -> str:
         # TrainingArguments prints every field (users log `args`): a password in the storage URL is masked.
-        from .storage import mask_url
-
         return mask_url(super().__str__())
 
     __repr__ = __str__
@@ -259,11 +228,143 @@ class OptunaTrainingArguments(TrainingArguments):
     def __getstate__(self) -> dict[str, Any]:
         # Checkpoints pickle the arguments (training_args.bin): drop what may not pickle (a lambda space, a sampler).
         state = dict(self.__dict__)
-        for name in ("hp_space", "sampler", "pruner"):
+        for name in _OBJECT_FIELDS:
             if state.get(name) is not None and not isinstance(state[name], (str, dict)):
                 state[name] = None
-        state.pop("_init_values", None)
+        state.pop("_given_values", None)
+        state.pop("_derived_values", None)
         return state
+
+
+SEARCH_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(OptunaSearchArguments))
+SEARCH_DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(OptunaSearchArguments)}
+
+
+@dataclass(repr=False)
+class OptunaTrainingArguments(OptunaSearchArguments, TrainingArguments):
+    """`TrainingArguments` with an Optuna hyperparameter search declared next to the training settings.
+
+    Every field of `TrainingArguments`, plus the search fields of `OptunaSearchArguments` (see its docstring):
+    `hp_space`, `n_trials`, `timeout`, `direction`, `objective_metric`, `sampler`, `pruner`, `storage`, `study_name`,
+    `heartbeat_interval`, `save_best_model`, `search_report`, `continue_on_oom`.
+    """
+
+
+_SEARCH_CLASSES: dict[type, type] = {TrainingArguments: OptunaTrainingArguments}
+
+
+def with_search_fields(args_class: type[TrainingArguments]) -> type:
+    """The arguments class `args_class` with the search fields of `OptunaSearchArguments` added.
+
+    The result is a dataclass that `HfArgumentParser` and YAML/JSON config files read like any other; calling this
+    twice with the same class returns the same class. Example::
+
+        Seq2SeqSearchArguments = with_search_fields(Seq2SeqTrainingArguments)
+        (args,) = HfArgumentParser(Seq2SeqSearchArguments).parse_args_into_dataclasses()
+    """
+    if not (isinstance(args_class, type) and issubclass(args_class, TrainingArguments)):
+        raise TypeError(f"with_search_fields: expected a TrainingArguments subclass, got {args_class!r}")
+    if issubclass(args_class, OptunaSearchArguments):
+        return args_class
+    if args_class not in _SEARCH_CLASSES:
+        name = f"Optuna{args_class.__name__}"
+        cls = dataclass(repr=False)(
+            type(
+                name,
+                (OptunaSearchArguments, args_class),
+                {
+                    "__doc__": f"`{args_class.__name__}` with the search fields of `OptunaSearchArguments`.",
+                    # Found by pickle here (checkpoints pickle the arguments into training_args.bin).
+                    "__module__": __name__,
+                    "__qualname__": name,
+                },
+            )
+        )
+        globals().setdefault(name, cls)
+        _SEARCH_CLASSES[args_class] = cls
+    return _SEARCH_CLASSES[args_class]
+
+
+def validate_search_fields(args: Any) -> None:
+    """Check the search fields of `args` (an arguments object with or without them) and raise a `ValueError`."""
+    values = search_values(args)
+    n_trials = values["n_trials"]
+    if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1:
+        raise ValueError(f"n_trials: must be a positive whole number, got {n_trials!r}")
+    timeout = values["timeout"]
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0):
+        raise ValueError(f"timeout: must be a positive number of seconds or None, got {timeout!r}")
+    normalize_direction(values["direction"])
+    objective_metric = values["objective_metric"]
+    if objective_metric is not None and not str(objective_metric).strip():
+        raise ValueError("objective_metric: must be a metric name such as 'accuracy', got an empty string")
+    study_name = values["study_name"]
+    if study_name is not None and not str(study_name).strip():
+        raise ValueError("study_name: must be a non-empty name or None")
+    validate_storage(values["storage"])
+    heartbeat = values["heartbeat_interval"]
+    if heartbeat is not None and (isinstance(heartbeat, bool) or not isinstance(heartbeat, int) or heartbeat < 0):
+        raise ValueError(
+            f"heartbeat_interval: must be a whole number of seconds (e.g. 60), or 0 to turn heartbeats off, got "
+            f"{heartbeat!r}"
+        )
+    for name in ("save_best_model", "search_report", "continue_on_oom"):
+        if not isinstance(values[name], bool):
+            raise ValueError(f"{name}: must be true or false, got {values[name]!r}")
+
+
+def search_values(args: Any) -> dict[str, Any]:
+    """The search fields of `args`; an arguments object without them (a plain `TrainingArguments`) gets the defaults."""
+    return {name: getattr(args, name, default) for name, default in SEARCH_DEFAULTS.items()}
+
+
+def given_values(args: TrainingArguments) -> dict[str, Any]:
+    """The values each trial's arguments are rebuilt from: the user's, as they are when the search starts.
+
+    For a class with the search fields, the values given to the constructor (before `__post_init__` derived others
+    from them), with every field the user changed since then; for any other class, the object's current values.
+    """
+    current = {f.name: getattr(args, f.name) for f in dataclasses.fields(args) if f.init}
+    given = getattr(args, "_given_values", None)
+    derived = getattr(args, "_derived_values", None)
+    if given is None or derived is None:
+        return current
+    return {name: value if _changed(value, derived.get(name)) else given.get(name, value) for name, value in current.items()}
+
+
+def _changed(value: Any, before: Any) -> bool:
+    try:
+        return bool(value != before) if value is not before else False
+    except Exception:  # noqa: BLE001 - an object without a usable ==: compare identity
+        return value is not before
+
+
+def user_metric_for_best_model(args: TrainingArguments) -> str | None:
+    """`metric_for_best_model` if the user chose it, None if transformers filled it in.
+
+    `load_best_model_at_end=True` (or a plateau scheduler) makes `TrainingArguments` set it to "loss" itself. With the
+    search fields the given value is known; for another class "loss" with those settings counts as transformers'
+    (set `objective_metric="loss"` to optimize the loss).
+    """
+    given = getattr(args, "_given_values", None)
+    if given is not None:
+        return given.get("metric_for_best_model")
+    metric = args.metric_for_best_model
+    auto = args.load_best_model_at_end or args.lr_scheduler_type in (SchedulerType.REDUCE_ON_PLATEAU, SchedulerType.GREEDY)
+    if metric == "loss" and auto:
+        return None
+    return metric
+
+
+def trial_arguments(args: TrainingArguments, values: dict[str, Any], output_dir: str) -> TrainingArguments:
+    """A fresh arguments object of the user's class with one trial's values and its own output directory."""
+    init = {**given_values(args), **values, "output_dir": output_dir}
+    if isinstance(args, OptunaSearchArguments):
+        # The copy trains; it does not search. Plain values keep it picklable (Trainer saves args with torch.save).
+        for name in _OBJECT_FIELDS:
+            init[name] = None
+        init["direction"] = init["storage"] = None
+    return type(args)(**init)
 
 
 def parse_hp_space(hp_space: Any, args_class: type = OptunaTrainingArguments) -> SearchSpace | None:

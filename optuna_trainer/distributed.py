@@ -10,7 +10,7 @@ point of the program, so that no rank waits on a collective another rank will no
 - the parameters: a `TorchDistributedTrial` (optuna-integration) on every rank, so that `hp_space(trial)` and
   `model_init(trial)` get rank 0's values; its numbers are sent pickled (see `SyncTrial`), so floats arrive
   bit-identical;
-- report and prune: `OptunaPruningCallback` asks rank 0's trial, and its `decide` (here `Coordinator.decide`) shares
+- report and prune: `OptunaPruningCallback` asks rank 0's trial, and its `decide` (here `DistributedCoordinator.decide`) shares
   rank 0's decision, or an error raised on any rank, at every evaluation: all ranks stop at the same global step;
 - the end of a trial: every rank sends its outcome (value, pruned, or its error); an error on any rank fails the trial
   on all of them, and rank 0's `study.optimize` (with or without `catch`) decides what happens next.
@@ -31,7 +31,6 @@ same step) or in a callback is caught collectively on either backend.
 from __future__ import annotations
 
 import datetime
-import gc
 import logging
 import pickle
 import traceback
@@ -42,7 +41,9 @@ from typing import Any
 import optuna
 import torch.distributed as dist
 from optuna_integration import TorchDistributedTrial
-from transformers import TrainingArguments
+
+from .exceptions import CoordinationError, PeerFailedError
+from .workers import StopRequest
 
 logger = logging.getLogger(__name__)
 
@@ -50,21 +51,6 @@ logger = logging.getLogger(__name__)
 # control group waits longer than the training group does.
 _CONTROL_TIMEOUT_FACTOR = 3
 _CONTROL_TIMEOUT_MARGIN_S = 60
-
-
-class CoordinationError(RuntimeError):
-    """The control group itself failed (a process crashed or hung): the search cannot go on on any rank."""
-
-
-class PeerFailedError(RuntimeError):
-    """This rank stopped because another rank failed or left the trial (the trial's error is the other rank's)."""
-
-
-def coordinator_for(args: TrainingArguments) -> Coordinator | None:
-    """The coordinator of a multi-process search, or None in one process."""
-    if args.world_size <= 1 or not dist.is_available() or not dist.is_initialized():
-        return None
-    return Coordinator(timeout_s=float(args.ddp_timeout))
 
 
 class SyncTrial(TorchDistributedTrial):
@@ -77,7 +63,7 @@ class SyncTrial(TorchDistributedTrial):
 
     Only the suggestions are collective. `report`, `should_prune`, `set_user_attr` and `set_constraint` act on rank 0's
     trial only (other ranks keep user attributes locally): the trainer calls them on paths that may differ between
-    ranks (an error on one rank), and the pruning decision is shared by `Coordinator.decide` instead.
+    ranks (an error on one rank), and the pruning decision is shared by `DistributedCoordinator.decide` instead.
     """
 
     def __init__(self, trial: optuna.trial.BaseTrial | None, group: Any) -> None:
@@ -108,8 +94,8 @@ class SyncTrial(TorchDistributedTrial):
             self._delegate.set_constraint(key, value)
 
 
-class Coordinator:
-    """Keeps the processes of one search in step; see the module docstring for the protocol.
+class DistributedCoordinator:
+    """The `Coordinator` (coordinator.py) of a DDP group: keeps its processes in step; see the module docstring.
 
     Every exchange on the control group is an `all_gather_object` of a tagged record, so that a rank that left a trial
     early (its end-of-trial record) and a rank still training (its evaluation record) still meet in the same
@@ -127,6 +113,8 @@ class Coordinator:
         self.backend = dist.get_backend()
         _apply_timeout(self.timeout)
         # The rendezvous store outlives the process groups: rebuilding them after a failed trial reuses it.
+        # torch has no public accessor for the default group's store; `_get_default_store` is the one it ships (since
+        # torch 1.x). tests/distributed/test_distributed_search.py fails if it disappears.
         self._store = dist.distributed_c10d._get_default_store()
         self._generation = 0
         self._make_groups()
@@ -240,13 +228,13 @@ class Coordinator:
         study: optuna.Study | None,
         objective: Callable[[optuna.trial.BaseTrial], Any],
         *,
-        drive: Callable[[optuna.Study, Callable[[optuna.Trial], Any]], Any],
-        gc_after_trial: bool,
+        drive: Callable[[optuna.Study, Callable[[optuna.trial.BaseTrial], Any]], Any],
+        stop: StopRequest,
     ) -> None:
         """Rank 0 runs the trials (`drive(study, objective)`: the study's run loop, with its budget, timeout and
         `catch`); the other ranks follow it trial by trial until it sends "stop"."""
         if not self.is_main:
-            self._follow(objective, gc_after_trial)
+            self._follow(objective)
             return
         assert study is not None
 
@@ -258,7 +246,7 @@ class Coordinator:
                 raise
             except CoordinationError:
                 # The processes lost each other: no further trial can run, whatever `catch` says.
-                trial.study.stop()
+                stop.request()
                 raise
             except Exception as err:
                 # The trainer recorded this rank's error; the trial's error may come from another rank.
@@ -281,7 +269,7 @@ class Coordinator:
                 raise
             logger.error(f"could not tell the other processes that the search stopped: {err}")
 
-    def _follow(self, objective: Callable[[optuna.trial.BaseTrial], Any], gc_after_trial: bool) -> None:
+    def _follow(self, objective: Callable[[optuna.trial.BaseTrial], Any]) -> None:
         while True:
             kind, payload = self._exchange(("wait", None))[0]
             if kind == "stop":
@@ -294,8 +282,6 @@ class Coordinator:
                 raise
             except (optuna.TrialPruned, Exception):  # noqa: BLE001 - rank 0 records the trial and decides what's next
                 pass
-            if gc_after_trial:
-                gc.collect()
 
     def finish_search(self, compute: Callable[[], Any]) -> Any:
         """Rank 0's result of `compute()` (or its error) on every rank."""

@@ -115,8 +115,13 @@ def resolve_objective(
     metric_for_best_model: str | None,
     greater_is_better: bool | None,
     direction: Any,
+    has_compute_metrics: bool = True,
 ) -> tuple[Objective, str]:
     """Decide what to optimize and in which direction; say where each choice came from.
+
+    The chain: `compute_objective`, then `objective_metric`, then `metric_for_best_model` (only when the user chose
+    it), then `eval_accuracy` when the trainer has `compute_metrics`, else `eval_loss` (what evaluation returns
+    without it; transformers' search optimizes the loss then too).
 
     Returns:
         The `Objective` and a one-line description of its source (for the printed settings).
@@ -141,12 +146,15 @@ def resolve_objective(
         metric, source = metric_key(objective_metric), "objective_metric"
     elif metric_for_best_model:
         metric, source = metric_key(metric_for_best_model), "metric_for_best_model"
+    elif has_compute_metrics:
+        metric, source = "eval_accuracy", "default with compute_metrics (eval_accuracy)"
     else:
-        metric, source = "eval_accuracy", "default (eval_accuracy)"
+        metric, source = "eval_loss", "default without compute_metrics (eval_loss, as in transformers)"
 
     # What the metric's own convention says: greater_is_better when it is metric_for_best_model, else the
     # TrainingArguments rule (names ending in "loss" are minimized).
     expected: str | None = None
+    why = ""
     if metric_for_best_model and metric == metric_key(metric_for_best_model) and greater_is_better is not None:
         expected = "maximize" if greater_is_better else "minimize"
         why = f"greater_is_better={greater_is_better} for metric_for_best_model={metric_for_best_model!r}"
@@ -155,5 +163,17 @@ def resolve_objective(
     if directions is None:
         directions = expected or ("minimize" if metric.endswith("loss") else "maximize")
     elif expected is not None and directions != expected:
-        raise ValueError(f"direction: {directions!r} contradicts {why}; use direction={expected!r}")
+        hint = (
+            " (no compute_metrics: evaluation returns only the loss; pass compute_metrics= to maximize a metric)"
+            if source.startswith("default without")
+            else ""
+        )
+        raise ValueError(f"direction: {directions!r} contradicts {why}; use direction={expected!r}{hint}")
     return Objective(metric=metric, compute_objective=None, directions=[directions]), f"{metric} ({source})"
+
+
+def is_finite(value: Any) -> bool:
+    """Whether an objective value (a number, or a tuple of them for several objectives) is finite."""
+    if isinstance(value, tuple):
+        return all(is_finite(v) for v in value)
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -18,16 +18,9 @@ from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 from transformers import ProgressCallback
 
+from .callbacks import TrialStepsProgressCallback
+
 _REDIRECTED_LOGGERS = ("optuna", "optuna_trainer", "transformers")
-
-
-class TrialStepsProgressCallback(ProgressCallback):
-    """transformers' step bar for one trial, nested under the trials bar and removed when the trial ends."""
-
-    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if state.is_world_process_zero:
-            self.training_bar = tqdm(total=state.max_steps, desc="  steps", position=1, leave=False, dynamic_ncols=True)
-        self.current_step = 0
 
 
 class TrialProgress:
@@ -99,4 +92,4 @@ class TrialProgress:
             self.bar = None
 
 
-__all__ = ["TrialProgress", "TrialStepsProgressCallback"]
+__all__ = ["TrialProgress"]

@@ -9,7 +9,9 @@ from typing import Any
 
 import optuna
 
-from .arguments import OptunaTrainingArguments, parse_hp_space
+from transformers import TrainingArguments
+
+from .arguments import parse_hp_space, search_values, user_metric_for_best_model, validate_search_fields
 from .objective import Objective, resolve_objective
 from .pruners import build_pruner, describe_pruner
 from .samplers import build_sampler, describe_sampler
@@ -19,8 +21,25 @@ from .storage import default_study_name, open_storage
 
 logger = logging.getLogger(__name__)
 
-# Keyword arguments `hyperparameter_search` takes besides transformers' named ones.
-SEARCH_KWARGS = ("sampler", "pruner", "storage", "study_name", "timeout", "catch", "callbacks", "gc_after_trial", "n_jobs")
+# Keyword arguments `hyperparameter_search` takes besides its named ones: transformers passes these on to
+# `optuna.create_study` (sampler, pruner, storage, study_name, directions, load_if_exists) and `Study.optimize`
+# (timeout, n_jobs, catch, callbacks, gc_after_trial, show_progress_bar).
+SEARCH_KWARGS = (
+    "sampler",
+    "pruner",
+    "storage",
+    "study_name",
+    "directions",
+    "load_if_exists",
+    "timeout",
+    "n_jobs",
+    "catch",
+    "callbacks",
+    "gc_after_trial",
+    "show_progress_bar",
+)
+# Keyword arguments of transformers' other backends (Ray Tune, W&B, SigOpt): refused with what to do instead.
+_OTHER_BACKEND_KWARGS = ("resources_per_trial", "scheduler", "keep_checkpoints_num", "checkpoint_score_attr", "local_dir")
 
 
 @dataclass
@@ -49,6 +68,13 @@ class SearchSettings:
     # Seconds between heartbeats when the storage has them (None: it has none), and the study's claim lock.
     heartbeat_interval: int | None = None
     claim_lock: ClaimLock | None = field(default=None, repr=False)
+    # False: an existing study of this name is an error instead of being continued (transformers' create_study kwarg).
+    load_if_exists: bool = True
+    show_progress_bar: bool = True
+    # The search fields as the search uses them (defaults for an arguments class without them).
+    save_best_model: bool = True
+    search_report: bool = True
+    continue_on_oom: bool = True
 
     @property
     def declarative(self) -> SearchSpace | None:
@@ -77,55 +103,78 @@ class SearchSettings:
 
 
 def resolve_settings(
-    args: OptunaTrainingArguments,
+    args: TrainingArguments,
     *,
     hp_space: Any = None,
     compute_objective: Callable[[dict[str, float]], Any] | None = None,
     n_trials: int | None = None,
     direction: Any = None,
     hp_name: Callable[[optuna.Trial], str] | None = None,
-    heartbeat_interval: int | None = None,
+    has_compute_metrics: bool = True,
     **kwargs: Any,
 ) -> SearchSettings:
-    """Merge the call's arguments over `args` and check everything; nothing is trained or created here."""
+    """Merge the call's arguments over `args` (any arguments class) and check everything; nothing is trained here.
+
+    Args:
+        args: the trainer's arguments; a class without the search fields runs on their defaults.
+        has_compute_metrics: whether the trainer computes metrics (the objective's default depends on it).
+        kwargs: see `SEARCH_KWARGS`.
+    """
+    other = sorted(set(kwargs) & set(_OTHER_BACKEND_KWARGS))
+    if other:
+        raise TypeError(
+            f"hyperparameter_search: {other} belong to another transformers backend (Ray Tune); OptunaTrainer runs "
+            "Optuna only: run trials in parallel as workers on one storage (docs/storage.md)"
+        )
     unknown = sorted(set(kwargs) - set(SEARCH_KWARGS))
     if unknown:
         raise TypeError(f"hyperparameter_search: unexpected keyword argument(s) {unknown}; accepted: {list(SEARCH_KWARGS)}")
+    validate_search_fields(args)
+    fields = search_values(args)
     notes: list[str] = []
 
     space: SearchSpace | Callable | None
     if hp_space is not None:
         space = hp_space if callable(hp_space) else parse_hp_space(hp_space, type(args))
-    elif args.hp_space is not None:
-        space = args.hp_space if callable(args.hp_space) else args.search_space
+    elif fields["hp_space"] is not None:
+        given = fields["hp_space"]
+        space = given if callable(given) else (getattr(args, "search_space", None) or parse_hp_space(given, type(args)))
     else:
         space = SearchSpace.parse(DEFAULT_HP_SPACE, type(args))
         notes.append("no hp_space given: using transformers' default space")
 
-    n_trials = args.n_trials if n_trials is None else n_trials
+    n_trials = fields["n_trials"] if n_trials is None else n_trials
     if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1:
         raise ValueError(f"n_trials: must be a positive whole number, got {n_trials!r}")
-    timeout = kwargs.get("timeout", args.timeout)
+    timeout = kwargs.get("timeout", fields["timeout"])
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
         raise ValueError(f"timeout: must be a positive number of seconds or None, got {timeout!r}")
     n_jobs = kwargs.get("n_jobs", 1)
     if n_jobs != 1:
         raise ValueError(
             f"n_jobs: {n_jobs} is not supported: trials of one trainer share its model and devices; to run trials in "
-            "parallel, start several workers on one shared storage (see docs/distributed.md)"
+            "parallel, start several workers on one shared storage (see docs/storage.md)"
         )
+    if "directions" in kwargs:
+        if direction is not None:
+            raise ValueError("direction/directions: give one of them, not both (directions=[...] for several objectives)")
+        direction = kwargs["directions"]
+    for name in ("load_if_exists", "show_progress_bar", "gc_after_trial"):
+        if name in kwargs and not isinstance(kwargs[name], bool):
+            raise ValueError(f"{name}: must be True or False, got {kwargs[name]!r}")
 
     objective, source = resolve_objective(
         compute_objective=compute_objective,
-        objective_metric=args.objective_metric,
-        metric_for_best_model=args.metric_for_best_model,
+        objective_metric=fields["objective_metric"],
+        metric_for_best_model=user_metric_for_best_model(args),
         greater_is_better=args.greater_is_better,
-        direction=args.direction if direction is None else direction,
+        direction=fields["direction"] if direction is None else direction,
+        has_compute_metrics=has_compute_metrics,
     )
     declarative = space if isinstance(space, SearchSpace) else None
-    sampler_spec = kwargs.get("sampler", args.sampler)
+    sampler_spec = kwargs.get("sampler", fields["sampler"])
     sampler = build_sampler(sampler_spec, declarative)
-    pruner = build_pruner(kwargs.get("pruner", args.pruner))
+    pruner = build_pruner(kwargs.get("pruner", fields["pruner"]))
     if objective.multi and not isinstance(pruner, optuna.pruners.NopPruner):
         notes.append(f"{len(objective.directions)} objectives: Optuna cannot prune multi-objective trials, pruning is off")
         pruner = optuna.pruners.NopPruner()
@@ -135,11 +184,15 @@ def resolve_settings(
     for exc in catch:
         if not (isinstance(exc, type) and issubclass(exc, BaseException)):
             raise TypeError(f"catch: expected exception classes, e.g. catch=(ValueError,), got {exc!r}")
-    if heartbeat_interval is None:
-        heartbeat_interval = getattr(args, "heartbeat_interval", None)
-    opened = open_storage(kwargs.get("storage", args.storage), args.output_dir, heartbeat_interval=heartbeat_interval)
+    callbacks = list(kwargs.get("callbacks") or [])
+    for callback in callbacks:
+        if not callable(callback):
+            raise TypeError(f"callbacks: expected callables callback(study, trial), got {callback!r}")
+    opened = open_storage(
+        kwargs.get("storage", fields["storage"]), args.output_dir, heartbeat_interval=fields["heartbeat_interval"]
+    )
     notes.extend(opened.notes)
-    study_name = kwargs.get("study_name", args.study_name) or default_study_name(args.output_dir)
+    study_name = kwargs.get("study_name", fields["study_name"]) or default_study_name(args.output_dir)
     return SearchSettings(
         hp_space=space,
         objective=objective,
@@ -154,10 +207,15 @@ def resolve_settings(
         storage_target=opened.target,
         study_name=study_name,
         catch=catch,
-        callbacks=list(kwargs.get("callbacks") or []),
+        callbacks=callbacks,
         gc_after_trial=bool(kwargs.get("gc_after_trial", False)),
         hp_name=hp_name,
         notes=notes,
         heartbeat_interval=opened.heartbeat_interval,
         claim_lock=opened.make_lock(study_name),
+        load_if_exists=kwargs.get("load_if_exists", True),
+        show_progress_bar=kwargs.get("show_progress_bar", True),
+        save_best_model=fields["save_best_model"],
+        search_report=fields["search_report"],
+        continue_on_oom=fields["continue_on_oom"],
     )

@@ -49,6 +49,34 @@ class Budget:
         return self.finished + self.running >= self.n_trials
 
 
+class StopRequest:
+    """A request to start no new trial: made by the search itself, or by `study.stop()` (see `stop_requested`)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def request(self) -> None:
+        self.requested = True
+
+
+def stop_requested(study: optuna.Study, stop: StopRequest) -> bool:
+    """Whether no new trial should start: the search asked, or something called `study.stop()`.
+
+    `Study.stop()` only ends the `optimize` call it is made in, and the loop starts one `optimize` per trial. It is
+    called by user callbacks (`MaxTrialsCallback`) and, from inside Optuna, by samplers whose space is exhausted
+    (`GridSampler`, `BruteForceSampler`), so no wrapper around the callbacks can see every call; Optuna keeps the
+    request in `Study._stop_flag` until the next `optimize` resets it, and has no public accessor for it (optuna
+    >=4.2,<6, pyproject.toml). tests/test_workers.py::test_stop_flag_is_where_study_stop_records_it fails if it
+    moves.
+    """
+    return stop.requested or bool(getattr(study, "_stop_flag", False))
+
+
+def count_finished(study: optuna.Study) -> int:
+    """The trials that count towards `n_trials`: COMPLETE and PRUNED."""
+    return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
 def count(study: optuna.Study, n_trials: int) -> Budget:
     states = [t.state for t in study.get_trials(deepcopy=False)]
     return Budget(
@@ -75,7 +103,8 @@ def run_trials(
     timeout: float | None = None,
     catch: Sequence[type[Exception]] = (),
     callbacks: Sequence[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] = (),
-    gc_after_trial: bool = True,
+    gc_after_trial: bool = False,
+    stop: StopRequest | None = None,
 ) -> int:
     """Run trials of `study` until it has `n_trials` finished ones (counting every worker's), or `timeout` passes.
 
@@ -87,12 +116,14 @@ def run_trials(
             for trials running elsewhere).
         timeout: seconds after which this worker starts no new trial.
         catch, callbacks, gc_after_trial: as in `Study.optimize`.
+        stop: the caller's request to start no new trial (besides `study.stop()`).
 
     Returns:
         The number of trials this worker ran.
     """
     start = time.monotonic()
     ran = 0
+    stop = stop if stop is not None else StopRequest()
     # Failed trials do not count towards the budget; a search whose every trial fails (an OOM at each batch size, a
     # bug caught by `catch`) must still end: this worker stops after max(n_trials, 10) failures in a row.
     failures_in_row = 0
@@ -167,9 +198,8 @@ def run_trials(
         finally:
             if held:
                 lock.release()
-        # `Study.stop()` (from a user callback, e.g. MaxTrialsCallback) only ends the current `optimize`; Optuna keeps
-        # the request in this attribute until the next `optimize` resets it, so it is read here to end the loop too.
-        if getattr(study, "_stop_flag", False):
+        # `Study.stop()` (from a user callback, e.g. MaxTrialsCallback) only ends the current `optimize`.
+        if stop_requested(study, stop):
             logger.info(f"Study.stop() was called: no new trial starts (this worker ran {ran})")
             break
     return ran

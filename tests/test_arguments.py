@@ -11,9 +11,8 @@ import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
 from optuna_trainer import OptunaTrainingArguments
-from optuna_trainer.arguments import SEARCH_FIELDS
+from optuna_trainer.arguments import SEARCH_FIELDS, trial_arguments
 from optuna_trainer.settings import resolve_settings
-from optuna_trainer.trainer import upgrade_arguments
 
 SPACE = {
     "learning_rate": {"type": "float", "low": 5e-6, "high": 5e-5, "log": True},
@@ -124,8 +123,8 @@ class TestTrialArguments:
             output_dir=str(tmp_path), report_to="none", eval_strategy="steps", logging_steps=5, hp_space=SPACE
         )
         assert args.eval_steps == 5  # derived from logging_steps
-        first = args.trial_arguments({"logging_steps": 3, "weight_decay": 0.1}, str(tmp_path / "run-0"))
-        second = args.trial_arguments({"logging_steps": 7}, str(tmp_path / "run-1"))
+        first = trial_arguments(args, {"logging_steps": 3, "weight_decay": 0.1}, str(tmp_path / "run-0"))
+        second = trial_arguments(args, {"logging_steps": 7}, str(tmp_path / "run-1"))
         assert first.eval_steps == 3 and second.eval_steps == 7
         assert second.weight_decay == 0.0  # trial 0's value did not stay
         assert args.logging_steps == 5 and args.weight_decay == 0.0  # the user's arguments are untouched
@@ -149,11 +148,14 @@ class TestTrialArguments:
         assert "postgresql+psycopg://user:***@db:5432/optuna" in args.to_json_string()
 
 
-def test_plain_training_arguments_are_upgraded(tmp_path):
+def test_plain_training_arguments_search_on_the_defaults(tmp_path):
     plain = TrainingArguments(output_dir=str(tmp_path), report_to="none", learning_rate=3e-4, eval_strategy="steps", logging_steps=4)
-    upgraded = upgrade_arguments(plain)
-    assert isinstance(upgraded, OptunaTrainingArguments)
-    assert upgraded.learning_rate == 3e-4 and upgraded.eval_steps == 4 and upgraded.pruner == "median"
+    settings = resolve_settings(plain, has_compute_metrics=True)
+    assert isinstance(settings.pruner, optuna.pruners.MedianPruner) and settings.n_trials == 20
+    trial_args = trial_arguments(plain, {"weight_decay": 0.1}, output_dir=str(tmp_path / "run-0"))
+    assert type(trial_args) is TrainingArguments and trial_args is not plain
+    assert trial_args.learning_rate == 3e-4 and trial_args.eval_steps == 4 and trial_args.weight_decay == 0.1
+    assert plain.weight_decay == 0.0  # the user's object is never changed by a trial
 
 
 @pytest.mark.parametrize(

@@ -12,23 +12,16 @@ import torch.distributed as dist
 from transformers import TrainerControl, TrainerState, TrainingArguments
 
 from optuna_trainer import OptunaPruningCallback
-from optuna_trainer.distributed import (
-    CoordinationError,
-    Coordinator,
-    PeerFailedError,
-    SyncTrial,
-    _is_collateral,
-    _portable,
-    _primary,
-    coordinator_for,
-)
+from optuna_trainer.coordinator import LocalCoordinator, coordinator_for
+from optuna_trainer.distributed import DistributedCoordinator, SyncTrial, _is_collateral, _portable, _primary
+from optuna_trainer.exceptions import CoordinationError, PeerFailedError
 
 GLOO_TIMEOUT = RuntimeError(
     "[../third_party/gloo/gloo/transport/tcp/unbound_buffer.cc:78] Timed out waiting 5000ms for recv operation"
 )
 
 
-class FakeCoordinator(Coordinator):
+class FakeCoordinator(DistributedCoordinator):
     """A rank of a 2-process group whose exchanges return scripted records."""
 
     def __init__(self, rank: int, replies: list[list[tuple[Any, ...]]]) -> None:
@@ -114,7 +107,7 @@ class TestFollow:
         c.trial_group = None
         c.run_trial = lambda run: ran.append(1)  # type: ignore[method-assign]
         with pytest.raises(KeyError, match="from rank 0"):
-            c._follow(lambda trial: None, gc_after_trial=False)
+            c._follow(lambda trial: None)
         assert ran == [1]
 
 
@@ -151,8 +144,12 @@ def test_unpicklable_error_is_sent_as_text():
     assert _portable(value) is value
 
 
-def test_no_coordinator_in_one_process(tmp_path):
-    assert coordinator_for(TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")) is None
+def test_one_process_has_the_local_coordinator(tmp_path):
+    coordinator = coordinator_for(TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none"))
+    assert isinstance(coordinator, LocalCoordinator)
+    assert coordinator.is_main and coordinator.world_size == 1
+    assert coordinator.share(3) == 3 and coordinator.decide("pruned at step 2") == "pruned at step 2"
+    assert coordinator.setup(lambda: "prepared") == "prepared" and coordinator.finish_search(lambda: 5) == 5
 
 
 @pytest.fixture

@@ -15,7 +15,9 @@ import torch
 from transformers import BertForSequenceClassification, TrainerCallback, TrainerControl, TrainerState
 
 from optuna_trainer import NoCompletedTrialError, OptunaTrainer, OptunaTrainingArguments
-from optuna_trainer.faults import NonFiniteLossCallback, TrialOutOfMemoryError, is_out_of_memory
+from optuna_trainer.callbacks import NonFiniteLossCallback
+from optuna_trainer.exceptions import TrialOutOfMemoryError
+from optuna_trainer.faults import is_out_of_memory
 from tests.helpers import base_args, compute_metrics, make_dataset, tiny_config
 
 BATCH_SPACE = {"per_device_train_batch_size": {"type": "categorical", "choices": [4, 8, 16]}}

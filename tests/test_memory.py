@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-import optuna_trainer.trainer as trainer_module
+import optuna_trainer.memory as memory_module
 from optuna_trainer.memory import release_host_memory
 
 from .test_trainer import LR_SPACE, SeenArgs, make_trainer
@@ -38,7 +38,7 @@ def test_freed_heap_pages_are_returned():
 def test_each_trial_returns_its_memory_after_dropping_its_model(out_dir, monkeypatch):
     seen = SeenArgs()
     calls: list[bool] = []  # per call: was the trial's model already freed?
-    monkeypatch.setattr(trainer_module, "release_host_memory", lambda: calls.append(seen.models[-1]() is None))
+    monkeypatch.setattr(memory_module, "release_host_memory", lambda: calls.append(seen.models[-1]() is None))
     trainer = make_trainer(out_dir, callbacks=[seen], hp_space=LR_SPACE, pruner="none", n_trials=3)
     trainer.hyperparameter_search()
     assert calls == [True, True, True]

@@ -8,7 +8,8 @@ from optuna.trial import TrialState, create_trial
 from transformers import ProgressCallback
 
 from optuna_trainer import OptunaTrainer, OptunaTrainingArguments
-from optuna_trainer.progress import TrialProgress, TrialStepsProgressCallback
+from optuna_trainer.callbacks import TrialStepsProgressCallback
+from optuna_trainer.progress import TrialProgress
 from tests.helpers import base_args, compute_metrics, make_dataset, tiny_model
 
 

@@ -326,9 +326,13 @@ def test_transformers_keywords_are_accepted(out_dir):
 def test_plain_training_arguments_and_train_unchanged(out_dir):
     args = TrainingArguments(**{k: v for k, v in base_args(out_dir).items() if k not in ("storage", "n_trials")})
     trainer = OptunaTrainer(model=tiny_model(), args=args, train_dataset=TRAIN, eval_dataset=EVAL, compute_metrics=compute_metrics)
-    assert isinstance(trainer.args, OptunaTrainingArguments)
+    assert trainer.args is args  # the user's object, as in Trainer
     output = trainer.train()
     assert output.global_step == 8 and trainer.study is None
+    # A search on the plain arguments runs on the search fields' defaults and gives the same object back.
+    trainer.hyperparameter_search(hp_space=LR_SPACE, n_trials=2)
+    assert trainer.args is args and len(trainer.study.trials) == 2
+    assert trainer.study.pruner.__class__.__name__ == "MedianPruner"
 
 
 def test_failed_trial_is_recorded_and_catch_goes_on(out_dir):

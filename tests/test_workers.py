@@ -13,7 +13,7 @@ from optuna.trial import TrialState
 
 from optuna_trainer.claims import local_lock
 from optuna_trainer.storage import open_storage
-from optuna_trainer.workers import run_trials
+from optuna_trainer.workers import StopRequest, run_trials
 from tests.helpers import require_service
 from tests.logcapture import capture_logs
 from tests.subprocs import start_worker, wait_all
@@ -253,6 +253,27 @@ class TestRunTrialsLoop:
         study = self._study(0)
         stop_after_two = optuna.study.MaxTrialsCallback(2)
         assert self._run(study, 10, callbacks=[stop_after_two]) == 2
+
+    def test_an_exhausted_grid_ends_the_loop(self):
+        # GridSampler calls study.stop() from inside Optuna once every point ran: no callback sees it.
+        study = optuna.create_study(sampler=optuna.samplers.GridSampler({"x": [1.0, 2.0]}))
+        assert self._run(study, 10) == 2
+
+    def test_the_caller_can_request_the_stop(self):
+        study = self._study(0)
+        stop = StopRequest()
+
+        def objective(trial: optuna.Trial) -> float:
+            stop.request()
+            return trial.suggest_float("x", 0, 10)
+
+        assert run_trials(study, objective, n_trials=10, lock=local_lock(), stop=stop) == 1
+
+    def test_stop_flag_is_where_study_stop_records_it(self):
+        # workers.stop_requested reads Optuna's private Study._stop_flag (no public accessor): fail loudly if it moves.
+        study = self._study(0)
+        study.optimize(lambda t: (study.stop(), t.suggest_float("x", 0, 10))[1], n_trials=1)
+        assert getattr(study, "_stop_flag") is True
 
     def test_pruned_trials_count(self):
         study = self._study(0)

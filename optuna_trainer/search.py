@@ -1,0 +1,276 @@
+"""One hyperparameter search: settings -> study -> trials -> result.
+
+`Search.prepare` resolves the settings from the trainer's arguments and the call, checks everything that can be
+checked without training, and creates (or loads) the study; `Search.run` runs the study's missing trials through the
+exact-budget loop (workers.py), one `TrialRun` each (trial.py), then writes the report and returns transformers'
+`BestRun`. One process and N processes run this same code: every point where they must agree goes through the
+coordinator (coordinator.py).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import optuna
+import torch
+from transformers import Trainer, TrainingArguments
+from transformers.trainer_utils import BestRun
+
+from .checks import check_before_study
+from .claims import local_lock
+from .coordinator import Coordinator
+from .exceptions import NoCompletedTrialError
+from .faults import catch_for
+from .models import InitialModel
+from .progress import TrialProgress
+from .report import write_report
+from .settings import SearchSettings, resolve_settings
+from .trial import TrialRun, delete_checkpoints, use_arguments
+from .workers import StopRequest, count_finished, run_trials
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+logger = logging.getLogger(__name__)
+
+BEST_MODEL_DIR = "best_model"
+
+
+@dataclass
+class BestSoFar:
+    """The best value this process knows of, and the run directory whose checkpoints hold it."""
+
+    value: Any = None
+    run_dir: str | None = None
+
+
+class Search:
+    """One search over one trainer; see the module docstring.
+
+    Attributes:
+        trainer: the trainer whose `hyperparameter_search` started the search.
+        settings: the resolved settings.
+        study: the study (None on the processes that follow the main one under DDP).
+        coordinator: keeps the processes of the search in step (the identity in one process).
+        base_args: the user's arguments object; each trial's arguments are rebuilt from it.
+        best: the best value and its run directory, the same on every process.
+    """
+
+    def __init__(
+        self, trainer: Trainer, settings: SearchSettings, study: optuna.Study | None, coordinator: Coordinator
+    ) -> None:
+        self.trainer = trainer
+        self.settings = settings
+        self.study = study
+        self.coordinator = coordinator
+        self.base_args: TrainingArguments = trainer.args
+        self.model_config = getattr(trainer.model, "config", None)
+        self.best = BestSoFar()
+        self.stop = StopRequest()
+        # Set while trials run (`_take_trainer`): where each trial's model comes from, and the trials' progress bar.
+        self.model_source: Callable[..., torch.nn.Module] | None = None
+        self.progress: TrialProgress | None = None
+        # What the search changes on the trainer, given back when it ends.
+        self._user_model_init: Callable[..., torch.nn.Module] | None = None
+        self._user_hp_name: Callable[[optuna.Trial], str] | None = None
+        self._pre_search_model: torch.nn.Module | None = None
+        self._initial_model: InitialModel | None = None
+
+    @classmethod
+    def prepare(cls, trainer: Trainer, coordinator: Coordinator, **call: Any) -> Search:
+        """Resolve and check the settings on every process, then create or load the study on the main one.
+
+        Raises before the study exists in the storage for any input that would only fail once trials run.
+        """
+
+        def prepare() -> tuple[SearchSettings, optuna.Study | None]:
+            if not coordinator.is_main:
+                # Only the main process opens the storage; the others check everything else the same way.
+                call["storage"] = "memory"
+            settings = resolve_settings(trainer.args, has_compute_metrics=trainer.compute_metrics is not None, **call)
+            check_before_study(trainer, settings)
+            if not coordinator.is_main:
+                return settings, None
+            settings.log()
+            return settings, create_study(settings)
+
+        settings, study = coordinator.setup(prepare)
+        return cls(trainer, settings, study, coordinator)
+
+    # ---- the search ------------------------------------------------------------------------------------------
+
+    def run(self) -> BestRun | list[BestRun]:
+        """Run the study's missing trials, write the report, and return the best run (the same on every process)."""
+        remaining = self.coordinator.share(
+            self.settings.n_trials - count_finished(self.study) if self.study is not None else None
+        )
+        if remaining <= 0:
+            if self.study is not None:
+                logger.info(
+                    f"Study {self.settings.study_name!r} already has {count_finished(self.study)} finished trials of "
+                    f"n_trials={self.settings.n_trials}; no trial to run"
+                )
+        else:
+            self.run_trials()
+        if self.settings.search_report and self.study is not None and self.trainer.is_world_process_zero():
+            write_report(self.study, self.base_args.output_dir, settings=self.settings)
+        return self.coordinator.finish_search(self.best_runs)
+
+    def run_trials(self) -> None:
+        self.best = BestSoFar(*self.coordinator.share(self._stored_best() if self.coordinator.is_main else None))
+        self._take_trainer()
+        try:
+            self.coordinator.optimize(self.study, self.run_trial, drive=self.drive, stop=self.stop)
+        except KeyboardInterrupt:
+            logger.warning(
+                f"Interrupted: the running trial is marked FAIL and study {self.settings.study_name!r} is consistent; "
+                "run the same command again to continue it"
+            )
+            raise
+        finally:
+            self._give_trainer_back()
+
+    def drive(self, study: optuna.Study, objective: Callable[[optuna.trial.BaseTrial], Any]) -> None:
+        """The main process's loop: `n_trials` is the study's total over every run and worker (workers.py)."""
+        run_trials(
+            study,
+            objective,
+            n_trials=self.settings.n_trials,
+            lock=self.settings.claim_lock or local_lock(),
+            heartbeat_interval=self.settings.heartbeat_interval,
+            timeout=self.settings.timeout,
+            catch=catch_for(self.settings.catch, self.settings.continue_on_oom),
+            callbacks=[*([self.progress] if self.progress is not None else []), *self.settings.callbacks],
+            stop=self.stop,
+        )
+
+    def run_trial(self, trial: optuna.trial.BaseTrial) -> Any:
+        """The objective: one trial, prepared, run and finished (trial.py)."""
+        return TrialRun(self, trial).execute()
+
+    # ---- the trainer during the search -----------------------------------------------------------------------
+
+    def _take_trainer(self) -> None:
+        trainer = self.trainer
+        self._user_model_init = trainer.model_init
+        self._pre_search_model = trainer.model
+        if trainer.model_init is None:
+            # transformers refuses to search without model_init: here every trial starts from the initial weights.
+            self._initial_model = InitialModel(trainer.model)
+            self.model_source = self._initial_model
+        else:
+            self.model_source = trainer.model_init
+            if trainer.model is not None:
+                # The model transformers built at init is not trained during the search: keep it off the device.
+                trainer.model.to("cpu")
+        # Trainer.state.trial_name comes from `hp_name` (transformers' hook): TensorBoard and the other loggers then
+        # open one run per trial instead of appending every trial to the first trial's log directory.
+        self._user_hp_name = trainer.hp_name
+        trainer.hp_name = self.settings.hp_name or _run_name
+        self.progress = TrialProgress(
+            self.study,
+            self.settings.n_trials,
+            trainer=trainer,
+            disable=(
+                self.base_args.disable_tqdm or not trainer.is_world_process_zero() or not self.settings.show_progress_bar
+            ),
+        )
+
+    def _give_trainer_back(self) -> None:
+        trainer = self.trainer
+        if self.progress is not None:
+            self.progress.close()
+        trainer.hp_name = self._user_hp_name
+        trainer.model_init = self._user_model_init
+        use_arguments(trainer, self.base_args)
+        model = self._initial_model.restore() if self._initial_model is not None else self._pre_search_model
+        if model is not None and trainer.place_model_on_device:
+            model = model.to(trainer.args.device)
+        trainer.model = trainer.model_wrapped = model
+
+    # ---- the best trial --------------------------------------------------------------------------------------
+
+    def _stored_best(self) -> tuple[Any, str | None]:
+        assert self.study is not None
+        value = best_value(self.study)
+        return (value, self.study.best_trial.user_attrs.get("run_dir")) if value is not None else (None, None)
+
+    def offer_best(self, run: TrialRun, value: Any) -> None:
+        """Keep `run`'s model as the best one if its value beats every finished trial of the study."""
+        if self.settings.objective.multi:
+            return
+        direction = self.settings.objective.directions[0]
+        # Other workers of the study may have found better trials since this worker last looked.
+        study_best = self.coordinator.share(best_value(self.study) if self.study is not None else None)
+        if study_best is not None and is_better(study_best, self.best.value, direction):
+            self.best.value = study_best
+        if not is_better(value, self.best.value, direction):
+            return
+        previous = self.best.run_dir
+        self.best = BestSoFar(value, run.run_dir)
+        args = self.trainer.args
+        if previous is not None and previous != run.run_dir:
+            delete_checkpoints(previous, args.should_save)
+        if not self.settings.save_best_model:
+            return
+        best_dir = os.path.join(self.base_args.output_dir, BEST_MODEL_DIR)
+        self.trainer.save_model(best_dir)
+        if args.should_save:
+            with open(os.path.join(best_dir, "trial.json"), "w", encoding="utf-8") as f:
+                json.dump({"number": run.trial.number, "value": value, "params": run.values}, f, indent=2, default=str)
+
+    def best_runs(self) -> BestRun | list[BestRun]:
+        """transformers' `BestRun` of the best trial (the Pareto front for several objectives)."""
+        study = self.study
+        assert study is not None
+        counts = {s.name: len(study.get_trials(deepcopy=False, states=(s,))) for s in optuna.trial.TrialState}
+        if not counts["COMPLETE"]:
+            raise NoCompletedTrialError(
+                f"Study {self.settings.study_name!r} has no completed trial: {counts['PRUNED']} pruned, "
+                f"{counts['FAIL']} failed, {counts['RUNNING']} running. Loosen the pruner (e.g. more n_startup_trials "
+                "or n_warmup_steps) or fix the failures (see each trial's user attribute 'fail_reason')"
+            )
+        if len(study.directions) > 1:
+            return [BestRun(str(t.number), t.values, t.params) for t in study.best_trials]
+        best = study.best_trial
+        return BestRun(str(best.number), best.value, best.params)
+
+
+def create_study(settings: SearchSettings) -> optuna.Study:
+    """Create the study, or load it to continue it (unless `load_if_exists=False`)."""
+    try:
+        return optuna.create_study(
+            storage=settings.storage,
+            sampler=settings.sampler,
+            pruner=settings.pruner,
+            study_name=settings.study_name,
+            directions=settings.objective.directions,
+            load_if_exists=settings.load_if_exists,
+        )
+    except optuna.exceptions.DuplicatedStudyError:
+        raise ValueError(
+            f"load_if_exists=False: study {settings.study_name!r} already exists in {settings.storage_description}; "
+            "give a new study_name or output_dir, or load_if_exists=True to continue it"
+        ) from None
+
+
+def best_value(study: optuna.Study) -> float | None:
+    """The study's best value, None when it has several objectives or no completed trial yet."""
+    if len(study.directions) > 1:
+        return None
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    return study.best_value if complete else None
+
+
+def is_better(value: Any, best: Any, direction: str) -> bool:
+    if best is None:
+        return True
+    return bool(value > best) if direction == "maximize" else bool(value < best)
+
+
+def _run_name(trial: optuna.trial.BaseTrial) -> str:
+    return f"run-{trial.number}"

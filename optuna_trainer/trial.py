@@ -1,0 +1,220 @@
+"""One trial of a search, with a visible life cycle: prepare, run, finish.
+
+- prepare: suggest the trial's values, find its resume point (a trial re-queued after its worker died), build its
+  arguments from the user's and point the trainer at them, give it its model factory and its callbacks;
+- run: train, evaluate once if training never did, score (the best evaluation), offer the model as the new best;
+- finish: record the trial's attributes, take the callbacks off, release its memory, delete checkpoints nobody
+  needs.
+
+Every field of `TrialRun` is per-trial state; what lasts over trials lives in `Search` (search.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import os
+import shutil
+import socket
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import optuna
+import torch
+from transformers import Trainer, TrainingArguments
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, number_of_arguments
+
+from .arguments import trial_arguments
+from .callbacks import NonFiniteLossCallback, OptunaPruningCallback
+from .faults import trial_failure
+from .memory import release_trial_memory
+from .models import apply_config_values
+from .objective import Objective, ObjectiveValue, is_finite
+from .resume import ResumePoint, find_resume_point
+from .search_space import SearchSpace, check_key, check_model_keys, split_params
+
+if TYPE_CHECKING:
+    from .search import Search
+
+
+class TrialModelInit:
+    """The trial's `model_init`: the user's `model_init` (or a copy of the initial weights) with its `model.*` values.
+
+    Set as `trainer.model_init` for the trial, so that `Trainer.train(trial=...)` builds the trial's model itself
+    (through `call_model_init`, which trainers such as `SentenceTransformerTrainer` extend).
+    """
+
+    def __init__(self, source: Callable[..., torch.nn.Module], values: dict[str, Any]) -> None:
+        self.source = source
+        self.values = values
+        self.takes_trial = _takes_argument(source)
+
+    def __call__(self, trial: Any = None) -> torch.nn.Module:
+        model = self.source(trial) if self.takes_trial else self.source()
+        return apply_config_values(model, self.values)
+
+
+def _takes_argument(func: Callable[..., Any]) -> bool:
+    return number_of_arguments(func) >= 1
+
+
+def use_arguments(trainer: Trainer, args: TrainingArguments) -> None:
+    """Make `args` the trainer's arguments, rebuilding what depends on them.
+
+    Batch size, accumulation steps and mixed precision may differ per trial, so the accelerator is rebuilt, as
+    transformers' own `_hp_search_setup` does. `_train_batch_size` is a private attribute that `Trainer` reads for
+    the train dataloader and that transformers' search refreshes the same way (supported range: pyproject.toml);
+    tests/test_trainer.py::test_batch_size_is_searched fails if it stops being read.
+    """
+    trainer.args = args
+    trainer.create_accelerator_and_postprocess()
+    trainer._train_batch_size = args.train_batch_size
+
+
+class TrialRun:
+    """One trial: `execute()` runs prepare -> run -> finish and returns the trial's value (or raises)."""
+
+    def __init__(self, search: Search, trial: optuna.trial.BaseTrial) -> None:
+        self.search = search
+        self.trial = trial
+        self.trainer = search.trainer
+        self.settings = search.settings
+        self.coordinator = search.coordinator
+        self.started = time.monotonic()
+        self.values: dict[str, Any] = {}
+        self.run_dir = ""
+        self.resume: ResumePoint | None = None
+        self.objective: Objective = dataclasses.replace(search.settings.objective, history=[])
+        self.pruning: OptunaPruningCallback | None = None
+        self.guard: NonFiniteLossCallback | None = None
+        self.finished = False
+
+    def execute(self) -> Any:
+        try:
+            self.prepare()
+            return self.run()
+        except optuna.TrialPruned:
+            if self.pruning is not None:
+                self.trial.set_user_attr("pruned_at_step", self.pruning.pruned_at)
+                self.trial.set_user_attr("stopped_reason", self.pruning.stopped_reason)
+            raise
+        except (Exception, KeyboardInterrupt) as err:
+            failure = trial_failure(self.trial, err, self.settings.continue_on_oom, catch=self.settings.catch)
+            if failure is err:
+                raise
+            raise failure from None
+        finally:
+            self.finish()
+
+    # ---- prepare ---------------------------------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        self.values = self.suggest()
+        args_values, model_values = split_params(self.values)
+        run_name = self.settings.hp_name(self.trial) if self.settings.hp_name is not None else f"run-{self.trial.number}"
+        self.run_dir = os.path.join(self.search.base_args.output_dir, run_name)
+        # A trial re-queued after its worker died continues in the original's run directory, from its checkpoint.
+        number = self.trial.number  # collective under DDP (SyncTrial): read it on every process
+        self.resume = self.coordinator.share(
+            find_resume_point(self.search.study, number) if self.coordinator.is_main else None
+        )
+        if self.resume is not None and self.resume.checkpoint is not None and self.resume.run_dir is not None:
+            self.run_dir = self.resume.run_dir
+            self.trial.set_user_attr("resumed_from_checkpoint", self.resume.checkpoint)
+        self.trial.set_user_attr("run_dir", self.run_dir)
+        self.trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+
+        use_arguments(self.trainer, trial_arguments(self.search.base_args, args_values, output_dir=self.run_dir))
+        self.trainer.model_init = TrialModelInit(self.search.model_source, model_values)
+
+        self.pruning = OptunaPruningCallback(
+            self.trial, self.objective, prune=not self.objective.multi, decide=self.coordinator.decide
+        )
+        self.trainer.add_callback(self.pruning)
+        if self.resume is not None and self.resume.history and not self.objective.multi:
+            for step, value in self.resume.history:
+                self.trial.report(value, step)
+                self.objective.record(step, value)
+        # A NaN/inf training loss ends the trial through the pruning callback's stop (recorded as pruned).
+        self.guard = NonFiniteLossCallback(
+            self.pruning.stop,
+            self.current_model,
+            decide=self.coordinator.decide,
+            every_step=self.coordinator.world_size == 1,
+        )
+        self.trainer.add_callback(self.guard)
+
+    def suggest(self) -> dict[str, Any]:
+        space = self.settings.hp_space
+        if isinstance(space, SearchSpace):
+            return space.suggest(self.trial)
+        values = space(self.trial)
+        if not isinstance(values, dict):
+            raise TypeError(f"hp_space: the callable must return a dict of name -> value, got {type(values).__name__}")
+        for key, value in values.items():
+            check_key(key, type(self.search.base_args), value=value)
+        check_model_keys(values, self.search.model_config)
+        return values
+
+    def current_model(self) -> torch.nn.Module | None:
+        """The model this trial trains (the non-finite loss guard hooks it when training begins)."""
+        return self.trainer.model
+
+    # ---- run -------------------------------------------------------------------------------------------------
+
+    def run(self) -> Any:
+        assert self.pruning is not None
+        checkpoint = self.resume.checkpoint if self.resume is not None else None
+        self.trainer.train(resume_from_checkpoint=checkpoint, trial=self.trial)
+        if not self.objective.history:
+            # No evaluation during training: evaluate once at the end (nothing left to prune).
+            self.pruning.prune = False
+            self.trainer.evaluate()
+        self.trial.set_user_attr("steps", self.trainer.state.global_step)
+        self.pruning.check_pruned()
+        value = self.score()
+        self.finished = True
+        self.search.offer_best(self, value)
+        return value
+
+    def score(self) -> ObjectiveValue | None:
+        """The trial's value: the best objective over its evaluations."""
+        assert self.pruning is not None
+        metrics = self.pruning.last_metrics
+        if self.objective.compute_objective is not None and metrics is not None:
+            # A user objective may read trainer.state (the seed's `best_metric if not None else eval_accuracy`),
+            # which Trainer updates only after the evaluation callbacks ran: read it once more now that it is final.
+            value = self.objective(metrics)
+            if is_finite(value):
+                self.objective.record(self.trainer.state.global_step, value)
+        return self.objective.best()
+
+    # ---- finish ----------------------------------------------------------------------------------------------
+
+    def finish(self) -> None:
+        state = self.trainer.state
+        self.trial.set_user_attr("seconds", round(time.monotonic() - self.started, 3))
+        if state is not None and "steps" not in self.trial.user_attrs:
+            self.trial.set_user_attr("steps", state.global_step)
+        if state is not None and state.max_steps:
+            self.trial.set_user_attr("max_steps", state.max_steps)  # planned steps: the report's steps saved
+        for callback in (self.pruning, self.guard):
+            if callback is not None:
+                self.trainer.remove_callback(callback)
+        if self.guard is not None:
+            self.guard.close()
+        release_trial_memory(self.trainer)
+        if self.settings.gc_after_trial:
+            gc.collect()
+        if self.run_dir and not (self.finished and self.search.best.run_dir == self.run_dir):
+            delete_checkpoints(self.run_dir, self.trainer.args.should_save)
+
+
+def delete_checkpoints(run_dir: str, should_save: bool) -> None:
+    """Delete the `checkpoint-*` folders of a run directory (on the process that saves)."""
+    if not should_save or not os.path.isdir(run_dir):
+        return
+    for name in os.listdir(run_dir):
+        if name.startswith(PREFIX_CHECKPOINT_DIR):
+            shutil.rmtree(os.path.join(run_dir, name), ignore_errors=True)
