@@ -4,6 +4,7 @@ from . import log as _log  # noqa: F401  (installs the package logger's handler)
 from .arguments import OptunaSearchArguments, OptunaTrainingArguments, with_search_fields
 from .callbacks import NonFiniteLossCallback, OptunaPruningCallback
 from .config import parse_config_file
+from .integrations.seq2seq import OptunaSeq2SeqTrainer, OptunaSeq2SeqTrainingArguments
 from .exceptions import CoordinationError, NoCompletedTrialError, TrialOutOfMemoryError
 from .log import set_verbosity
 from .objective import Objective
@@ -26,6 +27,8 @@ __all__ = [
     "OptunaPruningCallback",
     "OptunaSearchArguments",
     "OptunaSearchMixin",
+    "OptunaSeq2SeqTrainer",
+    "OptunaSeq2SeqTrainingArguments",
     "OptunaTrainer",
     "OptunaTrainingArguments",
     "SearchSpace",
