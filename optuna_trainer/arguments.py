@@ -19,6 +19,7 @@ import optuna
 from transformers import TrainingArguments
 from transformers.trainer_utils import SchedulerType
 
+from ._classes import mixed_class
 from .objective import normalize_direction
 from .pruners import DEFAULT_PRUNER, build_pruner
 from .samplers import DEFAULT_SAMPLER, build_sampler
@@ -266,23 +267,14 @@ def with_search_fields(args_class: type[TrainingArguments]) -> type:
         raise TypeError(f"with_search_fields: expected a TrainingArguments subclass, got {args_class!r}")
     if issubclass(args_class, OptunaSearchArguments):
         return args_class
-    if args_class not in _SEARCH_CLASSES:
-        name = f"Optuna{args_class.__name__}"
-        cls = dataclass(repr=False)(
-            type(
-                name,
-                (OptunaSearchArguments, args_class),
-                {
-                    "__doc__": f"`{args_class.__name__}` with the search fields of `OptunaSearchArguments`.",
-                    # Found by pickle here (checkpoints pickle the arguments into training_args.bin).
-                    "__module__": __name__,
-                    "__qualname__": name,
-                },
-            )
-        )
-        globals().setdefault(name, cls)
-        _SEARCH_CLASSES[args_class] = cls
-    return _SEARCH_CLASSES[args_class]
+    return mixed_class(
+        OptunaSearchArguments,
+        args_class,
+        _SEARCH_CLASSES,
+        __name__,
+        f"`{args_class.__name__}` with the search fields of `OptunaSearchArguments`.",
+        finish=dataclass(repr=False),
+    )
 
 
 def validate_search_fields(args: Any) -> None:

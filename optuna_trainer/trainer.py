@@ -21,6 +21,7 @@ import optuna
 from transformers import Trainer
 from transformers.trainer_utils import BestRun, HPSearchBackend
 
+from ._classes import mixed_class
 from .coordinator import coordinator_for
 from .search import Search
 
@@ -111,20 +112,13 @@ def with_optuna_search(trainer_class: type[Trainer]) -> type:
         raise TypeError(f"with_optuna_search: expected a transformers.Trainer subclass, got {trainer_class!r}")
     if issubclass(trainer_class, OptunaSearchMixin):
         return trainer_class
-    if trainer_class not in _SEARCH_TRAINERS:
-        name = f"Optuna{trainer_class.__name__}"
-        cls = type(
-            name,
-            (OptunaSearchMixin, trainer_class),
-            {
-                "__doc__": f"`{trainer_class.__name__}` with `OptunaSearchMixin`'s Optuna `hyperparameter_search()`.",
-                "__module__": __name__,
-                "__qualname__": name,
-            },
-        )
-        globals().setdefault(name, cls)
-        _SEARCH_TRAINERS[trainer_class] = cls
-    return _SEARCH_TRAINERS[trainer_class]
+    return mixed_class(
+        OptunaSearchMixin,
+        trainer_class,
+        _SEARCH_TRAINERS,
+        __name__,
+        f"`{trainer_class.__name__}` with `OptunaSearchMixin`'s Optuna `hyperparameter_search()`.",
+    )
 
 
 __all__ = ["OptunaSearchMixin", "OptunaTrainer", "with_optuna_search"]
