@@ -38,7 +38,9 @@ def main() -> int:
     # The defaults, with only the output folder moved so that an earlier run's study is not resumed.
     result = subprocess.run(
         [sys.executable, os.path.join(ROOT, "examples", "text_classification.py"), "--output_dir", out],
-        cwd=ROOT, capture_output=True, text=True,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
     )
     wall = time.monotonic() - start
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)

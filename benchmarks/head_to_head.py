@@ -1,6 +1,6 @@
 """Figure 2: the same search through `OptunaTrainer` and through transformers' `Trainer.hyperparameter_search`.
 
-Same model_init, data, space (`common.SPACE`: learning_rate log 1e-6..1e-3, weight_decay 0..0.1), sampler
+Same model_init, data, space (`tasks.SPACE`: learning_rate log 1e-6..1e-3, weight_decay 0..0.1), sampler
 (`TPESampler(seed=0)`), pruner (Optuna's `MedianPruner()`, which is also what transformers gets by default),
 `n_trials`, steps and evaluation schedule, objective eval_accuracy maximized. Each side runs in a fresh interpreter so
 that its peak resident memory (ru_maxrss) is its own. Ours runs with `save_best_model=False` and in-memory storage,
@@ -19,7 +19,12 @@ import time
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402
+import measure  # noqa: E402
+import sides  # noqa: E402
+import tables  # noqa: E402
+import tasks  # noqa: E402
+
+from optuna_trainer.testing import RecordingPruner, TrialRecorder  # noqa: E402
 
 NAME = "head_to_head"
 COLUMNS = [
@@ -37,20 +42,22 @@ COLUMNS = [
 
 def settings(quick: bool, model: str | None) -> dict[str, Any]:
     if quick:
-        return dict(model=model or "tiny-bert", layers=None, n_train=64, n_dev=64, steps=6, eval_steps=2, n_trials=4,
-                    batch=16)
+        return dict(
+            model=model or "tiny-bert", layers=None, n_train=64, n_dev=64, steps=6, eval_steps=2, n_trials=4, batch=16
+        )
     # 14 trials: TPE's 10 random start-up trials, then 4 drawn from its model of the values each side reported.
-    return dict(model=model or "minilm", layers=3, n_train=1024, n_dev=128, steps=60, eval_steps=15, n_trials=14,
-                batch=16)
+    return dict(
+        model=model or "minilm", layers=3, n_train=1024, n_dev=128, steps=60, eval_steps=15, n_trials=14, batch=16
+    )
 
 
 def side(name: str, s: dict[str, Any], data: str) -> dict[str, Any]:
     import optuna
 
-    common.quiet()
-    pruner = common.recording(optuna.pruners.MedianPruner())
-    task = common.make_task(s["model"], data, s["n_train"], s["n_dev"], layers=s["layers"])
-    rec = common.recorder()
+    sides.quiet()
+    pruner = RecordingPruner(optuna.pruners.MedianPruner())
+    task = tasks.make_task(s["model"], data, s["n_train"], s["n_dev"], layers=s["layers"])
+    rec = TrialRecorder(tasks.SPACE)
     train = dict(
         max_steps=s["steps"],
         per_device_train_batch_size=s["batch"],
@@ -60,7 +67,7 @@ def side(name: str, s: dict[str, Any], data: str) -> dict[str, Any]:
     out = tempfile.mkdtemp(prefix=f"h2h-{name}-")
     start = time.perf_counter()
     if name == "ours":
-        trainer = common.search_trainer(task, s, out, pruner, [rec])
+        trainer = tasks.search_trainer(task, s, out, pruner, [rec])
         best = trainer.hyperparameter_search()
         states = [t.state.name for t in trainer.study.trials]
         params = [t.params for t in trainer.study.trials]
@@ -68,12 +75,16 @@ def side(name: str, s: dict[str, Any], data: str) -> dict[str, Any]:
         from transformers import Trainer, TrainingArguments
 
         trainer = Trainer(
-            model_init=task.model_init, args=TrainingArguments(**common.train_args(out, **train)),
-            train_dataset=task.train, eval_dataset=task.dev, compute_metrics=common.compute_metrics,
-            data_collator=task.collator, callbacks=[rec],
+            model_init=task.model_init,
+            args=TrainingArguments(**tasks.train_args(out, **train)),
+            train_dataset=task.train,
+            eval_dataset=task.dev,
+            compute_metrics=tasks.compute_metrics,
+            data_collator=task.collator,
+            callbacks=[rec],
         )
         best = trainer.hyperparameter_search(
-            hp_space=common.hf_space(),
+            hp_space=tasks.hf_space(),
             compute_objective=lambda metrics: metrics["eval_accuracy"],
             n_trials=s["n_trials"],
             direction="maximize",
@@ -95,7 +106,7 @@ def side(name: str, s: dict[str, Any], data: str) -> dict[str, Any]:
         "completed/pruned": f"{states.count('COMPLETE')}/{states.count('PRUNED')}",
         "optimizer steps": rec.steps,
         "wall seconds": seconds,
-        "peak RSS MiB": common.peak_rss_mib(),
+        "peak RSS MiB": measure.peak_rss_mib(),
         "trials": rec.trials,
         "params": params,
         "data": task.source,
@@ -106,7 +117,7 @@ def side(name: str, s: dict[str, Any], data: str) -> dict[str, Any]:
 def alike_from_first(ours: list[Any], theirs: list[Any]) -> int:
     """How many trials, from the first, drew the same values on both sides."""
     count = 0
-    for x, y in zip(ours, theirs):
+    for x, y in zip(ours, theirs, strict=False):
         if x != y:
             break
         count += 1
@@ -114,7 +125,7 @@ def alike_from_first(ours: list[Any], theirs: list[Any]) -> int:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    ran = common.two_sides(__file__, __doc__, settings, side, argv)
+    ran = sides.two_sides(__file__, __doc__, settings, side, argv)
     if ran is None:
         return {}
     a, s, results, load_before, load_after = ran
@@ -124,10 +135,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     drawn_ours = [t["values"] for t in results["ours"]["trials"]]
     drawn_theirs = [t["values"] for t in results["transformers"]["trials"]]
     meta = {
-        "command": common.command_line(),
+        "command": tables.command_line(),
         "model": results["ours"]["model"],
         "data": results["ours"]["data"],
-        "settings": {**s, "space": common.SPACE, "sampler": "TPESampler(seed=0)", "pruner": "MedianPruner()"},
+        "settings": {**s, "space": tasks.SPACE, "sampler": "TPESampler(seed=0)", "pruner": "MedianPruner()"},
         "best params (ours)": results["ours"]["best params"],
         "best params (transformers)": results["transformers"]["best params"],
         "same values drawn in every trial": drawn_ours == drawn_theirs,
@@ -138,7 +149,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "loadavg after": load_after,
     }
     title = "Head-to-head: the same search, OptunaTrainer vs Trainer.hyperparameter_search"
-    common.write_table(a.out, NAME, title, COLUMNS, rows, meta)
+    tables.write_table(a.out, NAME, title, COLUMNS, rows, meta)
     return {"rows": rows, "results": results}
 
 

@@ -20,7 +20,12 @@ import tempfile
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402
+import measure  # noqa: E402
+import sides  # noqa: E402
+import tables  # noqa: E402
+import tasks  # noqa: E402
+
+from optuna_trainer.testing import RecordingPruner, TrialRecorder  # noqa: E402
 
 NAME = "memory"
 COLUMNS = [
@@ -42,10 +47,28 @@ FAILING_TRIAL = 7  # 0-based: the 8th trial raises
 
 def settings(quick: bool, model: str | None) -> dict[str, Any]:
     if quick:
-        return dict(model=model or "tiny-bert", layers=None, n_train=64, n_dev=32, steps=6, eval_steps=2, n_trials=6,
-                    batch=16, failing=3)
-    return dict(model=model or "minilm", layers=3, n_train=256, n_dev=32, steps=6, eval_steps=2, n_trials=20,
-                batch=16, failing=FAILING_TRIAL)
+        return dict(
+            model=model or "tiny-bert",
+            layers=None,
+            n_train=64,
+            n_dev=32,
+            steps=6,
+            eval_steps=2,
+            n_trials=6,
+            batch=16,
+            failing=3,
+        )
+    return dict(
+        model=model or "minilm",
+        layers=3,
+        n_train=256,
+        n_dev=32,
+        steps=6,
+        eval_steps=2,
+        n_trials=20,
+        batch=16,
+        failing=FAILING_TRIAL,
+    )
 
 
 class InjectedFailure(RuntimeError):
@@ -56,14 +79,14 @@ def side(name: str, s: dict[str, Any], data: str) -> dict[str, Any]:
     import optuna
     from transformers import TrainerCallback
 
-    common.quiet()
-    task = common.make_task(s["model"], data, s["n_train"], s["n_dev"], layers=s["layers"])
+    sides.quiet()
+    task = tasks.make_task(s["model"], data, s["n_train"], s["n_dev"], layers=s["layers"])
     snapshots: list[tuple[float, float]] = []  # (current, peak) after each trial
     searching = False
 
     def model_init(trial: Any = None) -> Any:
         if searching:
-            snapshots.append((common.current_rss_mib(), common.peak_rss_mib()))
+            snapshots.append((measure.current_rss_mib(), measure.peak_rss_mib()))
         return task.model_init(trial)
 
     class Fail(TrainerCallback):
@@ -79,23 +102,33 @@ def side(name: str, s: dict[str, Any], data: str) -> dict[str, Any]:
             if self.calls == s["failing"] + 1 and state.global_step == 2:
                 raise InjectedFailure(f"injected failure in trial {s['failing']}")
 
-    rec = common.recorder()
+    rec = TrialRecorder(tasks.SPACE)
     train = dict(
         max_steps=s["steps"], per_device_train_batch_size=s["batch"], eval_strategy="steps", eval_steps=s["eval_steps"]
     )
     out = tempfile.mkdtemp(prefix=f"mem-{name}-")
-    pruner = common.recording(optuna.pruners.MedianPruner(n_startup_trials=3))
+    pruner = RecordingPruner(optuna.pruners.MedianPruner(n_startup_trials=3))
     if name == "ours":
         from optuna_trainer import OptunaTrainer, OptunaTrainingArguments
 
         args = OptunaTrainingArguments(
-            **common.train_args(out, **train), hp_space=common.SPACE, n_trials=s["n_trials"],
-            sampler={"name": "tpe", "seed": 0}, pruner=pruner, storage="memory", objective_metric="loss",
+            **tasks.train_args(out, **train),
+            hp_space=tasks.SPACE,
+            n_trials=s["n_trials"],
+            sampler={"name": "tpe", "seed": 0},
+            pruner=pruner,
+            storage="memory",
+            objective_metric="loss",
             save_best_model=False,
         )
         trainer = OptunaTrainer(
-            model_init=model_init, args=args, train_dataset=task.train, eval_dataset=task.dev,
-            compute_metrics=common.compute_metrics, data_collator=task.collator, callbacks=[rec, Fail()],
+            model_init=model_init,
+            args=args,
+            train_dataset=task.train,
+            eval_dataset=task.dev,
+            compute_metrics=tasks.compute_metrics,
+            data_collator=task.collator,
+            callbacks=[rec, Fail()],
         )
         searching = True
         trainer.hyperparameter_search(catch=(InjectedFailure,))
@@ -104,14 +137,23 @@ def side(name: str, s: dict[str, Any], data: str) -> dict[str, Any]:
         from transformers import Trainer, TrainingArguments
 
         trainer = Trainer(
-            model_init=model_init, args=TrainingArguments(**common.train_args(out, **train)),
-            train_dataset=task.train, eval_dataset=task.dev, compute_metrics=common.compute_metrics, data_collator=task.collator,
+            model_init=model_init,
+            args=TrainingArguments(**tasks.train_args(out, **train)),
+            train_dataset=task.train,
+            eval_dataset=task.dev,
+            compute_metrics=tasks.compute_metrics,
+            data_collator=task.collator,
             callbacks=[rec, Fail()],
         )
         searching = True
         trainer.hyperparameter_search(  # n_trials + 1: it counts the failed trial, ours replaces it
-            hp_space=common.hf_space(), compute_objective=lambda m: m["eval_loss"], n_trials=s["n_trials"] + 1,
-            direction="minimize", backend="optuna", sampler=optuna.samplers.TPESampler(seed=0), pruner=pruner,
+            hp_space=tasks.hf_space(),
+            compute_objective=lambda m: m["eval_loss"],
+            n_trials=s["n_trials"] + 1,
+            direction="minimize",
+            backend="optuna",
+            sampler=optuna.samplers.TPESampler(seed=0),
+            pruner=pruner,
             catch=(InjectedFailure,),
         )
         # transformers returns no study: the states come from the pruner's own record.
@@ -119,12 +161,12 @@ def side(name: str, s: dict[str, Any], data: str) -> dict[str, Any]:
             "FAIL" if i == s["failing"] else "PRUNED" if i in pruner.pruned else "COMPLETE"
             for i in range(len(rec.trials))
         ]
-    snapshots.append((common.current_rss_mib(), common.peak_rss_mib()))
+    snapshots.append((measure.current_rss_mib(), measure.peak_rss_mib()))
     return {"snapshots": snapshots, "states": states, "data": task.source, "model": task.model_name}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    ran = common.two_sides(__file__, __doc__, settings, side, argv)
+    ran = sides.two_sides(__file__, __doc__, settings, side, argv)
     if ran is None:
         return {}
     a, s, results, load_before, load_after = ran
@@ -135,33 +177,44 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         n = s["n_trials"]
         (cur1, peak1), (cur_n, peak_n) = snaps[1], snaps[n]
         growth, peak_growth = 100 * (cur_n / cur1 - 1), 100 * (peak_n / peak1 - 1)
-        rows.append({
-            "side": label,
-            "trials": len(states),
-            "completed/pruned/failed": "/".join(str(states.count(x)) for x in ("COMPLETE", "PRUNED", "FAIL")),
-            "RSS after trial 1 MiB": cur1,
-            "RSS after trial N MiB": cur_n,
-            "RSS growth %": growth,
-            "peak RSS after trial 1 MiB": peak1,
-            "peak RSS after trial N MiB": peak_n,
-            "peak RSS growth %": peak_growth,
-            "RSS after the search MiB": snaps[-1][0],
-            "target met": ("yes" if max(growth, peak_growth) < TARGET_GROWTH else "no") if name == "ours" else "n/a",
-            "states": states,
-            "RSS per trial MiB": [round(c, 1) for c, _ in snaps[1:]],
-            "peak RSS per trial MiB": [round(pk, 1) for _, pk in snaps[1:]],
-            "RSS before trial 1 MiB": round(snaps[0][0], 1),
-        })
+        rows.append(
+            {
+                "side": label,
+                "trials": len(states),
+                "completed/pruned/failed": "/".join(str(states.count(x)) for x in ("COMPLETE", "PRUNED", "FAIL")),
+                "RSS after trial 1 MiB": cur1,
+                "RSS after trial N MiB": cur_n,
+                "RSS growth %": growth,
+                "peak RSS after trial 1 MiB": peak1,
+                "peak RSS after trial N MiB": peak_n,
+                "peak RSS growth %": peak_growth,
+                "RSS after the search MiB": snaps[-1][0],
+                "target met": ("yes" if max(growth, peak_growth) < TARGET_GROWTH else "no")
+                if name == "ours"
+                else "n/a",
+                "states": states,
+                "RSS per trial MiB": [round(c, 1) for c, _ in snaps[1:]],
+                "peak RSS per trial MiB": [round(pk, 1) for _, pk in snaps[1:]],
+                "RSS before trial 1 MiB": round(snaps[0][0], 1),
+            }
+        )
     meta = {
-        "command": common.command_line(),
+        "command": tables.command_line(),
         "model": results["ours"]["model"],
         "data": results["ours"]["data"],
-        "settings": {**s, "space": common.SPACE, "sampler": "TPESampler(seed=0)",
-                     "pruner": "MedianPruner(n_startup_trials=3)"},
+        "settings": {
+            **s,
+            "space": tasks.SPACE,
+            "sampler": "TPESampler(seed=0)",
+            "pruner": "MedianPruner(n_startup_trials=3)",
+        },
         "N": s["n_trials"],
         "target": f"growth under {TARGET_GROWTH:.0f}% (current and peak RSS) for ours from trial 1 to trial N",
         "GPU memory": "not measured: no GPU on this machine",
-        "RSS before trial 1 (ours, transformers)": [rows[0]["RSS before trial 1 MiB"], rows[1]["RSS before trial 1 MiB"]],
+        "RSS before trial 1 (ours, transformers)": [
+            rows[0]["RSS before trial 1 MiB"],
+            rows[1]["RSS before trial 1 MiB"],
+        ],
         "RSS per trial (ours)": rows[0]["RSS per trial MiB"],
         "RSS per trial (transformers)": rows[1]["RSS per trial MiB"],
         "peak RSS per trial (ours)": rows[0]["peak RSS per trial MiB"],
@@ -171,7 +224,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "loadavg before": load_before,
         "loadavg after": load_after,
     }
-    common.write_table(a.out, NAME, "Memory across trials (pruned and failing trials included)", COLUMNS, rows, meta)
+    tables.write_table(a.out, NAME, "Memory across trials (pruned and failing trials included)", COLUMNS, rows, meta)
     return {"rows": rows}
 
 

@@ -3,7 +3,7 @@
 Each side is one `accelerate launch` of this script (`--side worker-ours` / `--side worker-transformers`), run under a
 hard wall-clock limit: on timeout the whole process group is killed and the row records what the run did. Every rank
 appends its progress (trial starts, evaluations, trial ends) to a log, so that a hang is recorded with where each rank
-was. The search: a tiny BERT from a config on the learnable synthetic task of the tests (`tests/helpers.py`), a
+was. The search: a tiny BERT from a config on the learnable synthetic task of the tests (`optuna_trainer/testing.py`), a
 learning rate that either learns (1e-3) or does not (1e-7), `RandomSampler(seed=0)` and `MedianPruner(n_startup_trials=1)`:
 a trial that does not learn after one that does is pruned at its first evaluation.
 
@@ -22,7 +22,11 @@ import time
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402
+import measure  # noqa: E402
+import sides  # noqa: E402
+import tables  # noqa: E402
+
+from optuna_trainer.testing import kill_process_tree  # noqa: E402
 
 NAME = "multi_process"
 COLUMNS = ["side", "processes", "outcome", "wall seconds", "completed/pruned", "best value", "command"]
@@ -41,9 +45,9 @@ def worker(name: str, s: dict[str, Any], out_prefix: str) -> None:
     import torch
     from transformers import TrainerCallback
 
-    from tests.helpers import base_args, compute_metrics, make_dataset, tiny_model
+    from optuna_trainer.testing import base_args, compute_metrics, make_dataset, tiny_model
 
-    common.quiet()
+    sides.quiet()
     rank = int(os.environ.get("RANK", "0"))
     log_path = f"{out_prefix}.rank{rank}.log"
 
@@ -68,8 +72,12 @@ def worker(name: str, s: dict[str, Any], out_prefix: str) -> None:
     log("start")
     train, dev = make_dataset(s["n_train"], seed=0), make_dataset(64, seed=1)
     values = base_args(
-        tempfile.mkdtemp(prefix=f"mp-{name}-"), max_steps=s["steps"], eval_steps=s["eval_steps"], logging_steps=1000,
-        per_device_train_batch_size=16, n_trials=s["n_trials"],
+        tempfile.mkdtemp(prefix=f"mp-{name}-"),
+        max_steps=s["steps"],
+        eval_steps=s["eval_steps"],
+        logging_steps=1000,
+        per_device_train_batch_size=16,
+        n_trials=s["n_trials"],
     )
     progress = Progress()
     pruner = optuna.pruners.MedianPruner(n_startup_trials=1)
@@ -82,7 +90,11 @@ def worker(name: str, s: dict[str, Any], out_prefix: str) -> None:
             **{**values, "learning_rate": 1e-3}, hp_space=SPACE, sampler=sampler, pruner=pruner, save_best_model=False
         )
         trainer = OptunaTrainer(
-            model_init=tiny_model, args=args, train_dataset=train, eval_dataset=dev, compute_metrics=compute_metrics,
+            model_init=tiny_model,
+            args=args,
+            train_dataset=train,
+            eval_dataset=dev,
+            compute_metrics=compute_metrics,
             callbacks=[progress],
         )
         best = trainer.hyperparameter_search()
@@ -94,16 +106,25 @@ def worker(name: str, s: dict[str, Any], out_prefix: str) -> None:
 
         plain = {k: v for k, v in values.items() if k not in ("storage", "n_trials")}
         trainer = Trainer(
-            model_init=tiny_model, args=TrainingArguments(**plain), train_dataset=train, eval_dataset=dev,
-            compute_metrics=compute_metrics, callbacks=[progress],
+            model_init=tiny_model,
+            args=TrainingArguments(**plain),
+            train_dataset=train,
+            eval_dataset=dev,
+            compute_metrics=compute_metrics,
+            callbacks=[progress],
         )
 
         def hp_space(trial: optuna.Trial) -> dict[str, Any]:
             return {"learning_rate": trial.suggest_categorical("learning_rate", SPACE["learning_rate"]["choices"])}
 
         best = trainer.hyperparameter_search(
-            hp_space=hp_space, compute_objective=lambda m: m["eval_accuracy"], n_trials=s["n_trials"],
-            direction="maximize", backend="optuna", sampler=sampler, pruner=pruner,
+            hp_space=hp_space,
+            compute_objective=lambda m: m["eval_accuracy"],
+            n_trials=s["n_trials"],
+            direction="maximize",
+            backend="optuna",
+            sampler=sampler,
+            pruner=pruner,
         )
     log("search returned")
     if rank == 0:
@@ -116,9 +137,26 @@ def worker(name: str, s: dict[str, Any], out_prefix: str) -> None:
 def launch_command(script: str, name: str, out_prefix: str, quick: bool) -> list[str]:
     port = str(29500 + (os.getpid() % 500) + (0 if name == "ours" else 500))
     return [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "1",
-        "--num_processes", "2", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", port,
-        script, "--side", f"worker-{name}", "--side-out", out_prefix, *(["--quick"] if quick else []),
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_machines",
+        "1",
+        "--num_processes",
+        "2",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        port,
+        script,
+        "--side",
+        f"worker-{name}",
+        "--side-out",
+        out_prefix,
+        *(["--quick"] if quick else []),
     ]
 
 
@@ -135,7 +173,11 @@ def read_logs(out_prefix: str) -> dict[int, list[str]]:
 def run_launch(name: str, s: dict[str, Any], quick: bool, tmp: str) -> dict[str, Any]:
     out_prefix = os.path.join(tmp, name)
     cmd = launch_command(os.path.abspath(__file__), name, out_prefix, quick)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": common.REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": tables.REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    }
     start = time.perf_counter()
     stalled = False
     with open(out_prefix + ".stderr", "w") as err:
@@ -145,11 +187,14 @@ def run_launch(name: str, s: dict[str, Any], quick: bool, tmp: str) -> dict[str,
         while proc.poll() is None:
             time.sleep(0.5)
             now = time.time()
-            mtimes = [os.path.getmtime(f"{out_prefix}.rank{r}.log") for r in (0, 1)
-                      if os.path.exists(f"{out_prefix}.rank{r}.log")]
+            mtimes = [
+                os.path.getmtime(f"{out_prefix}.rank{r}.log")
+                for r in (0, 1)
+                if os.path.exists(f"{out_prefix}.rank{r}.log")
+            ]
             stalled = len(mtimes) == 2 and now - max(mtimes) > s["stall"]
             if stalled or time.perf_counter() - start > s["timeout"]:
-                common.kill_group(proc)
+                kill_process_tree(proc)
                 break
         rc = proc.returncode
         timed_out = stalled or rc is None or rc < 0
@@ -190,14 +235,14 @@ def _has_distributed() -> bool:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    p = common.parser(__doc__.splitlines()[0])
+    p = sides.parser(__doc__.splitlines()[0])
     p.add_argument("--sides", default="ours,transformers", help="comma-separated sides to run")
     a = p.parse_args(argv)
     s = settings(a.quick)
     if a.side:
         worker(a.side.removeprefix("worker-"), s, a.side_out)
         return {}
-    load_before = common.loadavg()
+    load_before = measure.loadavg()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in a.sides.split(","):
@@ -205,20 +250,29 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             label = "OptunaTrainer" if name == "ours" else "Trainer.hyperparameter_search (optuna)"
             rows.append({"side": label, "processes": 2, **result})
             print(f"{label}: {result['outcome']} ({result['wall seconds']:.1f} s)", flush=True)
-    load_after = common.loadavg()
+    load_after = measure.loadavg()
     meta = {
-        "command": common.command_line(),
-        "model": "BERT from a config, random init (tests/helpers.tiny_model: 1 layer, hidden 16)",
-        "data": "synthetic learnable task of tests/helpers.make_dataset (label = first token in the upper half)",
-        "settings": {**s, "space": SPACE, "sampler": "RandomSampler(seed=0)", "pruner": "MedianPruner(n_startup_trials=1)",
-                     "per_device_train_batch_size": 16, "OMP_NUM_THREADS": 1, "use_cpu": True},
+        "command": tables.command_line(),
+        "model": "BERT from a config, random init (optuna_trainer.testing.tiny_model: 1 layer, hidden 16)",
+        "data": "synthetic learnable task of optuna_trainer.testing.make_dataset (label = first token in the upper half)",
+        "settings": {
+            **s,
+            "space": SPACE,
+            "sampler": "RandomSampler(seed=0)",
+            "pruner": "MedianPruner(n_startup_trials=1)",
+            "per_device_train_batch_size": 16,
+            "OMP_NUM_THREADS": 1,
+            "use_cpu": True,
+        },
         "optuna_trainer has distributed coordination (issue-3 merged)": _has_distributed(),
         "loadavg before": load_before,
         "loadavg after": load_after,
     }
     for row in rows:
         meta[f"rank logs ({row['side']})"] = row.pop("rank logs")
-    common.write_table(a.out, NAME, "Multi-process search with pruning (2 processes, gloo on CPU)", COLUMNS, rows, meta)
+    tables.write_table(
+        a.out, NAME, "Multi-process search with pruning (2 processes, gloo on CPU)", COLUMNS, rows, meta
+    )
     return {"rows": rows}
 
 

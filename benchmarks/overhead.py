@@ -20,23 +20,27 @@ import time
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402
+import measure  # noqa: E402
+import sides  # noqa: E402
+import tables  # noqa: E402
+import tasks  # noqa: E402
 
 NAME = "overhead"
 COLUMNS = ["side", "model", "steps", "median seconds", "final training loss", "eval accuracy"]
 TARGET = 1.03
 
 
-def run_plain(task: common.Task, settings: dict[str, Any], out: str) -> tuple[float, float, float]:
+def run_plain(task: tasks.Task, settings: dict[str, Any], out: str) -> tuple[float, float, float]:
     from transformers import Trainer, TrainingArguments
 
     start = time.perf_counter()
     trainer = Trainer(
         model_init=task.model_init,
-        args=TrainingArguments(**common.train_args(out, **settings)),
+        args=TrainingArguments(**tasks.train_args(out, **settings)),
         train_dataset=task.train,
         eval_dataset=task.dev,
-        compute_metrics=common.compute_metrics, data_collator=task.collator,
+        compute_metrics=tasks.compute_metrics,
+        data_collator=task.collator,
     )
     result = trainer.train()
     seconds = time.perf_counter() - start
@@ -44,15 +48,13 @@ def run_plain(task: common.Task, settings: dict[str, Any], out: str) -> tuple[fl
     return seconds, result.training_loss, accuracy
 
 
-def run_ours(
-    task: common.Task, settings: dict[str, Any], out: str, report: bool = True
-) -> tuple[float, float, float]:
+def run_ours(task: tasks.Task, settings: dict[str, Any], out: str, report: bool = True) -> tuple[float, float, float]:
     from optuna_trainer import OptunaTrainer, OptunaTrainingArguments
 
     lr = settings["learning_rate"]
     start = time.perf_counter()
     args = OptunaTrainingArguments(
-        **common.train_args(out, **settings),
+        **tasks.train_args(out, **settings),
         hp_space={"learning_rate": {"type": "categorical", "choices": [lr]}},
         n_trials=1,
         sampler={"name": "tpe", "seed": 0},
@@ -66,7 +68,8 @@ def run_ours(
         args=args,
         train_dataset=task.train,
         eval_dataset=task.dev,
-        compute_metrics=common.compute_metrics, data_collator=task.collator,
+        compute_metrics=tasks.compute_metrics,
+        data_collator=task.collator,
     )
     trainer.hyperparameter_search()
     seconds = time.perf_counter() - start
@@ -77,17 +80,17 @@ def run_ours(
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    p = common.parser(__doc__.splitlines()[0])
+    p = sides.parser(__doc__.splitlines()[0])
     p.add_argument("--pairs", type=int, default=None, help="interleaved (ours, plain) pairs after the warm-up")
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--no-report", action="store_true", help="ours without the end-of-search report (per-trial cost)")
     a = p.parse_args(argv)
-    common.quiet()
+    sides.quiet()
     model = a.model or ("tiny-bert" if a.quick else "minilm")
     pairs = a.pairs or (2 if a.quick else 7)
     steps = a.steps or (4 if a.quick else 32)
     n_train, n_dev = (64, 64) if a.quick else (512, 256)
-    task = common.make_task(model, a.data, n_train, n_dev)
+    task = tasks.make_task(model, a.data, n_train, n_dev)
     settings = dict(
         max_steps=steps,
         per_device_train_batch_size=16,
@@ -96,7 +99,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         eval_steps=steps,
         warmup_steps=0,
     )
-    load_before = common.loadavg()
+    load_before = measure.loadavg()
     times: dict[str, list[float]] = {"ours": [], "plain": []}
     losses: dict[str, list[float]] = {"ours": [], "plain": []}
     accuracy: dict[str, float] = {}
@@ -112,10 +115,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 accuracy[side] = acc
                 if i > 0:
                     times[side].append(seconds)
-    load_after = common.loadavg()
-    ratios = [o / p_ for o, p_ in zip(times["ours"], times["plain"])]
+    load_after = measure.loadavg()
+    ratios = [o / p_ for o, p_ in zip(times["ours"], times["plain"], strict=True)]
     ratio = statistics.median(ratios)
-    loss_diff = max(abs(o - p_) for o, p_ in zip(losses["ours"], losses["plain"]))
+    loss_diff = max(abs(o - p_) for o, p_ in zip(losses["ours"], losses["plain"], strict=True))
     rows = [
         {
             "side": "OptunaTrainer.hyperparameter_search (1 trial)",
@@ -143,10 +146,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "losses identical": loss_diff == 0.0,
     }
     meta = {
-        "command": common.command_line(),
+        "command": tables.command_line(),
         "data": task.source,
         "settings": {
-            **settings, "pairs": pairs, "warm-up pairs": 1, "torch threads": None, "search_report": not a.no_report
+            **settings,
+            "pairs": pairs,
+            "warm-up pairs": 1,
+            "torch threads": None,
+            "search_report": not a.no_report,
         },
         "loadavg before": load_before,
         "loadavg after": load_after,
@@ -156,7 +163,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     meta["settings"]["torch threads"] = torch.get_num_threads()
     name = NAME + "_no_report" if a.no_report else NAME  # both tables are kept side by side under results/
-    common.write_table(a.out, name, "Overhead of one trial over Trainer.train()", COLUMNS, rows, meta)
+    tables.write_table(a.out, name, "Overhead of one trial over Trainer.train()", COLUMNS, rows, meta)
     return {"rows": rows, **summary}
 
 

@@ -24,11 +24,23 @@ import uuid
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402
+import measure  # noqa: E402
+import sides  # noqa: E402
+import tables  # noqa: E402
+import tasks  # noqa: E402
+
+from optuna_trainer.testing import kill_process_tree  # noqa: E402
 
 NAME = "parallel_workers"
-COLUMNS = ["workers", "finished trials", "trial span seconds", "trials per minute", "speed-up", "wall seconds",
-           "storage"]
+COLUMNS = [
+    "workers",
+    "finished trials",
+    "trial span seconds",
+    "trials per minute",
+    "speed-up",
+    "wall seconds",
+    "storage",
+]
 POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 TARGET = 1.8
 
@@ -43,20 +55,29 @@ def worker(s: dict[str, Any], data: str, storage: str, study_name: str, n_trials
     import torch
 
     torch.set_num_threads(1)
-    common.quiet()
+    sides.quiet()
     from optuna_trainer import OptunaTrainer, OptunaTrainingArguments
 
-    task = common.make_task(s["model"], data, s["n_train"], s["n_dev"])
+    task = tasks.make_task(s["model"], data, s["n_train"], s["n_dev"])
     with tempfile.TemporaryDirectory() as out:
         args = OptunaTrainingArguments(
-            **common.train_args(out, max_steps=s["steps"], per_device_train_batch_size=s["batch"],
-                                eval_strategy="no"),
-            hp_space=common.SPACE, n_trials=n_trials, sampler={"name": "tpe", "seed": seed}, pruner="none",
-            storage=storage, study_name=study_name, objective_metric="accuracy", save_best_model=False,
+            **tasks.train_args(out, max_steps=s["steps"], per_device_train_batch_size=s["batch"], eval_strategy="no"),
+            hp_space=tasks.SPACE,
+            n_trials=n_trials,
+            sampler={"name": "tpe", "seed": seed},
+            pruner="none",
+            storage=storage,
+            study_name=study_name,
+            objective_metric="accuracy",
+            save_best_model=False,
         )
         trainer = OptunaTrainer(
-            model_init=task.model_init, args=args, train_dataset=task.train, eval_dataset=task.dev,
-            compute_metrics=common.compute_metrics, data_collator=task.collator,
+            model_init=task.model_init,
+            args=args,
+            train_dataset=task.train,
+            eval_dataset=task.dev,
+            compute_metrics=tasks.compute_metrics,
+            data_collator=task.collator,
         )
         trainer.hyperparameter_search()
 
@@ -73,14 +94,33 @@ def run_workers(n_workers: int, s: dict[str, Any], a: Any, storage: str, study_n
     import optuna
 
     total = s["n_trials"] * n_workers
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-           "PYTHONPATH": common.REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "PYTHONPATH": tables.REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    }
     start = time.perf_counter()
     procs = []
     for i in range(n_workers):
-        cmd = [sys.executable, os.path.abspath(__file__), "--side", "worker", "--storage", storage, "--study-name",
-               study_name, "--n-trials", str(total), "--seed", str(i), "--data", a.data,
-               *(["--quick"] if a.quick else []), *(["--model", a.model] if a.model else [])]
+        cmd = [
+            sys.executable,
+            os.path.abspath(__file__),
+            "--side",
+            "worker",
+            "--storage",
+            storage,
+            "--study-name",
+            study_name,
+            "--n-trials",
+            str(total),
+            "--seed",
+            str(i),
+            "--data",
+            a.data,
+            *(["--quick"] if a.quick else []),
+            *(["--model", a.model] if a.model else []),
+        ]
         procs.append(subprocess.Popen(cmd, env=env, start_new_session=True))
     deadline = start + 900
     for proc in procs:
@@ -88,7 +128,7 @@ def run_workers(n_workers: int, s: dict[str, Any], a: Any, storage: str, study_n
             rc = proc.wait(timeout=max(1.0, deadline - time.perf_counter()))
         except subprocess.TimeoutExpired:
             for q in procs:
-                common.kill_group(q)
+                kill_process_tree(q)
             raise RuntimeError(f"{n_workers} worker(s) did not finish within 900 s") from None
         if rc != 0:
             raise RuntimeError(f"a worker exited with {rc}")
@@ -96,12 +136,16 @@ def run_workers(n_workers: int, s: dict[str, Any], a: Any, storage: str, study_n
     study = optuna.load_study(study_name=study_name, storage=storage)
     finished = [t for t in study.trials if t.state.is_finished() and t.datetime_complete is not None]
     span = (max(t.datetime_complete for t in finished) - min(t.datetime_start for t in finished)).total_seconds()
-    return {"finished trials": len(finished), "trial span seconds": span,
-            "trials per minute": 60.0 * len(finished) / span, "wall seconds": wall}
+    return {
+        "finished trials": len(finished),
+        "trial span seconds": span,
+        "trials per minute": 60.0 * len(finished) / span,
+        "wall seconds": wall,
+    }
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    p = common.parser(__doc__.splitlines()[0])
+    p = sides.parser(__doc__.splitlines()[0])
     p.add_argument("--storage", default=None, help=f"storage URL (default {POSTGRES}, SQLite if it does not answer)")
     p.add_argument("--study-name", default=None, help="(worker) the shared study")
     p.add_argument("--n-trials", type=int, default=None, help="(worker) the study's n_trials")
@@ -122,7 +166,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         storage = "sqlite:///" + os.path.join(tmp, "study.db")
         storage_label = "SQLite file (PostgreSQL at 127.0.0.1:5432 does not answer)"
     tag = uuid.uuid4().hex[:8]
-    load_before = common.loadavg()
+    load_before = measure.loadavg()
     rows, names = [], []
     try:
         for n in (1, 2):
@@ -135,21 +179,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 optuna.delete_study(study_name=name, storage=storage)
             except KeyError:
                 pass
-    load_after = common.loadavg()
+    load_after = measure.loadavg()
     speedup = rows[1]["trials per minute"] / rows[0]["trials per minute"]
     rows[0]["speed-up"], rows[1]["speed-up"] = 1.0, speedup
     meta = {
-        "command": common.command_line(),
-        "model": common.model_label(s["model"]),
-        "data": common.load_sentences(a.data, s["n_train"], s["n_dev"])[2],
-        "settings": {**s, "space": common.SPACE, "pruner": "none", "torch threads per worker": 1},
+        "command": tables.command_line(),
+        "model": tasks.model_label(s["model"]),
+        "data": tasks.load_sentences(a.data, s["n_train"], s["n_dev"])[2],
+        "settings": {**s, "space": tasks.SPACE, "pruner": "none", "torch threads per worker": 1},
         "target": f"speed-up >= {TARGET}",
         "target met": speedup >= TARGET,
         "studies deleted": names,
         "loadavg before": load_before,
         "loadavg after": load_after,
     }
-    common.write_table(a.out, NAME, "Parallel workers on one study: finished trials per minute", COLUMNS, rows, meta)
+    tables.write_table(a.out, NAME, "Parallel workers on one study: finished trials per minute", COLUMNS, rows, meta)
     return {"rows": rows, "speed-up": speedup}
 
 

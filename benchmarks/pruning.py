@@ -1,7 +1,7 @@
 """Figure 3: what pruning saves. The same search with `pruner: none`, our default pruner, hyperband and the setting
 docs/benchmarks.md recommends: total optimizer steps, wall time, best dev accuracy.
 
-Every row runs the same search (space `common.SPACE`, `TPESampler(seed=0)`, n_trials, steps, evaluation every
+Every row runs the same search (space `tasks.SPACE`, `TPESampler(seed=0)`, n_trials, steps, evaluation every
 `eval_steps`) in this process, one after the other; only the pruner differs. Target: at least 40% fewer optimizer steps
 than `none` for a best dev accuracy within 1 point of it.
 
@@ -19,21 +19,43 @@ import time
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402
+import measure  # noqa: E402
+import sides  # noqa: E402
+import tables  # noqa: E402
+import tasks  # noqa: E402
+
+from optuna_trainer.testing import TrialRecorder  # noqa: E402
 
 NAME = "pruning"
-COLUMNS = ["pruner", "optimizer steps", "steps saved vs none %", "completed/pruned", "wall seconds",
-           "best dev accuracy", "accuracy vs none (points)", "target met"]
+COLUMNS = [
+    "pruner",
+    "optimizer steps",
+    "steps saved vs none %",
+    "completed/pruned",
+    "wall seconds",
+    "best dev accuracy",
+    "accuracy vs none (points)",
+    "target met",
+]
 TARGET_SAVED = 40.0
 TARGET_POINTS = 1.0
 
 
 def settings(quick: bool, model: str | None, layers: int | None) -> dict[str, Any]:
     if quick:
-        return dict(model=model or "tiny-bert", layers=None, n_train=64, n_dev=64, steps=8, eval_steps=2, n_trials=6,
-                    batch=16)
-    return dict(model=model or "minilm", layers=layers or 3, n_train=1024, n_dev=128, steps=60, eval_steps=15,
-                n_trials=10, batch=16)
+        return dict(
+            model=model or "tiny-bert", layers=None, n_train=64, n_dev=64, steps=8, eval_steps=2, n_trials=6, batch=16
+        )
+    return dict(
+        model=model or "minilm",
+        layers=layers or 3,
+        n_train=1024,
+        n_dev=128,
+        steps=60,
+        eval_steps=15,
+        n_trials=10,
+        batch=16,
+    )
 
 
 def recommended(s: dict[str, Any]) -> dict[str, Any]:
@@ -52,12 +74,12 @@ def pruners(s: dict[str, Any]) -> list[tuple[str, Any]]:
     ]
 
 
-def run(task: common.Task, s: dict[str, Any], pruner: Any) -> dict[str, Any]:
+def run(task: tasks.Task, s: dict[str, Any], pruner: Any) -> dict[str, Any]:
     from optuna_trainer import NoCompletedTrialError
 
-    rec = common.recorder()
+    rec = TrialRecorder(tasks.SPACE)
     with tempfile.TemporaryDirectory() as out:
-        trainer = common.search_trainer(task, s, out, pruner, [rec])
+        trainer = tasks.search_trainer(task, s, out, pruner, [rec])
         start = time.perf_counter()
         try:
             trainer.hyperparameter_search()
@@ -78,8 +100,15 @@ def run(task: common.Task, s: dict[str, Any], pruner: Any) -> dict[str, Any]:
     }
 
 
-REPLAY_COLUMNS = ["pruner", "optimizer steps", "steps saved vs none %", "completed/pruned", "best dev accuracy",
-                  "accuracy vs none (points)", "target met"]
+REPLAY_COLUMNS = [
+    "pruner",
+    "optimizer steps",
+    "steps saved vs none %",
+    "completed/pruned",
+    "best dev accuracy",
+    "accuracy vs none (points)",
+    "target met",
+]
 
 
 def replay_candidates(s: dict[str, Any]) -> list[tuple[str, Any]]:
@@ -91,20 +120,28 @@ def replay_candidates(s: dict[str, Any]) -> list[tuple[str, Any]]:
         # top 1/reduction_factor, where the median rule keeps every tie.
         ("successive_halving (defaults)", "successive_halving"),
         ("median, n_startup_trials=3", {"name": "median", "n_startup_trials": 3}),
-        ("median, n_startup_trials=3, n_warmup_steps=1 evaluation",
-         {"name": "median", "n_startup_trials": 3, "n_warmup_steps": e}),
+        (
+            "median, n_startup_trials=3, n_warmup_steps=1 evaluation",
+            {"name": "median", "n_startup_trials": 3, "n_warmup_steps": e},
+        ),
         ("patient (patience 1 evaluation, no wrapped pruner)", {"name": "patient", "patience": 1}),
         ("hyperband, min_resource=1 evaluation", {"name": "hyperband", "min_resource": e, "max_resource": s["steps"]}),
         ("successive_halving, min_resource=2 evaluations", {"name": "successive_halving", "min_resource": 2 * e}),
-        ("threshold lower=0.5 (chance), n_warmup_steps=1 evaluation",
-         {"name": "threshold", "lower": 0.5, "n_warmup_steps": e}),
+        (
+            "threshold lower=0.5 (chance), n_warmup_steps=1 evaluation",
+            {"name": "threshold", "lower": 0.5, "n_warmup_steps": e},
+        ),
         ("threshold lower=0.5 (chance), n_warmup_steps=2 evaluations (recommended)", recommended(s)),
         # Keeps the top quarter at each step (for a maximized value: prunes below the 75th percentile), so a trial
         # tied with a majority of dead ones is pruned as soon as a quarter of the trials have left the plateau.
-        ("percentile 25, n_startup_trials=2, n_warmup_steps=1 evaluation",
-         {"name": "percentile", "percentile": 25.0, "n_startup_trials": 2, "n_warmup_steps": e}),
-        ("percentile 25, n_startup_trials=5, n_warmup_steps=1 evaluation",
-         {"name": "percentile", "percentile": 25.0, "n_startup_trials": 5, "n_warmup_steps": e}),
+        (
+            "percentile 25, n_startup_trials=2, n_warmup_steps=1 evaluation",
+            {"name": "percentile", "percentile": 25.0, "n_startup_trials": 2, "n_warmup_steps": e},
+        ),
+        (
+            "percentile 25, n_startup_trials=5, n_warmup_steps=1 evaluation",
+            {"name": "percentile", "percentile": 25.0, "n_startup_trials": 5, "n_warmup_steps": e},
+        ),
     ]
 
 
@@ -114,7 +151,7 @@ def replay(path: str, out: str) -> dict[str, Any]:
     Exact for the pruning decisions while the sampler's choices do not depend on earlier results (all trials within
     TPE's n_startup_trials=10 random start-up trials, as with the default 10 trials): every trial then gets the same
     parameters and so the same curve, whatever was pruned before it. Hyperband assigns a trial to a bracket by a hash
-    of the study name and the trial number: the replay's study has the run's name (`common.STUDY_NAME`).
+    of the study name and the trial number: the replay's study has the run's name (`tasks.STUDY_NAME`).
     """
     import optuna
 
@@ -129,12 +166,12 @@ def replay(path: str, out: str) -> dict[str, Any]:
     total_none = none["optimizer steps"]
     rows = []
     for label, spec in replay_candidates(s):
-        study = optuna.create_study(direction="maximize", pruner=build_pruner(spec), study_name=common.STUDY_NAME)
+        study = optuna.create_study(direction="maximize", pruner=build_pruner(spec), study_name=tasks.STUDY_NAME)
         steps, best, pruned = 0, float("-inf"), 0
         for curve in curves:
             trial = study.ask()
             stopped = False
-            for step, value in zip(eval_at, curve):
+            for step, value in zip(eval_at, curve, strict=False):
                 trial.report(value, step)
                 steps = steps + s["eval_steps"]
                 if trial.should_prune():
@@ -149,32 +186,51 @@ def replay(path: str, out: str) -> dict[str, Any]:
         saved = 100.0 * (1 - steps / total_none)
         best = best if best > float("-inf") else float("nan")  # every trial pruned: no completed trial
         points = 100.0 * (best - none["best dev accuracy"])
-        rows.append({
-            "pruner": label, "spec": spec, "optimizer steps": steps, "steps saved vs none %": saved,
-            "completed/pruned": f"{len(curves) - pruned}/{pruned}", "best dev accuracy": best,
-            "accuracy vs none (points)": points,
-            "target met": "yes" if saved >= TARGET_SAVED and points >= -TARGET_POINTS else "no",
-        })
-    meta = {"command": common.command_line(), "replayed from": os.path.relpath(path, common.REPO),
-            "model": table["meta"]["model"], "data": table["meta"]["data"], "settings": s}
-    common.write_table(out, NAME + "_replay", "Pruning settings replayed on the recorded curves of pruner none",
-                       REPLAY_COLUMNS, rows, meta)
+        rows.append(
+            {
+                "pruner": label,
+                "spec": spec,
+                "optimizer steps": steps,
+                "steps saved vs none %": saved,
+                "completed/pruned": f"{len(curves) - pruned}/{pruned}",
+                "best dev accuracy": best,
+                "accuracy vs none (points)": points,
+                "target met": "yes" if saved >= TARGET_SAVED and points >= -TARGET_POINTS else "no",
+            }
+        )
+    meta = {
+        "command": tables.command_line(),
+        "replayed from": os.path.relpath(path, tables.REPO),
+        "model": table["meta"]["model"],
+        "data": table["meta"]["data"],
+        "settings": s,
+    }
+    tables.write_table(
+        out,
+        NAME + "_replay",
+        "Pruning settings replayed on the recorded curves of pruner none",
+        REPLAY_COLUMNS,
+        rows,
+        meta,
+    )
     return {"rows": rows}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    p = common.parser(__doc__.splitlines()[0])
+    p = sides.parser(__doc__.splitlines()[0])
     p.add_argument("--layers", type=int, default=None, help="MiniLM layers to keep (default 3)")
-    p.add_argument("--pruners", default=None, help='JSON list of [label, spec] rows replacing the default rows')
-    p.add_argument("--replay", default=None, help="a pruning.json: replay more pruner settings on its none row's curves")
+    p.add_argument("--pruners", default=None, help="JSON list of [label, spec] rows replacing the default rows")
+    p.add_argument(
+        "--replay", default=None, help="a pruning.json: replay more pruner settings on its none row's curves"
+    )
     a = p.parse_args(argv)
     if a.replay:
         return replay(a.replay, a.out)
-    common.quiet()
+    sides.quiet()
     s = settings(a.quick, a.model, a.layers)
-    task = common.make_task(s["model"], a.data, s["n_train"], s["n_dev"], layers=s["layers"])
+    task = tasks.make_task(s["model"], a.data, s["n_train"], s["n_dev"], layers=s["layers"])
     rows_spec = [tuple(r) for r in json.loads(a.pruners)] if a.pruners else pruners(s)
-    load_before = common.loadavg()
+    load_before = measure.loadavg()
     rows: list[dict[str, Any]] = []
     baseline: dict[str, Any] | None = None
     for label, spec in rows_spec:
@@ -194,18 +250,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             row["target met"] = "baseline"
         rows.append(row)
         print(f"{label}: {result}", flush=True)
-    load_after = common.loadavg()
+    load_after = measure.loadavg()
     meta = {
-        "command": common.command_line(),
+        "command": tables.command_line(),
         "model": task.model_name,
         "data": task.source,
-        "settings": {**s, "space": common.SPACE, "sampler": "TPESampler(seed=0)"},
+        "settings": {**s, "space": tasks.SPACE, "sampler": "TPESampler(seed=0)"},
         "target": f">= {TARGET_SAVED:.0f}% fewer optimizer steps than none, best dev accuracy within "
         f"{TARGET_POINTS:.0f} point",
         "loadavg before": load_before,
         "loadavg after": load_after,
     }
-    common.write_table(a.out, NAME, "Pruning savings: none vs default vs hyperband", COLUMNS, rows, meta)
+    tables.write_table(a.out, NAME, "Pruning savings: none vs default vs hyperband", COLUMNS, rows, meta)
     return {"rows": rows}
 
 

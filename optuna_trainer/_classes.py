@@ -7,7 +7,12 @@ from collections.abc import Callable
 
 
 def mixed_class(
-    mixin: type, base: type, registry: dict[type, type], module: str, doc: str, finish: Callable[[type], type] = lambda c: c
+    mixin: type,
+    base: type,
+    registry: dict[type, type],
+    module: str,
+    doc: str,
+    finish: Callable[[type], type] = lambda c: c,
 ) -> type:
     """`class Optuna<Base>(mixin, base)`, made once per `base` (kept in `registry`) and set in `module`.
 

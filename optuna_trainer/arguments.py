@@ -198,7 +198,7 @@ class OptunaSearchArguments:
         self._given_values = {f.name: copy.copy(getattr(self, f.name)) for f in dataclasses.fields(self) if f.init}
         parent = super()
         if hasattr(parent, "__post_init__"):
-            parent.__post_init__()  # type: ignore[misc]
+            parent.__post_init__()
         # Validate: every problem is reported here, before a model is loaded.
         validate_search_fields(self)
         self.direction = normalize_direction(self.direction)
@@ -321,7 +321,10 @@ def given_values(args: TrainingArguments) -> dict[str, Any]:
     derived = getattr(args, "_derived_values", None)
     if given is None or derived is None:
         return current
-    return {name: value if _changed(value, derived.get(name)) else given.get(name, value) for name, value in current.items()}
+    return {
+        name: value if _changed(value, derived.get(name)) else given.get(name, value)
+        for name, value in current.items()
+    }
 
 
 def _changed(value: Any, before: Any) -> bool:
@@ -342,10 +345,20 @@ def user_metric_for_best_model(args: TrainingArguments) -> str | None:
     if given is not None:
         return given.get("metric_for_best_model")
     metric = args.metric_for_best_model
-    auto = args.load_best_model_at_end or args.lr_scheduler_type in (SchedulerType.REDUCE_ON_PLATEAU, SchedulerType.GREEDY)
+    auto = args.load_best_model_at_end or args.lr_scheduler_type in (
+        SchedulerType.REDUCE_ON_PLATEAU,
+        SchedulerType.GREEDY,
+    )
     if metric == "loss" and auto:
         return None
     return metric
+
+
+def output_dir_of(args: TrainingArguments) -> str:
+    """`args.output_dir`: typed optional, always set by `TrainingArguments.__post_init__` ("trainer_output" by default)."""
+    if args.output_dir is None:
+        raise ValueError("output_dir: the search writes its study and runs there; give a folder")
+    return args.output_dir
 
 
 def trial_arguments(args: TrainingArguments, values: dict[str, Any], output_dir: str) -> TrainingArguments:

@@ -106,6 +106,7 @@ class OptunaPruningCallback(TrainerCallback):
             # A NaN/inf objective would poison the sampler; the trial ends here and is recorded as pruned.
             return f"objective is {value} at step {state.global_step}"
         if self.trial is not None and self.prune:
+            assert not isinstance(value, tuple)  # `prune` is off for several objectives
             self.trial.report(value, state.global_step)
             if self.trial.should_prune():
                 return f"pruned at step {state.global_step}"
@@ -125,10 +126,14 @@ class OptunaPruningCallback(TrainerCallback):
             control.should_save = False
             control.should_evaluate = False
 
-    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+    def on_step_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
         self._hold(control)
 
-    def on_epoch_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+    def on_epoch_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
         self._hold(control)
 
     @property
@@ -262,7 +267,9 @@ class TrialStepsProgressCallback(ProgressCallback):
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if state.is_world_process_zero:
-            self.training_bar = tqdm(total=state.max_steps, desc="  steps", position=1, leave=False, dynamic_ncols=True)
+            self.training_bar = tqdm(
+                total=state.max_steps, desc="  steps", position=1, leave=False, dynamic_ncols=True
+            )
         self.current_step = 0
 
 

@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 import optuna
 from transformers import HfArgumentParser
@@ -51,9 +52,9 @@ def _usage() -> str:
 
 def load_study(storage_url: str, study_name: str | None) -> optuna.Study:
     """Load a study; without a name, the storage's only study. Errors name what exists."""
-    if storage_url.startswith("sqlite:///") and not os.path.isfile(storage_url[len("sqlite:///"):]):
+    if storage_url.startswith("sqlite:///") and not os.path.isfile(storage_url[len("sqlite:///") :]):
         # Opening a missing SQLite file would create an empty study database; say what is wrong instead.
-        raise SystemExit(f"storage: no SQLite file at {storage_url[len('sqlite:///'):]!r}")
+        raise SystemExit(f"storage: no SQLite file at {storage_url[len('sqlite:///') :]!r}")
     storage, description = resolve_storage(storage_url, output_dir=".")
     if storage is None:
         raise SystemExit("storage: an in-memory study cannot be read back; give the storage the search used")
@@ -68,7 +69,7 @@ def load_study(storage_url: str, study_name: str | None) -> optuna.Study:
 
 
 def report(argv: list[str]) -> int:
-    parser = HfArgumentParser(ReportArguments, prog="optuna-trainer report", description=COMMANDS["report"])
+    parser = HfArgumentParser(cast(Any, ReportArguments), prog="optuna-trainer report", description=COMMANDS["report"])
     (args,) = parser.parse_args_into_dataclasses(args=argv)
     study = load_study(args.storage, args.study_name)
     logger.info(f"Study {study.study_name!r} in {mask_url(args.storage)}: {len(study.trials)} trials")
@@ -84,7 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     command, rest = argv[0], argv[1:]
     if command == "report":
         return report(rest)
-    print(f"optuna-trainer: unknown command {command!r}; commands: {', '.join(COMMANDS)}\n\n{_usage()}", file=sys.stderr)
+    print(
+        f"optuna-trainer: unknown command {command!r}; commands: {', '.join(COMMANDS)}\n\n{_usage()}", file=sys.stderr
+    )
     return 2
 
 

@@ -11,18 +11,17 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-import yaml
 from transformers import HfArgumentParser
 
 from .arguments import OptunaTrainingArguments
+from .files import DATA_SUFFIXES, read_data_file
 
-_SUFFIXES = (".yaml", ".yml", ".json")
+_SUFFIXES = DATA_SUFFIXES
 
 
 def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
@@ -34,29 +33,9 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
         raise ValueError(f"{where}: {what}; pass the path of an existing .yaml, .yml or .json file")
     if file.suffix.lower() not in _SUFFIXES:
         raise ValueError(f"{where}: unknown extension {file.suffix!r}; use one of {list(_SUFFIXES)}")
-    text = file.read_text(encoding="utf-8")
-    if file.suffix.lower() == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ValueError(
-                f"{where}: not valid JSON: {err.msg} at line {err.lineno} column {err.colno}; fix the JSON there"
-            ) from None
-    else:
-        try:
-            # safe_load only: a config file is data. Tags that would build Python objects raise here.
-            data = yaml.safe_load(text)
-        except yaml.constructor.ConstructorError as err:
-            mark = f" at line {err.problem_mark.line + 1}" if err.problem_mark is not None else ""
-            raise ValueError(
-                f"{where}: {err.problem}{mark}; config files are plain data (YAML tags such as !!python/object are "
-                "refused); write the value as a number, string, list or mapping"
-            ) from None
-        except yaml.YAMLError as err:
-            mark = getattr(err, "problem_mark", None)
-            at = f" at line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
-            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-            raise ValueError(f"{where}: not valid YAML: {problem}{at}; fix the YAML there") from None
+    data = read_data_file(
+        file, where, plain_data="config files are plain data: write each value as a number, string, list or mapping"
+    )
     if data is None:
         raise ValueError(f"{where}: the file is empty; write one 'name: value' line per argument, e.g. 'n_trials: 20'")
     if not isinstance(data, dict):
@@ -95,6 +74,7 @@ def parse_config_file(
             f"{', '.join(t.__name__ for t in types)}"
         )
     try:
-        return HfArgumentParser(types).parse_dict(data, allow_extra_keys=allow_extra_keys)
+        # HfArgumentParser is typed for dataclass types; `types` are (checked above).
+        return HfArgumentParser(cast(Any, types)).parse_dict(data, allow_extra_keys=allow_extra_keys)
     except (ValueError, TypeError) as err:
         raise ValueError(f"config file {str(path)!r}: {err}") from None

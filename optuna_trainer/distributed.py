@@ -7,15 +7,15 @@ point of the program, so that no rank waits on a collective another rank will no
 
 - the start of each trial and the end of the study (`n_trials`, `timeout`, `MaxTrialsCallback`, an uncaught error):
   rank 0 sends "next" or "stop" (with the error every rank then raises);
-- the parameters: a `TorchDistributedTrial` (optuna-integration) on every rank, so that `hp_space(trial)` and
-  `model_init(trial)` get rank 0's values; its numbers are sent pickled (see `SyncTrial`), so floats arrive
-  bit-identical;
+- the parameters: a `SyncTrial` on every rank, so that `hp_space(trial)` and `model_init(trial)` get rank 0's values;
+  they are sent pickled, so floats arrive bit-identical;
 - report and prune: `OptunaPruningCallback` asks rank 0's trial, and its `decide` (here `DistributedCoordinator.decide`) shares
   rank 0's decision, or an error raised on any rank, at every evaluation: all ranks stop at the same global step;
 - the end of a trial: every rank sends its outcome (value, pruned, or its error); an error on any rank fails the trial
   on all of them, and rank 0's `study.optimize` (with or without `catch`) decides what happens next.
 
-The coordination runs over its own gloo process groups with CPU tensors, as `TorchDistributedTrial` does, so it works
+The coordination runs over its own gloo process groups with CPU tensors, as optuna-integration's
+`TorchDistributedTrial` does, so it works
 the same when the training group is NCCL (GPUs) or gloo (CPUs).
 
 A rank that raises in the middle of a step leaves the others waiting in a collective of the training group (a DDP
@@ -33,14 +33,13 @@ from __future__ import annotations
 import datetime
 import logging
 import pickle
+import sys
 import traceback
-import warnings
 from collections.abc import Callable
 from typing import Any
 
 import optuna
 import torch.distributed as dist
-from optuna_integration import TorchDistributedTrial
 
 from .exceptions import CoordinationError, PeerFailedError
 from .workers import StopRequest
@@ -53,45 +52,116 @@ _CONTROL_TIMEOUT_FACTOR = 3
 _CONTROL_TIMEOUT_MARGIN_S = 60
 
 
-class SyncTrial(TorchDistributedTrial):
-    """`TorchDistributedTrial` whose suggestions arrive bit-identical and whose errors reach every rank.
+class SyncTrial(optuna.trial.BaseTrial):
+    """The trial every rank of a DDP group sees: rank 0's suggestions, bit-identical, and rank 0's errors, everywhere.
 
-    Upstream sends `suggest_float` through a `torch.float` (float32) tensor: every rank gets the same number, but not the
-    float64 the study records (a learning rate of 3.0000001e-05 trains as 2.9999999e-05). Here every value is sent
-    pickled (`broadcast_object_list`), which keeps Python's float64 and arbitrary ints exactly. An error in rank 0's
-    suggestion (an invalid range) is sent too and raised on every rank, where upstream leaves the others waiting.
+    optuna-integration's `TorchDistributedTrial` does the same job, with two differences that matter here: it sends
+    `suggest_float` through a float32 tensor (every rank gets the same number, but not the float64 the study records:
+    a learning rate of 3.0000001e-05 trains as 2.9999999e-05), and an error in rank 0's suggestion (an invalid range)
+    leaves the other ranks waiting. Changing that would mean overriding its private `_call_and_communicate*`, so this
+    is a `BaseTrial` of its own: every collective value is sent pickled (`broadcast_object_list`, which keeps Python's
+    float64 and arbitrary ints exactly) together with rank 0's error, which every rank then raises.
 
-    Only the suggestions are collective. `report`, `should_prune`, `set_user_attr` and `set_constraint` act on rank 0's
-    trial only (other ranks keep user attributes locally): the trainer calls them on paths that may differ between
-    ranks (an error on one rank), and the pruning decision is shared by `DistributedCoordinator.decide` instead.
+    Only the suggestions and the trial's identity are collective. `report`, `should_prune`, `set_user_attr` and
+    `set_constraint` act on rank 0's trial only (other ranks keep user attributes locally): the trainer calls them on
+    paths that may differ between ranks (an error on one rank), and the pruning decision is shared by
+    `DistributedCoordinator.decide` instead.
     """
 
     def __init__(self, trial: optuna.trial.BaseTrial | None, group: Any) -> None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            super().__init__(trial, group=group)
+        self.group = group
+        is_main = dist.get_rank(group) == 0
+        if is_main != (trial is not None):
+            raise ValueError("SyncTrial: rank 0 passes its optuna trial, every other rank passes None")
+        self.delegate = trial
 
-    def _call_and_communicate(self, func: Callable[[], Any], dtype: Any) -> Any:
-        return self._call_and_communicate_obj(func)
+        def on_main() -> tuple[Any, ...]:
+            assert trial is not None
+            return trial.number, trial.params, trial.distributions, trial.user_attrs, trial.datetime_start
 
-    def _call_and_communicate_obj(self, func: Callable[[], Any]) -> Any:
-        return _unwrap(self._broadcast(_outcome(func) if self._delegate is not None else None))
+        identity = self._collective(on_main)
+        self._number, self._params, self._distributions, self._user_attrs, self._datetime_start = identity
+
+    def _collective(self, compute: Callable[[], Any]) -> Any:
+        """rank 0's `compute()` on every rank, or rank 0's error raised on every rank."""
+        sent: list[Any] = [_outcome(compute) if self.delegate is not None else None]
+        dist.broadcast_object_list(sent, src=0, group=self.group)
+        return _unwrap(sent[0])
+
+    def _suggested(self, name: str, suggest: Callable[[optuna.trial.BaseTrial], Any]) -> Any:
+        delegate = self.delegate
+
+        def on_main() -> tuple[Any, dict[str, Any]]:
+            assert delegate is not None
+            return suggest(delegate), delegate.distributions
+
+        value, distributions = self._collective(on_main)
+        # Kept on every rank so that `params`/`distributions` read the same everywhere as on rank 0.
+        self._params = {**self._params, name: value}
+        self._distributions = distributions
+        return value
+
+    # ---- suggestions (collective) ------------------------------------------------------------------------------
+
+    def suggest_float(
+        self, name: str, low: float, high: float, *, step: float | None = None, log: bool = False
+    ) -> float:
+        return self._suggested(name, lambda t: t.suggest_float(name, low, high, step=step, log=log))
+
+    def suggest_int(self, name: str, low: int, high: int, *, step: int = 1, log: bool = False) -> int:
+        return self._suggested(name, lambda t: t.suggest_int(name, low, high, step=step, log=log))
+
+    def suggest_categorical(self, name: str, choices: Any) -> Any:
+        return self._suggested(name, lambda t: t.suggest_categorical(name, choices))
+
+    def suggest_uniform(self, name: str, low: float, high: float) -> float:
+        return self.suggest_float(name, low, high)
+
+    def suggest_loguniform(self, name: str, low: float, high: float) -> float:
+        return self.suggest_float(name, low, high, log=True)
+
+    def suggest_discrete_uniform(self, name: str, low: float, high: float, q: float) -> float:
+        return self.suggest_float(name, low, high, step=q)
+
+    # ---- rank 0 only --------------------------------------------------------------------------------------------
 
     def report(self, value: float, step: int) -> None:
-        if self._delegate is not None:
-            self._delegate.report(value, step)
+        if self.delegate is not None:
+            self.delegate.report(value, step)
 
     def should_prune(self) -> bool:
-        return bool(self._delegate.should_prune()) if self._delegate is not None else False
+        return bool(self.delegate.should_prune()) if self.delegate is not None else False
 
     def set_user_attr(self, key: str, value: Any) -> None:
-        if self._delegate is not None:
-            self._delegate.set_user_attr(key, value)
+        if self.delegate is not None:
+            self.delegate.set_user_attr(key, value)
         self._user_attrs = {**self._user_attrs, key: value}
 
     def set_constraint(self, key: str, value: float) -> None:
-        if self._delegate is not None:
-            self._delegate.set_constraint(key, value)
+        if self.delegate is not None:
+            self.delegate.set_constraint(key, value)
+
+    # ---- the trial's identity (the same on every rank) ----------------------------------------------------------
+
+    @property
+    def number(self) -> int:
+        return int(self._number)
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self._params)
+
+    @property
+    def distributions(self) -> dict[str, optuna.distributions.BaseDistribution]:
+        return dict(self._distributions)
+
+    @property
+    def user_attrs(self) -> dict[str, Any]:
+        return dict(self._user_attrs)
+
+    @property
+    def datetime_start(self) -> datetime.datetime | None:
+        return self._datetime_start
 
 
 class DistributedCoordinator:
@@ -212,7 +282,7 @@ class DistributedCoordinator:
             logger.error(f"Trial failed on rank {source}:\n{outcomes[source][2]}")
         raise _with_note(error, f"the trial failed on rank {source}")
 
-    def _finish(self, outcome: tuple[str, Any]) -> list[tuple[str, Any]]:
+    def _finish(self, outcome: tuple[Any, ...]) -> list[tuple[Any, ...]]:
         # Repeat until every rank is here: a rank still training meets this record in its own `decide` exchange,
         # stops, and comes here for the next round.
         while True:
@@ -238,7 +308,7 @@ class DistributedCoordinator:
             return
         assert study is not None
 
-        def main_objective(trial: optuna.Trial) -> Any:
+        def main_objective(trial: optuna.trial.BaseTrial) -> Any:
             try:
                 self._exchange(("next", None))
                 return self.run_trial(lambda: objective(SyncTrial(trial, self.trial_group)))
@@ -386,8 +456,12 @@ def _primary(errors: list[tuple[int, BaseException]]) -> tuple[int, BaseExceptio
 
 
 def _with_note(err: BaseException, note: str) -> BaseException:
-    if note not in getattr(err, "__notes__", []):
+    if note in getattr(err, "__notes__", []):
+        return err
+    if sys.version_info >= (3, 11):
         err.add_note(note)
+    else:  # add_note is Python 3.11+; keep the note where 3.11 keeps it
+        setattr(err, "__notes__", [*getattr(err, "__notes__", []), note])  # noqa: B010 - undeclared before 3.11
     return err
 
 

@@ -45,7 +45,7 @@ def is_out_of_memory(err: BaseException) -> bool:
     return should_reduce_batch_size(err) or "out of memory" in str(err).lower()
 
 
-def catch_for(catch: tuple[type[BaseException], ...], continue_on_oom: bool) -> tuple[type[BaseException], ...]:
+def catch_for(catch: tuple[type[Exception], ...], continue_on_oom: bool) -> tuple[type[Exception], ...]:
     """The exception classes `Study.optimize` catches: the user's `catch`, plus out-of-memory when it continues."""
     if continue_on_oom and TrialOutOfMemoryError not in catch:
         return (*catch, TrialOutOfMemoryError)

@@ -17,7 +17,7 @@ import gc
 import logging
 import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -57,16 +57,18 @@ def release_trial_memory(trainer: Trainer) -> None:
     transformers' search keeps the optimizer, scheduler and wrapped model of a pruned trial alive (it raises out of
     the loop); here they go before the next trial builds its own.
     """
-    model = weakref.ref(trainer.model) if trainer.model is not None else None
-    trainer.model_wrapped = trainer.model = None
-    trainer.optimizer = trainer.lr_scheduler = None
-    handler = trainer.callback_handler  # hands the model and optimizer to callbacks, and keeps them
+    # Any: transformers types `model`, `optimizer`, ... as never None; here they are dropped.
+    t: Any = trainer
+    model = weakref.ref(t.model) if t.model is not None else None
+    t.model_wrapped = t.model = None
+    t.optimizer = t.lr_scheduler = None
+    handler = t.callback_handler  # hands the model and optimizer to callbacks, and keeps them
     handler.model = handler.optimizer = handler.lr_scheduler = handler.train_dataloader = None
     # The accelerator holds the prepared model, optimizer and dataloaders too: a fresh one drops them. That frees the
     # model and optimizer at once when nothing else refers to them (a transformers model holds no reference cycles),
     # so the full collection (0.2-1 s per trial with torch loaded, docs/benchmarks.md figure 1) runs only when the
     # model is still alive, e.g. kept by a user's cycle.
-    trainer.create_accelerator_and_postprocess()
+    t.create_accelerator_and_postprocess()
     if model is not None and model() is not None:
         gc.collect()
     if torch.cuda.is_available():

@@ -19,6 +19,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from transformers import ProgressCallback
 
 from .callbacks import TrialStepsProgressCallback
+from .workers import FINISHED, count_finished
 
 _REDIRECTED_LOGGERS = ("optuna", "optuna_trainer", "transformers")
 
@@ -33,7 +34,7 @@ class TrialProgress:
         disable: no bar at all (`disable_tqdm`, or not the main process).
     """
 
-    def __init__(self, study: optuna.Study, n_trials: int, trainer: Any = None, disable: bool = False) -> None:
+    def __init__(self, study: optuna.Study | None, n_trials: int, trainer: Any = None, disable: bool = False) -> None:
         self.disable = disable
         self.n_pruned = self.n_failed = 0
         self.best: float | None = None
@@ -41,13 +42,20 @@ class TrialProgress:
         self._swapped = False
         self._redirect: contextlib.AbstractContextManager | None = None
         self.bar = None
-        if disable:
+        if disable or study is None:  # no study: a follower process of a DDP group, which shows no bar
             return
-        done = 0
         for trial in study.get_trials(deepcopy=False):
-            done += self._count(study, trial)
-        self.bar = tqdm(total=n_trials, initial=min(done, n_trials), desc="trials", unit="trial", position=0,
-                        leave=True, dynamic_ncols=True)
+            self._tally(study, trial)
+        done = count_finished(study)
+        self.bar = tqdm(
+            total=n_trials,
+            initial=min(done, n_trials),
+            desc="trials",
+            unit="trial",
+            position=0,
+            leave=True,
+            dynamic_ncols=True,
+        )
         self._show()
         if trainer is not None and trainer.pop_callback(ProgressCallback) is not None:
             trainer.add_callback(TrialStepsProgressCallback)
@@ -55,8 +63,8 @@ class TrialProgress:
         self._redirect = logging_redirect_tqdm(loggers=[logging.getLogger(n) for n in _REDIRECTED_LOGGERS])
         self._redirect.__enter__()
 
-    def _count(self, study: optuna.Study, trial: FrozenTrial) -> int:
-        """Update the counts with one trial; returns 1 if it counts toward n_trials (complete or pruned)."""
+    def _tally(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        """Update the pruned/failed counts and the best value with one finished trial."""
         if trial.state == TrialState.PRUNED:
             self.n_pruned += 1
         elif trial.state == TrialState.FAIL:
@@ -64,18 +72,19 @@ class TrialProgress:
         elif trial.state == TrialState.COMPLETE and len(study.directions) == 1 and trial.value is not None:
             better = max if study.direction == optuna.study.StudyDirection.MAXIMIZE else min
             self.best = trial.value if self.best is None else better(self.best, trial.value)
-        return int(trial.state in (TrialState.COMPLETE, TrialState.PRUNED))
 
     def _show(self) -> None:
-        postfix = {"pruned": self.n_pruned, "failed": self.n_failed}
+        postfix: dict[str, Any] = {"pruned": self.n_pruned, "failed": self.n_failed}
         if self.best is not None:
             postfix["best"] = f"{self.best:.4g}"
-        self.bar.set_postfix(postfix, refresh=True)
+        if self.bar is not None:
+            self.bar.set_postfix(postfix, refresh=True)
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         if self.bar is None:
             return
-        self.bar.update(self._count(study, trial))
+        self._tally(study, trial)
+        self.bar.update(int(trial.state in FINISHED))
         self._show()
 
     def close(self) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import datetime
+import functools
 import importlib.util
 import json
 import logging
@@ -90,7 +91,9 @@ def write_report(
     if dashboard is not None:
         logger.info(f"Explore the study: {dashboard}")
     else:
-        logger.info("The study was kept in memory only: give a storage (e.g. the default SQLite file) to open it in optuna-dashboard")
+        logger.info(
+            "The study was kept in memory only: give a storage (e.g. the default SQLite file) to open it in optuna-dashboard"
+        )
     return summary
 
 
@@ -161,8 +164,19 @@ def _settings(study: optuna.Study, settings: Any) -> dict[str, Any] | None:
 
 # ---- trials table ----------------------------------------------------------------------------------------------
 
-_FIXED_COLUMNS = ("number", "state", "value", "steps", "max_steps", "pruned_at_step", "seconds", "datetime_start",
-                  "datetime_complete", "run_dir", "fail_reason")
+_FIXED_COLUMNS = (
+    "number",
+    "state",
+    "value",
+    "steps",
+    "max_steps",
+    "pruned_at_step",
+    "seconds",
+    "datetime_start",
+    "datetime_complete",
+    "run_dir",
+    "fail_reason",
+)
 
 
 def trial_rows(trials: Sequence[FrozenTrial]) -> tuple[list[str], list[dict[str, Any]]]:
@@ -271,9 +285,9 @@ def write_plots(study: optuna.Study, report_dir: str) -> tuple[dict[str, list[st
             # The matplotlib backend of optuna.visualization is marked experimental; the warning says nothing useful here.
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             if have_matplotlib:
-                files += _try(name, skipped, lambda: _save_png(study, function, report_dir, name))
+                files += _try(name, skipped, functools.partial(_save_png, study, function, report_dir, name))
             if have_plotly:
-                files += _try(name, skipped, lambda: _save_html(study, function, report_dir, name))
+                files += _try(name, skipped, functools.partial(_save_html, study, function, report_dir, name))
         if files:
             written[name] = files
     return written, skipped
@@ -309,8 +323,11 @@ def _save_png(study: optuna.Study, function: str, report_dir: str, name: str) ->
 def _mark_pruned(study: optuna.Study, axes: Any) -> None:
     """Put an x at the last step of each pruned trial, so that trials cut short read as such without the legend."""
     pruned = study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))
-    points = [(max(t.intermediate_values), t.intermediate_values[max(t.intermediate_values)]) for t in pruned
-              if t.intermediate_values]
+    points = [
+        (max(t.intermediate_values), t.intermediate_values[max(t.intermediate_values)])
+        for t in pruned
+        if t.intermediate_values
+    ]
     points = [(s, v) for s, v in points if math.isfinite(v)]
     if points:
         axes.scatter([s for s, _ in points], [v for _, v in points], marker="x", color="red", s=60, zorder=5)
@@ -338,24 +355,32 @@ def format_summary(summary: dict[str, Any], trials: Sequence[FrozenTrial]) -> st
     body = [[_fmt(row.get(c)) for c in shown] for row in rows[:MAX_PRINTED_TRIALS]]
     widths = [max(len(h), *(len(r[i]) for r in body)) if body else len(h) for i, h in enumerate(header)]
     line = "  ".join("-" * w for w in widths)
-    out = [f"Optuna search {summary['study_name']!r}: {summary['n_trials']} trials "
-           + ", ".join(f"{v} {k.lower()}" for k, v in summary["states"].items()), line,
-           "  ".join(h.ljust(w) for h, w in zip(header, widths)), line]
-    out += ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in body]
+    out = [
+        f"Optuna search {summary['study_name']!r}: {summary['n_trials']} trials "
+        + ", ".join(f"{v} {k.lower()}" for k, v in summary["states"].items()),
+        line,
+        "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)),
+        line,
+    ]
+    out += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in body]
     if len(rows) > MAX_PRINTED_TRIALS:
         out.append(f"... {len(rows) - MAX_PRINTED_TRIALS} more trials in {TRIALS_FILE}")
     out.append(line)
     best = summary.get("best_trial")
     if best is not None:
-        out.append(f"Best trial {best['number']}: value {_fmt(best['value'])}, params "
-                   + ", ".join(f"{k}={_fmt(v)}" for k, v in best["params"].items()))
+        out.append(
+            f"Best trial {best['number']}: value {_fmt(best['value'])}, params "
+            + ", ".join(f"{k}={_fmt(v)}" for k, v in best["params"].items())
+        )
     elif summary.get("best_trials"):
         out.append(f"Pareto front: trials {[t['number'] for t in summary['best_trials']]}")
     else:
         out.append("No completed trial")
     wall = summary.get("wall_time_seconds")
-    out.append(f"Training steps: {summary['total_steps']} run, {summary['steps_saved_by_pruning']} saved by pruning; "
-               f"wall time {'n/a' if wall is None else f'{wall:.1f} s'}")
+    out.append(
+        f"Training steps: {summary['total_steps']} run, {summary['steps_saved_by_pruning']} saved by pruning; "
+        f"wall time {'n/a' if wall is None else f'{wall:.1f} s'}"
+    )
     return "\n".join(out)
 
 
@@ -377,7 +402,7 @@ def _storage_target(study: optuna.Study, settings: Any) -> str | None:
     description = getattr(settings, "storage_description", None)
     if description:
         if description.startswith("journal file "):
-            return description[len("journal file "):]
+            return description[len("journal file ") :]
         if "://" in description:
             return description
         if description.startswith("memory"):

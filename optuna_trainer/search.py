@@ -13,13 +13,14 @@ import json
 import logging
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import optuna
 import torch
 from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import BestRun
 
+from .arguments import output_dir_of
 from .checks import check_before_study
 from .claims import local_lock
 from .coordinator import Coordinator
@@ -76,7 +77,7 @@ class Search:
         self.progress: TrialProgress | None = None
         # What the search changes on the trainer, given back when it ends.
         self._user_model_init: Callable[..., torch.nn.Module] | None = None
-        self._user_hp_name: Callable[[optuna.Trial], str] | None = None
+        self._user_hp_name: Callable[[optuna.trial.BaseTrial], str] | None = None
         self._pre_search_model: torch.nn.Module | None = None
         self._initial_model: InitialModel | None = None
 
@@ -117,7 +118,7 @@ class Search:
         else:
             self.run_trials()
         if self.settings.search_report and self.study is not None and self.trainer.is_world_process_zero():
-            write_report(self.study, self.base_args.output_dir, settings=self.settings)
+            write_report(self.study, output_dir_of(self.base_args), settings=self.settings)
         return self.coordinator.finish_search(self.best_runs)
 
     def run_trials(self) -> None:
@@ -155,7 +156,9 @@ class Search:
     # ---- the trainer during the search -----------------------------------------------------------------------
 
     def _take_trainer(self) -> None:
-        trainer = self.trainer
+        # Any: transformers types `model`, `model_init` and `hp_name` narrower than the values it accepts for them
+        # (None, any nn.Module, a callable).
+        trainer: Any = self.trainer
         self._user_model_init = trainer.model_init
         self._pre_search_model = trainer.model
         if trainer.model_init is None:
@@ -176,12 +179,14 @@ class Search:
             self.settings.n_trials,
             trainer=trainer,
             disable=(
-                self.base_args.disable_tqdm or not trainer.is_world_process_zero() or not self.settings.show_progress_bar
+                self.base_args.disable_tqdm
+                or not trainer.is_world_process_zero()
+                or not self.settings.show_progress_bar
             ),
         )
 
     def _give_trainer_back(self) -> None:
-        trainer = self.trainer
+        trainer: Any = self.trainer  # see _take_trainer
         if self.progress is not None:
             self.progress.close()
         trainer.hp_name = self._user_hp_name
@@ -217,7 +222,7 @@ class Search:
             delete_checkpoints(previous, args.should_save)
         if not self.settings.save_best_model:
             return
-        best_dir = os.path.join(self.base_args.output_dir, BEST_MODEL_DIR)
+        best_dir = os.path.join(output_dir_of(self.base_args), BEST_MODEL_DIR)
         self.trainer.save_model(best_dir)
         if args.should_save:
             with open(os.path.join(best_dir, "trial.json"), "w", encoding="utf-8") as f:
@@ -237,7 +242,7 @@ class Search:
         if len(study.directions) > 1:
             return [BestRun(str(t.number), t.values, t.params) for t in study.best_trials]
         best = study.best_trial
-        return BestRun(str(best.number), best.value, best.params)
+        return BestRun(str(best.number), cast(float, best.value), best.params)
 
 
 def create_study(settings: SearchSettings) -> optuna.Study:
@@ -248,7 +253,7 @@ def create_study(settings: SearchSettings) -> optuna.Study:
             sampler=settings.sampler,
             pruner=settings.pruner,
             study_name=settings.study_name,
-            directions=settings.objective.directions,
+            directions=[optuna.study.StudyDirection[d.upper()] for d in settings.objective.directions],
             load_if_exists=settings.load_if_exists,
         )
     except optuna.exceptions.DuplicatedStudyError:

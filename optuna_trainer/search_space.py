@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import logging
 import enum
 import json
+import logging
 import math
 import os
 import types
@@ -27,13 +27,14 @@ from pathlib import Path
 from typing import Any, Literal, Union
 
 import optuna
-import yaml
 from optuna.distributions import (
     BaseDistribution,
     CategoricalDistribution,
     FloatDistribution,
     IntDistribution,
 )
+
+from .files import read_data_file
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +80,9 @@ def load_mapping(value: Mapping[str, Any] | str | os.PathLike, what: str) -> dic
     if isinstance(value, os.PathLike):
         value = os.fspath(value)
     if not isinstance(value, str):
-        raise TypeError(f"{what}: expected a dict, a path to a YAML/JSON file or a JSON string, got {type(value).__name__}")
+        raise TypeError(
+            f"{what}: expected a dict, a path to a YAML/JSON file or a JSON string, got {type(value).__name__}"
+        )
     text = value.strip()
     if text.startswith("{"):
         try:
@@ -95,20 +98,11 @@ def load_mapping(value: Mapping[str, Any] | str | os.PathLike, what: str) -> dic
             raise ValueError(
                 f"{what}: {text!r} is neither an existing YAML/JSON file nor an inline JSON object starting with '{{'"
             )
-        text = path.read_text(encoding="utf-8")
-        try:
-            if path.suffix.lower() == ".json":
-                loaded = json.loads(text)
-            else:
-                # safe_load: a search space is data, never code (YAML tags that build objects are refused).
-                loaded = yaml.safe_load(text)
-        except yaml.constructor.ConstructorError as err:
-            raise ValueError(
-                f"{what}: cannot parse {path}: {err.problem}; a search space is plain data (YAML tags such as "
-                "!!python/object are refused): write each spec as a mapping of numbers, strings and lists"
-            ) from None
-        except (yaml.YAMLError, json.JSONDecodeError) as err:
-            raise ValueError(f"{what}: cannot parse {path}: {err}; fix the file there") from None
+        loaded = read_data_file(
+            path,
+            what,
+            plain_data="a search space is plain data: write each spec as a mapping of numbers, strings and lists",
+        )
     if not isinstance(loaded, Mapping):
         raise ValueError(f"{what}: expected a mapping of name -> spec, got {type(loaded).__name__}")
     return dict(loaded)
@@ -139,7 +133,9 @@ def _spec_to_distribution(key: str, spec: Any) -> BaseDistribution:
         raise ValueError(f"{where}: type {kind!r} is not one of {list(SPEC_TYPES)}")
     unknown = set(spec) - _SPEC_KEYS[kind]
     if unknown:
-        raise ValueError(f"{where}: unknown field(s) {sorted(unknown)} for type {kind}; allowed: {sorted(_SPEC_KEYS[kind])}")
+        raise ValueError(
+            f"{where}: unknown field(s) {sorted(unknown)} for type {kind}; allowed: {sorted(_SPEC_KEYS[kind])}"
+        )
 
     if kind == "categorical":
         choices = spec.get("choices")
@@ -407,6 +403,7 @@ class SearchSpace:
             elif isinstance(dist, IntDistribution):
                 values[name] = trial.suggest_int(name, dist.low, dist.high, step=dist.step, log=dist.log)
             else:
+                dist = _float(name, dist)
                 values[name] = trial.suggest_float(name, dist.low, dist.high, step=dist.step, log=dist.log)
         return values
 
@@ -418,9 +415,13 @@ class SearchSpace:
                 grid[name] = list(dist.choices)
             elif isinstance(dist, IntDistribution):
                 grid[name] = list(range(dist.low, dist.high + 1, dist.step))
-            elif dist.step is not None:
+            elif (dist := _float(name, dist)).step is not None:
                 count = int(round((dist.high - dist.low) / dist.step)) + 1
-                grid[name] = [round(dist.low + i * dist.step, 12) for i in range(count) if dist.low + i * dist.step <= dist.high + 1e-12]
+                grid[name] = [
+                    round(dist.low + i * dist.step, 12)
+                    for i in range(count)
+                    if dist.low + i * dist.step <= dist.high + 1e-12
+                ]
             else:
                 raise ValueError(
                     f"sampler grid: hp_space[{name!r}] is a continuous float range ({dist.low}..{dist.high}) and has "
@@ -436,6 +437,7 @@ class SearchSpace:
                 out[name] = {"type": "categorical", "choices": list(dist.choices)}
             else:
                 kind = "int" if isinstance(dist, IntDistribution) else "float"
+                dist = dist if isinstance(dist, IntDistribution) else _float(name, dist)
                 spec: dict[str, Any] = {"type": kind, "low": dist.low, "high": dist.high}
                 if dist.log:
                     spec["log"] = True
@@ -473,3 +475,10 @@ def split_params(values: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, A
         else:
             args_values[FIELD_ALIASES.get(key, key)] = value
     return args_values, model_values
+
+
+def _float(name: str, dist: BaseDistribution) -> FloatDistribution:
+    """`dist` as the float range it must be here: a space holds only the three kinds that `parse` builds."""
+    if not isinstance(dist, FloatDistribution):
+        raise TypeError(f"hp_space[{name!r}]: unsupported distribution {type(dist).__name__}")
+    return dist

@@ -5,18 +5,23 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import optuna
-
 from transformers import TrainingArguments
 
-from .arguments import parse_hp_space, search_values, user_metric_for_best_model, validate_search_fields
+from .arguments import (
+    output_dir_of,
+    parse_hp_space,
+    search_values,
+    user_metric_for_best_model,
+    validate_search_fields,
+)
+from .claims import ClaimLock
 from .objective import Objective, resolve_objective
 from .pruners import build_pruner, describe_pruner
 from .samplers import build_sampler, describe_sampler
 from .search_space import DEFAULT_HP_SPACE, SearchSpace, describe_hp_space
-from .claims import ClaimLock
 from .storage import default_study_name, open_storage
 
 logger = logging.getLogger(__name__)
@@ -39,14 +44,20 @@ SEARCH_KWARGS = (
     "show_progress_bar",
 )
 # Keyword arguments of transformers' other backends (Ray Tune, W&B, SigOpt): refused with what to do instead.
-_OTHER_BACKEND_KWARGS = ("resources_per_trial", "scheduler", "keep_checkpoints_num", "checkpoint_score_attr", "local_dir")
+_OTHER_BACKEND_KWARGS = (
+    "resources_per_trial",
+    "scheduler",
+    "keep_checkpoints_num",
+    "checkpoint_score_attr",
+    "local_dir",
+)
 
 
 @dataclass
 class SearchSettings:
     """Everything one search runs with, resolved and checked."""
 
-    hp_space: SearchSpace | Callable[[optuna.Trial], dict[str, Any]]
+    hp_space: SearchSpace | Callable[[optuna.trial.BaseTrial], dict[str, Any]]
     objective: Objective
     objective_source: str
     n_trials: int
@@ -58,12 +69,12 @@ class SearchSettings:
     storage_description: str
     study_name: str
     storage_target: str | None = None
-    catch: tuple[type[BaseException], ...] = ()
+    catch: tuple[type[Exception], ...] = ()
     callbacks: list[Callable[..., None]] = field(default_factory=list)
     # Off by default: every trial already releases its memory (OptunaTrainer._release_memory), and a full collection
     # after every trial costs 0.2-1 s with torch loaded.
     gc_after_trial: bool = False
-    hp_name: Callable[[optuna.Trial], str] | None = None
+    hp_name: Callable[[optuna.trial.BaseTrial], str] | None = None
     notes: list[str] = field(default_factory=list)
     # Seconds between heartbeats when the storage has them (None: it has none), and the study's claim lock.
     heartbeat_interval: int | None = None
@@ -109,7 +120,7 @@ def resolve_settings(
     compute_objective: Callable[[dict[str, float]], Any] | None = None,
     n_trials: int | None = None,
     direction: Any = None,
-    hp_name: Callable[[optuna.Trial], str] | None = None,
+    hp_name: Callable[[optuna.trial.BaseTrial], str] | None = None,
     has_compute_metrics: bool = True,
     **kwargs: Any,
 ) -> SearchSettings:
@@ -128,17 +139,24 @@ def resolve_settings(
         )
     unknown = sorted(set(kwargs) - set(SEARCH_KWARGS))
     if unknown:
-        raise TypeError(f"hyperparameter_search: unexpected keyword argument(s) {unknown}; accepted: {list(SEARCH_KWARGS)}")
+        raise TypeError(
+            f"hyperparameter_search: unexpected keyword argument(s) {unknown}; accepted: {list(SEARCH_KWARGS)}"
+        )
     validate_search_fields(args)
     fields = search_values(args)
     notes: list[str] = []
 
-    space: SearchSpace | Callable | None
+    space: SearchSpace | Callable[[optuna.trial.BaseTrial], dict[str, Any]]
     if hp_space is not None:
-        space = hp_space if callable(hp_space) else parse_hp_space(hp_space, type(args))
+        # not None and not callable here, so parsed to a SearchSpace
+        space = hp_space if callable(hp_space) else cast(SearchSpace, parse_hp_space(hp_space, type(args)))
     elif fields["hp_space"] is not None:
         given = fields["hp_space"]
-        space = given if callable(given) else (getattr(args, "search_space", None) or parse_hp_space(given, type(args)))
+        space = (
+            given
+            if callable(given)
+            else (getattr(args, "search_space", None) or cast(SearchSpace, parse_hp_space(given, type(args))))
+        )
     else:
         space = SearchSpace.parse(DEFAULT_HP_SPACE, type(args))
         notes.append("no hp_space given: using transformers' default space")
@@ -157,7 +175,9 @@ def resolve_settings(
         )
     if "directions" in kwargs:
         if direction is not None:
-            raise ValueError("direction/directions: give one of them, not both (directions=[...] for several objectives)")
+            raise ValueError(
+                "direction/directions: give one of them, not both (directions=[...] for several objectives)"
+            )
         direction = kwargs["directions"]
     for name in ("load_if_exists", "show_progress_bar", "gc_after_trial"):
         if name in kwargs and not isinstance(kwargs[name], bool):
@@ -176,23 +196,25 @@ def resolve_settings(
     sampler = build_sampler(sampler_spec, declarative)
     pruner = build_pruner(kwargs.get("pruner", fields["pruner"]))
     if objective.multi and not isinstance(pruner, optuna.pruners.NopPruner):
-        notes.append(f"{len(objective.directions)} objectives: Optuna cannot prune multi-objective trials, pruning is off")
+        notes.append(
+            f"{len(objective.directions)} objectives: Optuna cannot prune multi-objective trials, pruning is off"
+        )
         pruner = optuna.pruners.NopPruner()
 
     catch = kwargs.get("catch", ())
     catch = tuple(catch) if isinstance(catch, (list, tuple)) else (catch,)
     for exc in catch:
-        if not (isinstance(exc, type) and issubclass(exc, BaseException)):
+        if not (isinstance(exc, type) and issubclass(exc, Exception)):
             raise TypeError(f"catch: expected exception classes, e.g. catch=(ValueError,), got {exc!r}")
     callbacks = list(kwargs.get("callbacks") or [])
     for callback in callbacks:
         if not callable(callback):
             raise TypeError(f"callbacks: expected callables callback(study, trial), got {callback!r}")
     opened = open_storage(
-        kwargs.get("storage", fields["storage"]), args.output_dir, heartbeat_interval=fields["heartbeat_interval"]
+        kwargs.get("storage", fields["storage"]), output_dir_of(args), heartbeat_interval=fields["heartbeat_interval"]
     )
     notes.extend(opened.notes)
-    study_name = kwargs.get("study_name", fields["study_name"]) or default_study_name(args.output_dir)
+    study_name = kwargs.get("study_name", fields["study_name"]) or default_study_name(output_dir_of(args))
     return SearchSettings(
         hp_space=space,
         objective=objective,

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
+import optuna.storages.journal
 
 from .claims import ClaimLock, file_lock, local_lock, rdb_lock, redis_lock
 
@@ -166,10 +167,9 @@ def open_storage(
                     target=path,
                 )
             if _scheme(storage) in ("redis", "rediss"):
-                backend = optuna.storages.journal.JournalRedisBackend(storage)
                 url = storage
                 return OpenedStorage(
-                    optuna.storages.JournalStorage(backend),
+                    optuna.storages.JournalStorage(optuna.storages.journal.JournalRedisBackend(storage)),
                     mask_url(storage),
                     notes=[_no_heartbeat_note("a Redis journal")],
                     make_lock=lambda name: redis_lock(url, name),

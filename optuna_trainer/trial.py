@@ -18,14 +18,14 @@ import shutil
 import socket
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import optuna
 import torch
 from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, number_of_arguments
 
-from .arguments import trial_arguments
+from .arguments import output_dir_of, trial_arguments
 from .callbacks import NonFiniteLossCallback, OptunaPruningCallback
 from .faults import trial_failure
 from .memory import release_trial_memory
@@ -112,12 +112,16 @@ class TrialRun:
     def prepare(self) -> None:
         self.values = self.suggest()
         args_values, model_values = split_params(self.values)
-        run_name = self.settings.hp_name(self.trial) if self.settings.hp_name is not None else f"run-{self.trial.number}"
-        self.run_dir = os.path.join(self.search.base_args.output_dir, run_name)
+        run_name = (
+            self.settings.hp_name(self.trial) if self.settings.hp_name is not None else f"run-{self.trial.number}"
+        )
+        self.run_dir = os.path.join(output_dir_of(self.search.base_args), run_name)
         # A trial re-queued after its worker died continues in the original's run directory, from its checkpoint.
-        number = self.trial.number  # collective under DDP (SyncTrial): read it on every process
+        number = self.trial.number  # rank 0's number on every process (SyncTrial)
         self.resume = self.coordinator.share(
-            find_resume_point(self.search.study, number) if self.coordinator.is_main else None
+            find_resume_point(self.search.study, number)
+            if self.coordinator.is_main and self.search.study is not None
+            else None
         )
         if self.resume is not None and self.resume.checkpoint is not None and self.resume.run_dir is not None:
             self.run_dir = self.resume.run_dir
@@ -126,7 +130,9 @@ class TrialRun:
         self.trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
 
         use_arguments(self.trainer, trial_arguments(self.search.base_args, args_values, output_dir=self.run_dir))
-        self.trainer.model_init = TrialModelInit(self.search.model_source, model_values)
+        assert self.search.model_source is not None  # set by Search._take_trainer
+        # transformers types model_init as returning a PreTrainedModel; it accepts any nn.Module.
+        self.trainer.model_init = cast(Any, TrialModelInit(self.search.model_source, model_values))
 
         self.pruning = OptunaPruningCallback(
             self.trial, self.objective, prune=not self.objective.multi, decide=self.coordinator.decide
@@ -166,7 +172,8 @@ class TrialRun:
     def run(self) -> Any:
         assert self.pruning is not None
         checkpoint = self.resume.checkpoint if self.resume is not None else None
-        self.trainer.train(resume_from_checkpoint=checkpoint, trial=self.trial)
+        # transformers types `trial` as optuna.Trial; it only hands it to hp_name/model_init and its own search.
+        self.trainer.train(resume_from_checkpoint=checkpoint, trial=cast(Any, self.trial))
         if not self.objective.history:
             # No evaluation during training: evaluate once at the end (nothing left to prune).
             self.pruning.prune = False

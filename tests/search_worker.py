@@ -1,6 +1,6 @@
 """One search worker, run as a subprocess by the storage tests: `python -m tests.search_worker '<json>'`.
 
-The JSON holds `OptunaTrainingArguments` overrides over `tests.helpers.base_args` (`hp_space` among them), and a `_test` entry
+The JSON holds `OptunaTrainingArguments` overrides over `optuna_trainer.testing.base_args` (`hp_space` among them), and a `_test` entry
 that steers this script:
     record: a file to which every `train()` call appends one JSON line (pid, run_dir, first step it trained);
     pause_run / pause_step / marker: in the run directory named `pause_run`, once the checkpoint of `pause_step` is
@@ -20,7 +20,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from optuna_trainer import OptunaTrainer, OptunaTrainingArguments
-from tests.helpers import base_args, compute_metrics, make_dataset, tiny_model
+from optuna_trainer.testing import base_args, compute_metrics, make_dataset, tiny_model
 
 
 class _Steer(TrainerCallback):

@@ -133,7 +133,10 @@ class TestTrialArguments:
 
     def test_arguments_pickle_and_serialize_with_callable_space(self, tmp_path):
         args = OptunaTrainingArguments(
-            output_dir=str(tmp_path), report_to="none", hp_space=lambda trial: {}, sampler=optuna.samplers.RandomSampler()
+            output_dir=str(tmp_path),
+            report_to="none",
+            hp_space=lambda trial: {},
+            sampler=optuna.samplers.RandomSampler(),
         )
         buffer = io.BytesIO()
         torch.save(args, buffer)  # what Trainer does with training_args.bin
@@ -149,7 +152,9 @@ class TestTrialArguments:
 
 
 def test_plain_training_arguments_search_on_the_defaults(tmp_path):
-    plain = TrainingArguments(output_dir=str(tmp_path), report_to="none", learning_rate=3e-4, eval_strategy="steps", logging_steps=4)
+    plain = TrainingArguments(
+        output_dir=str(tmp_path), report_to="none", learning_rate=3e-4, eval_strategy="steps", logging_steps=4
+    )
     settings = resolve_settings(plain, has_compute_metrics=True)
     assert isinstance(settings.pruner, optuna.pruners.MedianPruner) and settings.n_trials == 20
     trial_args = trial_arguments(plain, {"weight_decay": 0.1}, output_dir=str(tmp_path / "run-0"))
@@ -170,7 +175,10 @@ def test_plain_training_arguments_search_on_the_defaults(tmp_path):
         ({"storage": "ftp://host/db"}, r"storage: unknown scheme 'ftp'"),
         ({"hp_space": {"lr": {"type": "float", "low": 0.1, "high": 1}}}, r"hp_space\['lr'\]: not a field"),
         ({"hp_space": "missing.yaml"}, r"hp_space: 'missing.yaml' is neither an existing YAML/JSON file"),
-        ({"sampler": "grid", "hp_space": {"learning_rate": {"type": "float", "low": 0.1, "high": 1}}}, r"sampler grid: hp_space\['learning_rate'\] is a continuous float range"),
+        (
+            {"sampler": "grid", "hp_space": {"learning_rate": {"type": "float", "low": 0.1, "high": 1}}},
+            r"sampler grid: hp_space\['learning_rate'\] is a continuous float range",
+        ),
         ({"objective_metric": " "}, r"objective_metric: must be a metric name"),
     ],
 )

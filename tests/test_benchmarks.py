@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from benchmarks.common import kill_group
+from optuna_trainer.testing import kill_process_tree as kill_group
 
 REPO = Path(__file__).resolve().parent.parent
 BENCHMARKS = REPO / "benchmarks"
@@ -42,7 +42,12 @@ def run_quick(name: str, out: Path, timeout: float = 420, extra: tuple[str, ...]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(
         [sys.executable, str(BENCHMARKS / f"{name}.py"), "--quick", "--out", str(out), *extra],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, text=True,
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        text=True,
     )
     try:
         output, _ = proc.communicate(timeout=timeout)
@@ -83,8 +88,15 @@ def test_overhead(tmp_path):
 
 def test_head_to_head(tmp_path):
     table = run_quick("head_to_head", tmp_path)
-    numbers(table, "best trial", "best trial's value as reported", "best dev accuracy seen", "optimizer steps",
-            "wall seconds", "peak RSS MiB")
+    numbers(
+        table,
+        "best trial",
+        "best trial's value as reported",
+        "best dev accuracy seen",
+        "optimizer steps",
+        "wall seconds",
+        "peak RSS MiB",
+    )
     ours, theirs = table["rows"]
     assert table["meta"]["same values drawn in every trial"] is True
     assert 0 < ours["optimizer steps"] <= 4 * 6 and 0 < theirs["optimizer steps"] <= 4 * 6
@@ -114,8 +126,17 @@ def test_pruning(tmp_path):
 
 def test_memory(tmp_path):
     table = run_quick("memory", tmp_path)
-    numbers(table, "trials", "RSS after trial 1 MiB", "RSS after trial N MiB", "RSS growth %",
-            "peak RSS after trial 1 MiB", "peak RSS after trial N MiB", "peak RSS growth %", "RSS after the search MiB")
+    numbers(
+        table,
+        "trials",
+        "RSS after trial 1 MiB",
+        "RSS after trial N MiB",
+        "RSS growth %",
+        "peak RSS after trial 1 MiB",
+        "peak RSS after trial N MiB",
+        "peak RSS growth %",
+        "RSS after the search MiB",
+    )
     ours, theirs = table["rows"]
     for row in table["rows"]:
         assert row["states"][3] == "FAIL" and row["states"].count("FAIL") == 1  # the injected failure, caught

@@ -6,11 +6,11 @@ import csv
 import json
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import optuna
 import pytest
+import tomllib
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
@@ -26,13 +26,19 @@ def stored(tmp_path) -> str:
     url = f"sqlite:///{tmp_path}/study.db"
     study = optuna.create_study(storage=url, study_name="stored", direction="maximize")
     dist = {"learning_rate": FloatDistribution(1e-5, 1e-3, log=True), "weight_decay": FloatDistribution(0.0, 0.1)}
-    for i, (state, value) in enumerate([(TrialState.COMPLETE, 0.6), (TrialState.PRUNED, None),
-                                        (TrialState.COMPLETE, 0.8)]):
-        study.add_trial(create_trial(
-            state=state, value=value, params={"learning_rate": 1e-4 * (i + 1), "weight_decay": 0.02 * (i + 1)},
-            distributions=dist, intermediate_values={2: 0.5 + 0.1 * i, 4: 0.55 + 0.1 * i} if value else {2: 0.4},
-            user_attrs={"steps": 4 if value else 2, "max_steps": 4, "seconds": 1.0},
-        ))
+    for i, (state, value) in enumerate(
+        [(TrialState.COMPLETE, 0.6), (TrialState.PRUNED, None), (TrialState.COMPLETE, 0.8)]
+    ):
+        study.add_trial(
+            create_trial(
+                state=state,
+                value=value,
+                params={"learning_rate": 1e-4 * (i + 1), "weight_decay": 0.02 * (i + 1)},
+                distributions=dist,
+                intermediate_values={2: 0.5 + 0.1 * i, 4: 0.55 + 0.1 * i} if value else {2: 0.4},
+                user_attrs={"steps": 4 if value else 2, "max_steps": 4, "seconds": 1.0},
+            )
+        )
     study.set_user_attr(SETTINGS_ATTR, {"sampler": "TPESampler", "pruner": "MedianPruner"})
     return url
 
@@ -75,7 +81,10 @@ def test_console_script_declared_and_runs(stored, tmp_path):
     code = "import sys; from optuna_trainer.cli import main; sys.exit(main())"
     result = subprocess.run(
         [sys.executable, "-c", code, "report", "--storage", stored, "--output-dir", str(out), "--no_plots"],
-        capture_output=True, text=True, timeout=280, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=280,
+        cwd=ROOT,
     )
     assert result.returncode == 0, result.stderr
     assert (out / REPORT_DIR / SUMMARY_FILE).is_file()

@@ -9,7 +9,7 @@ import optuna
 from transformers import TrainerCallback
 
 from optuna_trainer import OptunaTrainer, OptunaTrainingArguments
-from tests.helpers import base_args, compute_metrics, make_dataset, tiny_model
+from optuna_trainer.testing import base_args, compute_metrics, make_dataset, tiny_model
 
 SAVE_TOTAL_LIMIT = 2
 
@@ -47,10 +47,16 @@ def test_ten_trials_leave_only_the_best_trials_checkpoints(tmp_path) -> None:
         )
     )
     trainer = OptunaTrainer(
-        model_init=tiny_model, args=args, train_dataset=make_dataset(64), eval_dataset=make_dataset(32, seed=1),
-        compute_metrics=compute_metrics, callbacks=[at_save],
+        model_init=tiny_model,
+        args=args,
+        train_dataset=make_dataset(64),
+        eval_dataset=make_dataset(32, seed=1),
+        compute_metrics=compute_metrics,
+        callbacks=[at_save],
     )
-    best = trainer.hyperparameter_search(callbacks=[lambda study, trial: after_trial.append(len(checkpoint_dirs(out)))])
+    best = trainer.hyperparameter_search(
+        callbacks=[lambda study, trial: after_trial.append(len(checkpoint_dirs(out)))]
+    )
 
     study = trainer.study
     assert len(study.trials) == 10

@@ -56,7 +56,6 @@ class TestDecide:
         c = FakeCoordinator(0, [[("check", 0, None), ("end", 1, ("ok", 0.5))]])
         assert isinstance(c.decide(None), PeerFailedError)
 
-
     def test_rank_0_stopping_the_search_mid_trial_ends_the_follower(self):
         c = FakeCoordinator(1, [[("stop", KeyboardInterrupt()), ("check", 1, None)]])
         with pytest.raises(CoordinationError, match="stopped the search"):
@@ -231,4 +230,3 @@ class TestCallbackDecide:
         callback = OptunaPruningCallback(None, "loss", decide=lambda outcome: KeyError("rank 1"))
         with pytest.raises(KeyError, match="rank 1"):
             self._evaluate(callback, 0.5)
-

@@ -90,8 +90,10 @@ class TestArguments:
             text_column="sentence",
             model_name_or_path="some/model",
             pruner={"name": "percentile", "percentile": 25.0, "n_startup_trials": 1},
-            hp_space={"learning_rate": {"type": "float", "low": 1e-5, "high": 1e-3, "log": True},
-                      "model.hidden_dropout_prob": {"type": "float", "low": 0.0, "high": 0.3}},
+            hp_space={
+                "learning_rate": {"type": "float", "low": 1e-5, "high": 1e-3, "log": True},
+                "model.hidden_dropout_prob": {"type": "float", "low": 0.0, "high": 0.3},
+            },
         )
         path = tmp_path / f"config{suffix}"
         path.write_text(yaml.safe_dump(config) if suffix == ".yaml" else json.dumps(config))
@@ -159,7 +161,9 @@ def _tokenizer(folder: Path) -> BertTokenizerFast:
     words = set()
     for name in ("train.tsv", "validation.tsv"):
         for line in (SHIPPED / name).read_text().splitlines()[1:]:
-            words.update(line.split("\t", 1)[1].lower().replace(",", " ,").replace(".", " .").replace("!", " !").split())
+            words.update(
+                line.split("\t", 1)[1].lower().replace(",", " ,").replace(".", " .").replace("!", " !").split()
+            )
     vocab = folder / "vocab.txt"
     vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(words)]) + "\n")
     return BertTokenizerFast(vocab_file=str(vocab))
@@ -169,8 +173,15 @@ def _tokenizer(folder: Path) -> BertTokenizerFast:
 def tiny_model_dir(tmp_path_factory) -> str:
     folder = tmp_path_factory.mktemp("tiny_bert")
     tokenizer = _tokenizer(folder)
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64, num_labels=2)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        num_labels=2,
+    )
     BertForSequenceClassification(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return str(folder)
@@ -178,13 +189,39 @@ def tiny_model_dir(tmp_path_factory) -> str:
 
 def _run(tc, tiny_model_dir: str, out: Path, *extra: str):
     argv = [
-        "--model_name_or_path", tiny_model_dir, "--output_dir", str(out), "--n_trials", "4",
-        "--max_train_samples", "64", "--max_eval_samples", "32", "--max_seq_length", "32",
-        "--eval_steps", "2", "--logging_steps", "2", "--num_train_epochs", "1", "--report_to", "none",
-        "--use_cpu", "true", "--disable_tqdm", "true",
-        "--hp_space", json.dumps({"learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
-                                  "per_device_train_batch_size": {"type": "categorical", "choices": [8, 16]}}),
-        "--pruner", json.dumps({"name": "median", "n_startup_trials": 1, "n_warmup_steps": 0}),
+        "--model_name_or_path",
+        tiny_model_dir,
+        "--output_dir",
+        str(out),
+        "--n_trials",
+        "4",
+        "--max_train_samples",
+        "64",
+        "--max_eval_samples",
+        "32",
+        "--max_seq_length",
+        "32",
+        "--eval_steps",
+        "2",
+        "--logging_steps",
+        "2",
+        "--num_train_epochs",
+        "1",
+        "--report_to",
+        "none",
+        "--use_cpu",
+        "true",
+        "--disable_tqdm",
+        "true",
+        "--hp_space",
+        json.dumps(
+            {
+                "learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+                "per_device_train_batch_size": {"type": "categorical", "choices": [8, 16]},
+            }
+        ),
+        "--pruner",
+        json.dumps({"name": "median", "n_startup_trials": 1, "n_warmup_steps": 0}),
         *extra,
     ]
     return tc.main(argv)
@@ -227,9 +264,21 @@ class TestEndToEnd:
     @pytest.mark.skipif(not (SST2 / "train.tsv").is_file(), reason=f"SST-2 TSV files not found under {SST2}")
     def test_sst2_files(self, tc, tiny_model_dir, tmp_path):
         out = tmp_path / "out"
-        best = _run(tc, tiny_model_dir, out, "--train_file", str(SST2 / "train.tsv"),
-                    "--validation_file", str(SST2 / "dev.tsv"), "--n_trials", "2", "--search_report", "false",
-                    "--save_best_model", "false")
+        best = _run(
+            tc,
+            tiny_model_dir,
+            out,
+            "--train_file",
+            str(SST2 / "train.tsv"),
+            "--validation_file",
+            str(SST2 / "dev.tsv"),
+            "--n_trials",
+            "2",
+            "--search_report",
+            "false",
+            "--save_best_model",
+            "false",
+        )
         assert 0.0 <= best.objective <= 1.0
         assert not (out / REPORT_DIR).exists()
 
@@ -244,6 +293,11 @@ def test_readme_first_command_is_the_example():
 def test_quickstart_uses_the_seed_call():
     source = (EXAMPLES / "quickstart.py").read_text()
     compile(source, "quickstart.py", "exec")
-    for needle in ('backend="optuna"', "n_trials=5", "hp_space=hyperparameter_space", "trainer.state.best_metric",
-                   'suggest_categorical("per_device_train_batch_size", [64, 128, 256])'):
+    for needle in (
+        'backend="optuna"',
+        "n_trials=5",
+        "hp_space=hyperparameter_space",
+        "trainer.state.best_metric",
+        'suggest_categorical("per_device_train_batch_size", [64, 128, 256])',
+    ):
         assert needle in source

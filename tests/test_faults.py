@@ -18,7 +18,7 @@ from optuna_trainer import NoCompletedTrialError, OptunaTrainer, OptunaTrainingA
 from optuna_trainer.callbacks import NonFiniteLossCallback
 from optuna_trainer.exceptions import TrialOutOfMemoryError
 from optuna_trainer.faults import is_out_of_memory
-from tests.helpers import base_args, compute_metrics, make_dataset, tiny_config
+from optuna_trainer.testing import base_args, compute_metrics, make_dataset, tiny_config
 
 BATCH_SPACE = {"per_device_train_batch_size": {"type": "categorical", "choices": [4, 8, 16]}}
 GRID = {"name": "grid", "seed": 0}
@@ -87,7 +87,9 @@ class TestIsOutOfMemory:
             torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
             torch.cuda.OutOfMemoryError("anything"),
             RuntimeError("CUDA out of memory. Tried to allocate 20.00 MiB (GPU 0; 79.35 GiB total capacity)"),
-            RuntimeError("[enforce fail at alloc_cpu.cpp:114] . DefaultCPUAllocator: can't allocate memory: you tried"),
+            RuntimeError(
+                "[enforce fail at alloc_cpu.cpp:114] . DefaultCPUAllocator: can't allocate memory: you tried"
+            ),
             RuntimeError("MPS backend out of memory (MPS allocated: 1.2 GB)"),
             RuntimeError("HIP out of memory"),
         ],
@@ -126,7 +128,13 @@ class TestOutOfMemory:
                 assert checkpoints(trial.user_attrs["run_dir"]) == []
 
         trainer = make_trainer(
-            tmp_path, [oom], recorder, hp_space=BATCH_SPACE, sampler=GRID, pruner="none", save_strategy="steps",
+            tmp_path,
+            [oom],
+            recorder,
+            hp_space=BATCH_SPACE,
+            sampler=GRID,
+            pruner="none",
+            save_strategy="steps",
             save_steps=2,
         )
         gc.disable()
@@ -146,9 +154,12 @@ class TestOutOfMemory:
         assert best.hyperparameters["per_device_train_batch_size"] in (4, 8)
 
     def test_oom_message_in_a_plain_runtime_error(self, tmp_path):
-        oom = RaiseAt(2, lambda: RuntimeError("CUDA out of memory. Tried to allocate 20.00 MiB"), lambda a: a.seed == 0)
-        trainer = make_trainer(tmp_path, [oom], hp_space={"seed": {"type": "categorical", "choices": [0, 1]}},
-                               sampler=GRID, pruner="none")
+        oom = RaiseAt(
+            2, lambda: RuntimeError("CUDA out of memory. Tried to allocate 20.00 MiB"), lambda a: a.seed == 0
+        )
+        trainer = make_trainer(
+            tmp_path, [oom], hp_space={"seed": {"type": "categorical", "choices": [0, 1]}}, sampler=GRID, pruner="none"
+        )
         trainer.hyperparameter_search()
         failed = trainer.study.get_trials(states=(optuna.trial.TrialState.FAIL,))
         assert [t.params["seed"] for t in failed] == [0]
@@ -157,8 +168,15 @@ class TestOutOfMemory:
 
     def test_continue_on_oom_false_stops_the_search(self, tmp_path):
         oom = RaiseAt(3, lambda: torch.OutOfMemoryError("CUDA out of memory."), lambda a: a.seed == 1)
-        trainer = make_trainer(tmp_path, [oom], hp_space={"seed": {"type": "categorical", "choices": [0, 1, 2]}},
-                               sampler=GRID, pruner="none", continue_on_oom=False, n_trials=3)
+        trainer = make_trainer(
+            tmp_path,
+            [oom],
+            hp_space={"seed": {"type": "categorical", "choices": [0, 1, 2]}},
+            sampler=GRID,
+            pruner="none",
+            continue_on_oom=False,
+            n_trials=3,
+        )
         with pytest.raises(torch.OutOfMemoryError, match="CUDA out of memory"):
             trainer.hyperparameter_search()
         study = trainer.study
@@ -176,8 +194,13 @@ class TestOutOfMemory:
 class TestOtherExceptions:
     def test_an_error_fails_the_trial_and_stops_the_search(self, tmp_path):
         boom = RaiseAt(2, lambda: ValueError("boom in trial"), lambda a: a.seed == 1)
-        trainer = make_trainer(tmp_path, [boom], hp_space={"seed": {"type": "categorical", "choices": [0, 1, 2]}},
-                               sampler={"name": "grid", "search_space": {"seed": [0, 1, 2]}}, pruner="none")
+        trainer = make_trainer(
+            tmp_path,
+            [boom],
+            hp_space={"seed": {"type": "categorical", "choices": [0, 1, 2]}},
+            sampler={"name": "grid", "search_space": {"seed": [0, 1, 2]}},
+            pruner="none",
+        )
         # Grid order is shuffled by its seed: run until seed 1 comes up; everything finished before it stays.
         with pytest.raises(ValueError, match="boom in trial"):
             trainer.hyperparameter_search()
@@ -190,8 +213,13 @@ class TestOtherExceptions:
 
     def test_catch_lets_the_search_go_on(self, tmp_path):
         boom = RaiseAt(2, lambda: ValueError("boom in trial"), lambda a: a.seed == 1)
-        trainer = make_trainer(tmp_path, [boom], hp_space={"seed": {"type": "categorical", "choices": [0, 1, 2]}},
-                               sampler=GRID, pruner="none")
+        trainer = make_trainer(
+            tmp_path,
+            [boom],
+            hp_space={"seed": {"type": "categorical", "choices": [0, 1, 2]}},
+            sampler=GRID,
+            pruner="none",
+        )
         trainer.hyperparameter_search(catch=(ValueError,))
         assert sorted(states(trainer.study)) == ["COMPLETE", "COMPLETE", "FAIL"]
 
@@ -232,8 +260,9 @@ class TestOtherExceptions:
     def test_an_error_that_stops_the_search_keeps_its_frames(self, tmp_path):
         # Not caught: the user gets the traceback with every frame's variables, for a debugger's post-mortem.
         boom = RaiseAt(2, lambda: ValueError("boom in trial"))
-        trainer = make_trainer(tmp_path, [boom], hp_space={"seed": {"type": "categorical", "choices": [0]}},
-                               sampler=GRID, pruner="none")
+        trainer = make_trainer(
+            tmp_path, [boom], hp_space={"seed": {"type": "categorical", "choices": [0]}}, sampler=GRID, pruner="none"
+        )
         with pytest.raises(ValueError, match="boom in trial") as info:
             trainer.hyperparameter_search()
         tb = info.value.__traceback__
@@ -267,9 +296,16 @@ class TestNonFinite:
                 steps_seen.append(state.global_step)
 
         trainer = make_trainer(
-            tmp_path, [Steps()], Recorder(NaNAfter, nan_after=-1),
+            tmp_path,
+            [Steps()],
+            Recorder(NaNAfter, nan_after=-1),
             hp_space={"model.nan_after": {"type": "categorical", "choices": [-1, 2]}},
-            sampler=GRID, pruner="none", n_trials=2, max_steps=8, eval_steps=4, logging_steps=4,
+            sampler=GRID,
+            pruner="none",
+            n_trials=2,
+            max_steps=8,
+            eval_steps=4,
+            logging_steps=4,
         )
         trainer.hyperparameter_search()
         study = trainer.study
@@ -286,9 +322,16 @@ class TestNonFinite:
 
     def test_nan_loss_after_an_evaluation_keeps_the_finite_intermediate_value(self, tmp_path):
         trainer = make_trainer(
-            tmp_path, [], Recorder(NaNAfter, nan_after=5),
+            tmp_path,
+            [],
+            Recorder(NaNAfter, nan_after=5),
             hp_space={"seed": {"type": "categorical", "choices": [0]}},
-            sampler=GRID, pruner="none", n_trials=1, max_steps=8, eval_steps=2, logging_steps=2,
+            sampler=GRID,
+            pruner="none",
+            n_trials=1,
+            max_steps=8,
+            eval_steps=2,
+            logging_steps=2,
         )
         with pytest.raises(NoCompletedTrialError, match="1 pruned, 0 failed"):
             trainer.hyperparameter_search()
@@ -302,9 +345,14 @@ class TestNonFinite:
         def nan_for_seed_1(pred):
             return {"accuracy": float("nan")} if trainer.args.seed == 1 else compute_metrics(pred)
 
-        trainer = make_trainer(tmp_path, [], metrics=nan_for_seed_1,
-                               hp_space={"seed": {"type": "categorical", "choices": [0, 1]}}, sampler=GRID,
-                               pruner="none")
+        trainer = make_trainer(
+            tmp_path,
+            [],
+            metrics=nan_for_seed_1,
+            hp_space={"seed": {"type": "categorical", "choices": [0, 1]}},
+            sampler=GRID,
+            pruner="none",
+        )
         trainer.hyperparameter_search()
         by_seed = {t.params["seed"]: t for t in trainer.study.trials}
         assert by_seed[1].state == optuna.trial.TrialState.PRUNED
@@ -312,8 +360,9 @@ class TestNonFinite:
         assert by_seed[0].state == optuna.trial.TrialState.COMPLETE
         assert_no_nan_reported(trainer.study)
 
-    @pytest.mark.parametrize("logs", [{"loss": float("nan")}, {"loss": 0.5, "grad_norm": float("inf")}],
-                             ids=["loss_nan", "grad_norm_inf"])
+    @pytest.mark.parametrize(
+        "logs", [{"loss": float("nan")}, {"loss": 0.5, "grad_norm": float("inf")}], ids=["loss_nan", "grad_norm_inf"]
+    )
     def test_logged_non_finite_values_stop_training(self, logs):
         stops: list[str] = []
         guard = NonFiniteLossCallback(lambda state, control, reason: stops.append(reason), model=lambda: None)
@@ -335,8 +384,12 @@ class TestNonFinite:
 
 class TestNothingFinished:
     def test_every_trial_pruned(self, tmp_path):
-        trainer = make_trainer(tmp_path, hp_space={"seed": {"type": "int", "low": 0, "high": 9}},
-                               pruner={"name": "threshold", "lower": 2.0}, n_trials=3)
+        trainer = make_trainer(
+            tmp_path,
+            hp_space={"seed": {"type": "int", "low": 0, "high": 9}},
+            pruner={"name": "threshold", "lower": 2.0},
+            n_trials=3,
+        )
         with pytest.raises(NoCompletedTrialError) as info:
             trainer.hyperparameter_search()
         assert "no completed trial: 3 pruned, 0 failed" in str(info.value)
@@ -344,8 +397,9 @@ class TestNothingFinished:
 
     def test_every_trial_failed(self, tmp_path):
         boom = RaiseAt(1, lambda: ValueError("always"))
-        trainer = make_trainer(tmp_path, [boom], hp_space={"seed": {"type": "int", "low": 0, "high": 9}},
-                               pruner="none", n_trials=3)
+        trainer = make_trainer(
+            tmp_path, [boom], hp_space={"seed": {"type": "int", "low": 0, "high": 9}}, pruner="none", n_trials=3
+        )
         with pytest.raises(NoCompletedTrialError) as info:
             trainer.hyperparameter_search(catch=(ValueError,))
         # failed trials do not count towards n_trials; a search that only fails stops after max(n_trials, 10) in a row
@@ -355,8 +409,9 @@ class TestNothingFinished:
 
     def test_every_trial_out_of_memory(self, tmp_path):
         oom = RaiseAt(1, lambda: torch.OutOfMemoryError("CUDA out of memory."))
-        trainer = make_trainer(tmp_path, [oom], hp_space={"seed": {"type": "int", "low": 0, "high": 9}},
-                               pruner="none", n_trials=2)
+        trainer = make_trainer(
+            tmp_path, [oom], hp_space={"seed": {"type": "int", "low": 0, "high": 9}}, pruner="none", n_trials=2
+        )
         with pytest.raises(NoCompletedTrialError, match="0 pruned, 10 failed"):
             trainer.hyperparameter_search()
         assert [t.user_attrs["fault"] for t in trainer.study.trials] == ["out_of_memory"] * 10

@@ -14,7 +14,7 @@ import torch
 from transformers import BertForSequenceClassification
 
 from optuna_trainer import OptunaTrainer, OptunaTrainingArguments
-from tests.helpers import base_args, compute_metrics, make_dataset, tiny_config
+from optuna_trainer.testing import base_args, compute_metrics, make_dataset, tiny_config
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -52,12 +52,23 @@ def test_real_cuda_oom_fails_one_trial_and_frees_its_memory(tmp_path) -> None:
             after_fail.append(torch.cuda.memory_allocated())
 
     args = OptunaTrainingArguments(
-        **base_args(tmp_path / "out", use_cpu=False, max_steps=4, hp_space={
-            "model.greedy": {"type": "categorical", "choices": [True, False]}}, sampler={"name": "grid", "seed": 0},
-            pruner="none", n_trials=2)
+        **base_args(
+            tmp_path / "out",
+            use_cpu=False,
+            max_steps=4,
+            hp_space={"model.greedy": {"type": "categorical", "choices": [True, False]}},
+            sampler={"name": "grid", "seed": 0},
+            pruner="none",
+            n_trials=2,
+        )
     )
-    trainer = OptunaTrainer(model_init=model_init, args=args, train_dataset=make_dataset(64),
-                            eval_dataset=make_dataset(32, seed=1), compute_metrics=compute_metrics)
+    trainer = OptunaTrainer(
+        model_init=model_init,
+        args=args,
+        train_dataset=make_dataset(64),
+        eval_dataset=make_dataset(32, seed=1),
+        compute_metrics=compute_metrics,
+    )
     gc.disable()
     try:
         trainer.hyperparameter_search(gc_after_trial=False, callbacks=[after_trial])

@@ -31,8 +31,16 @@ LENGTH = 4
 def tiny_t5() -> T5ForConditionalGeneration:
     torch.manual_seed(0)
     config = T5Config(
-        vocab_size=VOCAB, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_decoder_layers=1, num_heads=2,
-        decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
+        vocab_size=VOCAB,
+        d_model=16,
+        d_kv=8,
+        d_ff=32,
+        num_layers=1,
+        num_decoder_layers=1,
+        num_heads=2,
+        decoder_start_token_id=0,
+        pad_token_id=0,
+        eos_token_id=1,
     )
     return T5ForConditionalGeneration(config)
 
@@ -83,24 +91,42 @@ def test_factories_make_parseable_classes_once():
 def test_seq2seq_search_keeps_generation_settings_in_every_trial(tmp_path):
     seen = SeenTrialArguments()
     args = OptunaSeq2SeqTrainingArguments(
-        output_dir=str(tmp_path), report_to="none", use_cpu=True, max_steps=6, per_device_train_batch_size=8,
-        per_device_eval_batch_size=16, eval_strategy="steps", eval_steps=3, logging_steps=3, save_strategy="no",
-        predict_with_generate=True, generation_max_length=LENGTH + 2, disable_tqdm=True,
+        output_dir=str(tmp_path),
+        report_to="none",
+        use_cpu=True,
+        max_steps=6,
+        per_device_train_batch_size=8,
+        per_device_eval_batch_size=16,
+        eval_strategy="steps",
+        eval_steps=3,
+        logging_steps=3,
+        save_strategy="no",
+        predict_with_generate=True,
+        generation_max_length=LENGTH + 2,
+        disable_tqdm=True,
         hp_space={
             "learning_rate": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True},
             "generation_num_beams": {"type": "categorical", "choices": [1, 2]},
         },
-        objective_metric="token_match", n_trials=2, sampler={"name": "random", "seed": 0}, pruner="none",
-        storage="memory", search_report=False,
+        objective_metric="token_match",
+        n_trials=2,
+        sampler={"name": "random", "seed": 0},
+        pruner="none",
+        storage="memory",
+        search_report=False,
     )
     trainer = OptunaSeq2SeqTrainer(
-        model=tiny_t5(), args=args, train_dataset=copy_task(32, 0), eval_dataset=copy_task(16, 1),
-        compute_metrics=exact_match, callbacks=[seen],
+        model=tiny_t5(),
+        args=args,
+        train_dataset=copy_task(32, 0),
+        eval_dataset=copy_task(16, 1),
+        compute_metrics=exact_match,
+        callbacks=[seen],
     )
     best = trainer.hyperparameter_search()
     assert trainer.args is args
     assert len(seen.args) == 2
-    for trial, trial_args in zip(trainer.study.trials, seen.args):
+    for trial, trial_args in zip(trainer.study.trials, seen.args, strict=True):
         assert isinstance(trial_args, Seq2SeqTrainingArguments)
         assert trial_args.predict_with_generate is True and trial_args.generation_max_length == LENGTH + 2
         assert trial_args.generation_num_beams == trial.params["generation_num_beams"]

@@ -8,7 +8,13 @@ from optuna_trainer.objective import Objective, metric_key, normalize_direction,
 
 
 def resolve(**kw):
-    values = dict(compute_objective=None, objective_metric=None, metric_for_best_model=None, greater_is_better=None, direction=None)
+    values = dict(
+        compute_objective=None,
+        objective_metric=None,
+        metric_for_best_model=None,
+        greater_is_better=None,
+        direction=None,
+    )
     values.update(kw)
     return resolve_objective(**values)
 
@@ -34,7 +40,9 @@ class TestResolve:
         assert objective.directions == ["minimize"]
 
     def test_contradicting_direction_is_an_error(self):
-        with pytest.raises(ValueError, match=r"direction: 'maximize' contradicts greater_is_better=False.*use direction='minimize'"):
+        with pytest.raises(
+            ValueError, match=r"direction: 'maximize' contradicts greater_is_better=False.*use direction='minimize'"
+        ):
             resolve(metric_for_best_model="wer", greater_is_better=False, direction="maximize")
         with pytest.raises(ValueError, match=r"'eval_loss' is a loss"):
             resolve(objective_metric="loss", direction="maximize")
@@ -46,14 +54,18 @@ class TestResolve:
     def test_several_directions_need_compute_objective(self):
         with pytest.raises(ValueError, match=r"several objectives need a compute_objective"):
             resolve(direction=["minimize", "maximize"])
-        objective, _ = resolve(compute_objective=lambda m: (m["eval_loss"], m["eval_accuracy"]), direction=["minimize", "maximize"])
+        objective, _ = resolve(
+            compute_objective=lambda m: (m["eval_loss"], m["eval_accuracy"]), direction=["minimize", "maximize"]
+        )
         assert objective.multi and objective({"eval_loss": 0.5, "eval_accuracy": 0.9}) == (0.5, 0.9)
 
 
 class TestObjective:
     def test_missing_metric_names_the_ones_that_exist(self):
         objective, _ = resolve()
-        with pytest.raises(ValueError, match=r"'eval_accuracy' is not among the evaluation metrics \['eval_f1', 'eval_loss'\]"):
+        with pytest.raises(
+            ValueError, match=r"'eval_accuracy' is not among the evaluation metrics \['eval_f1', 'eval_loss'\]"
+        ):
             objective({"eval_loss": 0.3, "eval_f1": 0.8, "epoch": 1.0})
 
     def test_best_over_evaluations_not_last(self):

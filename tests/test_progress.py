@@ -10,7 +10,7 @@ from transformers import ProgressCallback
 from optuna_trainer import OptunaTrainer, OptunaTrainingArguments
 from optuna_trainer.callbacks import TrialStepsProgressCallback
 from optuna_trainer.progress import TrialProgress
-from tests.helpers import base_args, compute_metrics, make_dataset, tiny_model
+from optuna_trainer.testing import base_args, compute_metrics, make_dataset, tiny_model
 
 
 def _finished(state: TrialState, value: float | None = None):
@@ -22,8 +22,12 @@ def test_counts_and_best(capsys):
     study.add_trial(_finished(TrialState.COMPLETE, 0.7))  # resumed: counts from the start
     progress = TrialProgress(study, n_trials=5)
     assert progress.bar.n == 1 and progress.best == 0.7
-    for state, value in [(TrialState.PRUNED, None), (TrialState.FAIL, None), (TrialState.COMPLETE, 0.9),
-                         (TrialState.COMPLETE, 0.8)]:
+    for state, value in [
+        (TrialState.PRUNED, None),
+        (TrialState.FAIL, None),
+        (TrialState.COMPLETE, 0.9),
+        (TrialState.COMPLETE, 0.8),
+    ]:
         study.add_trial(_finished(state, value))
         progress(study, study.trials[-1])
     # done counts complete and pruned trials (what n_trials counts); failed trials are shown apart.
@@ -59,10 +63,16 @@ class PruneTrialOne(optuna.pruners.BasePruner):
 
 
 def _trainer(out_dir, **overrides) -> OptunaTrainer:
-    args = OptunaTrainingArguments(**base_args(out_dir, pruner=PruneTrialOne(), search_report=False,
-                                               save_best_model=False, **overrides))
-    return OptunaTrainer(model_init=tiny_model, args=args, train_dataset=make_dataset(32),
-                         eval_dataset=make_dataset(16, seed=1), compute_metrics=compute_metrics)
+    args = OptunaTrainingArguments(
+        **base_args(out_dir, pruner=PruneTrialOne(), search_report=False, save_best_model=False, **overrides)
+    )
+    return OptunaTrainer(
+        model_init=tiny_model,
+        args=args,
+        train_dataset=make_dataset(32),
+        eval_dataset=make_dataset(16, seed=1),
+        compute_metrics=compute_metrics,
+    )
 
 
 def test_search_shows_the_trials_bar(out_dir, capsys):

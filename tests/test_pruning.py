@@ -9,8 +9,7 @@ import pytest
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from optuna_trainer import OptunaPruningCallback
-
-from .helpers import compute_metrics, make_dataset, tiny_model
+from optuna_trainer.testing import compute_metrics, make_dataset, tiny_model
 
 
 class RecordEnd(TrainerCallback):
@@ -23,19 +22,33 @@ class RecordEnd(TrainerCallback):
 
 def plain_trainer(tmp_path, callbacks, **overrides):
     values = dict(
-        output_dir=str(tmp_path), use_cpu=True, report_to="none", disable_tqdm=True, max_steps=12,
-        per_device_train_batch_size=8, eval_strategy="steps", eval_steps=4, save_strategy="steps", save_steps=2,
+        output_dir=str(tmp_path),
+        use_cpu=True,
+        report_to="none",
+        disable_tqdm=True,
+        max_steps=12,
+        per_device_train_batch_size=8,
+        eval_strategy="steps",
+        eval_steps=4,
+        save_strategy="steps",
+        save_steps=2,
         logging_steps=4,
     )
     values.update(overrides)
     return Trainer(
-        model=tiny_model(), args=TrainingArguments(**values), train_dataset=make_dataset(64), eval_dataset=make_dataset(32, 1),
-        compute_metrics=compute_metrics, callbacks=callbacks,
+        model=tiny_model(),
+        args=TrainingArguments(**values),
+        train_dataset=make_dataset(64),
+        eval_dataset=make_dataset(32, 1),
+        compute_metrics=compute_metrics,
+        callbacks=callbacks,
     )
 
 
 def test_prunes_at_first_evaluation_and_saves_nothing_after(tmp_path):
-    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=2.0))  # accuracy < 2: always
+    study = optuna.create_study(
+        direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=2.0)
+    )  # accuracy < 2: always
     trial = study.ask()
     callback = OptunaPruningCallback(trial, "accuracy", direction="maximize")
     end = RecordEnd()

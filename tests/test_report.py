@@ -23,7 +23,7 @@ from optuna_trainer.report import (
     summarize,
     write_report,
 )
-from tests.helpers import base_args, compute_metrics, make_dataset, tiny_model
+from optuna_trainer.testing import base_args, compute_metrics, make_dataset, tiny_model
 
 PLOTS = ("optimization_history", "intermediate_values", "param_importances", "parallel_coordinate", "slice")
 DISTRIBUTIONS = {
@@ -37,7 +37,10 @@ def _trial(state: TrialState, number_hint: int, value: float | None, steps: int,
     return create_trial(
         state=state,
         value=value if state == TrialState.COMPLETE else None,
-        params={"learning_rate": 10 ** (-5 + number_hint * 0.4), "per_device_train_batch_size": 8 << (number_hint % 2)},
+        params={
+            "learning_rate": 10 ** (-5 + number_hint * 0.4),
+            "per_device_train_batch_size": 8 << (number_hint % 2),
+        },
         distributions=DISTRIBUTIONS,
         intermediate_values=curve if state != TrialState.FAIL else {},
         user_attrs={"steps": steps, "max_steps": max_steps, "seconds": 1.5},
@@ -135,8 +138,13 @@ class TestWriteReport:
 
         one_param = optuna.create_study(direction="maximize")
         for i, value in enumerate((0.6, 0.7)):
-            one_param.add_trial(create_trial(value=value, params={"learning_rate": 1e-4 * (i + 1)},
-                                             distributions={"learning_rate": DISTRIBUTIONS["learning_rate"]}))
+            one_param.add_trial(
+                create_trial(
+                    value=value,
+                    params={"learning_rate": 1e-4 * (i + 1)},
+                    distributions={"learning_rate": DISTRIBUTIONS["learning_rate"]},
+                )
+            )
         summary = write_report(one_param, tmp_path / "one", print_summary=False)
         assert "more than one searched parameter" in summary["skipped_plots"]["param_importances"]
 
@@ -167,14 +175,25 @@ class PruneTrialOne(optuna.pruners.BasePruner):
 
 class TestSearchWritesReport:
     def _search(self, out_dir, **overrides):
-        values = base_args(out_dir, storage=f"sqlite:///{out_dir}/study.db", pruner=PruneTrialOne(),
-                           hp_space={"learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
-                                     "weight_decay": {"type": "float", "low": 0.0, "high": 0.1}},
-                           metric_for_best_model="accuracy", save_best_model=False)
+        values = base_args(
+            out_dir,
+            storage=f"sqlite:///{out_dir}/study.db",
+            pruner=PruneTrialOne(),
+            hp_space={
+                "learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+                "weight_decay": {"type": "float", "low": 0.0, "high": 0.1},
+            },
+            metric_for_best_model="accuracy",
+            save_best_model=False,
+        )
         values.update(overrides)
-        trainer = OptunaTrainer(model_init=tiny_model, args=OptunaTrainingArguments(**values),
-                                train_dataset=make_dataset(32), eval_dataset=make_dataset(16, seed=1),
-                                compute_metrics=compute_metrics)
+        trainer = OptunaTrainer(
+            model_init=tiny_model,
+            args=OptunaTrainingArguments(**values),
+            train_dataset=make_dataset(32),
+            eval_dataset=make_dataset(16, seed=1),
+            compute_metrics=compute_metrics,
+        )
         trainer.hyperparameter_search()
         return trainer
 
@@ -213,8 +232,13 @@ class TestSearchWritesReport:
 def test_several_objectives(tmp_path):
     s = optuna.create_study(directions=["minimize", "maximize"])
     for i, values in enumerate([(0.5, 0.7), (0.4, 0.6), (0.6, 0.9)]):
-        s.add_trial(create_trial(values=list(values), params={"learning_rate": 1e-4 * (i + 1)},
-                                 distributions={"learning_rate": DISTRIBUTIONS["learning_rate"]}))
+        s.add_trial(
+            create_trial(
+                values=list(values),
+                params={"learning_rate": 1e-4 * (i + 1)},
+                distributions={"learning_rate": DISTRIBUTIONS["learning_rate"]},
+            )
+        )
     summary = write_report(s, tmp_path, print_summary=False)
     assert summary["best_trial"] is None
     assert sorted(t["number"] for t in summary["best_trials"]) == [0, 1, 2]  # none dominates another

@@ -14,9 +14,18 @@ from transformers import TrainerCallback
 
 from optuna_trainer import OptunaTrainer, OptunaTrainingArguments
 from optuna_trainer.storage import open_storage
-from tests.helpers import base_args, compute_metrics, make_dataset, require_service, tiny_model
-from tests.logcapture import capture_logs
-from tests.subprocs import kill, start_worker, wait_all, wait_for_file
+from optuna_trainer.testing import (
+    base_args,
+    capture_logs,
+    compute_metrics,
+    kill_process_tree,
+    make_dataset,
+    require_service,
+    start_worker,
+    tiny_model,
+    wait_all,
+    wait_for_file,
+)
 
 PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 HP = {"learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}}
@@ -123,7 +132,9 @@ class TestResumeAfterSigkill:
         started = time.monotonic()
         proc = start_worker(spec, tmp_path / "first.log")
         wait_for_file(marker, proc, tmp_path / "first.log", timeout=120)
-        kill(proc)  # SIGKILL: no finally, no tell; trial 1 stays RUNNING with checkpoint-2 and checkpoint-4
+        kill_process_tree(
+            proc
+        )  # SIGKILL: no finally, no tell; trial 1 stays RUNNING with checkpoint-2 and checkpoint-4
         proc.wait(timeout=30)
         assert (out_dir / "run-1" / "checkpoint-4").is_dir()
         storage = open_storage(storage, ".", heartbeat_interval=None).storage  # after the worker created it
@@ -136,7 +147,12 @@ class TestResumeAfterSigkill:
 
         study = optuna.load_study(study_name=study_name, storage=storage)
         trials = study.trials
-        assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
+        assert [t.state for t in trials] == [
+            TrialState.COMPLETE,
+            TrialState.FAIL,
+            TrialState.COMPLETE,
+            TrialState.COMPLETE,
+        ]
         assert result == {"ran": 2, "finished": 3}  # the retry and one new trial: the total is n_trials
         retry = trials[2]
         assert retry.system_attrs["failed_trial"] == 1

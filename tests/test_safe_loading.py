@@ -16,10 +16,22 @@ PACKAGE = Path(optuna_trainer.__file__).parent
 
 # Calls that build objects from data (code execution on load). `ast.literal_eval` is fine and not listed.
 _UNSAFE_CALLS = {
-    ("yaml", "unsafe_load"), ("yaml", "full_load"), ("yaml", "unsafe_load_all"), ("yaml", "full_load_all"),
-    ("pickle", "load"), ("pickle", "loads"), ("pickle", "Unpickler"), ("dill", "load"), ("dill", "loads"),
-    ("cloudpickle", "load"), ("cloudpickle", "loads"), ("joblib", "load"), ("marshal", "load"), ("marshal", "loads"),
-    ("torch", "load"), ("shelve", "open"),
+    ("yaml", "unsafe_load"),
+    ("yaml", "full_load"),
+    ("yaml", "unsafe_load_all"),
+    ("yaml", "full_load_all"),
+    ("pickle", "load"),
+    ("pickle", "loads"),
+    ("pickle", "Unpickler"),
+    ("dill", "load"),
+    ("dill", "loads"),
+    ("cloudpickle", "load"),
+    ("cloudpickle", "loads"),
+    ("joblib", "load"),
+    ("marshal", "load"),
+    ("marshal", "loads"),
+    ("torch", "load"),
+    ("shelve", "open"),
 }
 _UNSAFE_NAMES = {"eval", "exec", "compile", "__import__"}
 _SAFE_LOADERS = {"SafeLoader", "CSafeLoader", "BaseLoader", "CBaseLoader"}

@@ -73,10 +73,16 @@ def test_same_seed_same_sequence():
 @pytest.mark.parametrize(
     "spec,message",
     [
-        ("tpee", r"sampler: unknown name 'tpee'; valid names: \['bruteforce', 'cmaes', 'gp', 'grid', 'nsga2', 'qmc', 'random', 'tpe'\]"),
+        (
+            "tpee",
+            r"sampler: unknown name 'tpee'; valid names: \['bruteforce', 'cmaes', 'gp', 'grid', 'nsga2', 'qmc', 'random', 'tpe'\]",
+        ),
         ({"name": "tpe", "sed": 0}, r"sampler 'tpe': unknown argument\(s\) \['sed'\]; TPESampler takes \[.*'seed'"),
         ({"seed": 0}, r"sampler: the dict needs a 'name' key"),
-        ({"name": "nsga2", "population_size": 1}, r"sampler 'nsga2': .population_size. must be greater than or equal to 2"),
+        (
+            {"name": "nsga2", "population_size": 1},
+            r"sampler 'nsga2': .population_size. must be greater than or equal to 2",
+        ),
         (42, r"sampler: expected a name"),
     ],
 )
@@ -116,7 +122,9 @@ def test_default_pruner_is_optunas_median():
 
 
 def test_patient_wraps_another():
-    pruner = build_pruner({"name": "patient", "patience": 2, "min_delta": 0.01, "wrapped": {"name": "median", "n_startup_trials": 1}})
+    pruner = build_pruner(
+        {"name": "patient", "patience": 2, "min_delta": 0.01, "wrapped": {"name": "median", "n_startup_trials": 1}}
+    )
     assert isinstance(pruner, optuna.pruners.PatientPruner)
     assert pruner._patience == 2 and pruner._min_delta == 0.01
     assert isinstance(pruner._wrapped_pruner, optuna.pruners.MedianPruner)
@@ -133,8 +141,14 @@ def test_threshold_and_ready_object():
 @pytest.mark.parametrize(
     "spec,message",
     [
-        ("medain", r"pruner: unknown name 'medain'; valid names: \['hyperband', 'median', 'none', 'patient', 'percentile', 'successive_halving', 'threshold', 'wilcoxon'\]"),
-        ({"name": "median", "n_startup": 3}, r"pruner 'median': unknown argument\(s\) \['n_startup'\]; MedianPruner takes \['n_startup_trials', 'n_warmup_steps', 'interval_steps', 'n_min_trials'\]"),
+        (
+            "medain",
+            r"pruner: unknown name 'medain'; valid names: \['hyperband', 'median', 'none', 'patient', 'percentile', 'successive_halving', 'threshold', 'wilcoxon'\]",
+        ),
+        (
+            {"name": "median", "n_startup": 3},
+            r"pruner 'median': unknown argument\(s\) \['n_startup'\]; MedianPruner takes \['n_startup_trials', 'n_warmup_steps', 'interval_steps', 'n_min_trials'\]",
+        ),
         ({"name": "median", "n_startup_trials": -1}, r"pruner 'median': .*n_startup_trials"),
         ({"name": "patient"}, r"pruner 'patient': 'patience' is required"),
         ({"name": "patient", "patience": 1, "wrapped": "nope"}, r"pruner: unknown name 'nope'"),

@@ -8,8 +8,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 
 from optuna_trainer import OptunaTrainingArguments, SearchSpace
 from optuna_trainer.search_space import check_key, check_model_keys, split_params
-
-from .helpers import tiny_config
+from optuna_trainer.testing import tiny_config
 
 SEED_SPACE_YAML = """
 learning_rate: {type: float, low: 5.0e-6, high: 5.0e-5, log: true}
@@ -102,26 +101,66 @@ class TestSuggest:
         }
 
     def test_grid_of_continuous_range_is_an_error(self):
-        space = SearchSpace.parse({"learning_rate": {"type": "float", "low": 1e-5, "high": 1e-3}}, OptunaTrainingArguments)
-        with pytest.raises(ValueError, match=r"hp_space\['learning_rate'\] is a continuous float range.*give it a step"):
+        space = SearchSpace.parse(
+            {"learning_rate": {"type": "float", "low": 1e-5, "high": 1e-3}}, OptunaTrainingArguments
+        )
+        with pytest.raises(
+            ValueError, match=r"hp_space\['learning_rate'\] is a continuous float range.*give it a step"
+        ):
             space.grid()
 
 
 BAD_SPECS = [
-    ({"learning_rate": {"type": "float", "low": 0.1, "high": 0.01}}, r"hp_space\['learning_rate'\]: low \(0.1\) must be below high \(0.01\)"),
-    ({"learning_rate": {"type": "float", "low": 0.0, "high": 0.1, "log": True}}, r"\['learning_rate'\]: log=true needs low > 0"),
-    ({"per_device_train_batch_size": {"type": "categorical", "choices": []}}, r"\['per_device_train_batch_size'\]: choices must be a non-empty list"),
-    ({"per_device_train_batch_size": {"type": "categorical", "choices": 8}}, r"choices must be a non-empty list, got 8"),
-    ({"learning_rate": {"type": "uniform", "low": 0.0, "high": 1.0}}, r"\['learning_rate'\]: type 'uniform' is not one of \['float', 'int', 'categorical'\]"),
-    ({"warmup_ratio": {"type": "float", "low": 0.0, "high": 0.1, "step": 0.5}}, r"\['warmup_ratio'\]: step \(0.5\) is larger than the range"),
-    ({"learning_rate": {"type": "float", "low": "small", "high": 0.1}}, r"\['learning_rate'\]: low must be a number, got 'small'"),
+    (
+        {"learning_rate": {"type": "float", "low": 0.1, "high": 0.01}},
+        r"hp_space\['learning_rate'\]: low \(0.1\) must be below high \(0.01\)",
+    ),
+    (
+        {"learning_rate": {"type": "float", "low": 0.0, "high": 0.1, "log": True}},
+        r"\['learning_rate'\]: log=true needs low > 0",
+    ),
+    (
+        {"per_device_train_batch_size": {"type": "categorical", "choices": []}},
+        r"\['per_device_train_batch_size'\]: choices must be a non-empty list",
+    ),
+    (
+        {"per_device_train_batch_size": {"type": "categorical", "choices": 8}},
+        r"choices must be a non-empty list, got 8",
+    ),
+    (
+        {"learning_rate": {"type": "uniform", "low": 0.0, "high": 1.0}},
+        r"\['learning_rate'\]: type 'uniform' is not one of \['float', 'int', 'categorical'\]",
+    ),
+    (
+        {"warmup_ratio": {"type": "float", "low": 0.0, "high": 0.1, "step": 0.5}},
+        r"\['warmup_ratio'\]: step \(0.5\) is larger than the range",
+    ),
+    (
+        {"learning_rate": {"type": "float", "low": "small", "high": 0.1}},
+        r"\['learning_rate'\]: low must be a number, got 'small'",
+    ),
     ({"learning_rate": {"type": "float", "high": 0.1}}, r"\['learning_rate'\]: low is required"),
     ({"learning_rate": {"type": "float", "low": 1e-5, "high": 0.1, "lgo": True}}, r"unknown field\(s\) \['lgo'\]"),
-    ({"learning_rte": {"type": "float", "low": 1e-5, "high": 0.1}}, r"\['learning_rte'\]: not a field of OptunaTrainingArguments"),
-    ({"per_device_train_batch_size": {"type": "float", "low": 8, "high": 64}}, r"\['per_device_train_batch_size'\]: type float does not fit.*use type: int"),
-    ({"per_device_train_batch_size": {"type": "categorical", "choices": [8, "big"]}}, r"choice 'big' \(str\) does not fit"),
-    ({"num_train_epochs": {"type": "int", "low": 1.5, "high": 3}}, r"\['num_train_epochs'\]: low must be a whole number for type int"),
-    ({"output_dir": {"type": "categorical", "choices": ["a", "b"]}}, r"\['output_dir'\]: output_dir is fixed for the whole search"),
+    (
+        {"learning_rte": {"type": "float", "low": 1e-5, "high": 0.1}},
+        r"\['learning_rte'\]: not a field of OptunaTrainingArguments",
+    ),
+    (
+        {"per_device_train_batch_size": {"type": "float", "low": 8, "high": 64}},
+        r"\['per_device_train_batch_size'\]: type float does not fit.*use type: int",
+    ),
+    (
+        {"per_device_train_batch_size": {"type": "categorical", "choices": [8, "big"]}},
+        r"choice 'big' \(str\) does not fit",
+    ),
+    (
+        {"num_train_epochs": {"type": "int", "low": 1.5, "high": 3}},
+        r"\['num_train_epochs'\]: low must be a whole number for type int",
+    ),
+    (
+        {"output_dir": {"type": "categorical", "choices": ["a", "b"]}},
+        r"\['output_dir'\]: output_dir is fixed for the whole search",
+    ),
     ({"learning_rate": 0.001}, r"\['learning_rate'\]: expected a spec like"),
     ({"model.": {"type": "float", "low": 0.0, "high": 0.1}}, r"expected model.<config attribute>"),
     ({}, r"hp_space: the search space is empty"),

@@ -70,9 +70,7 @@ def int_specs(draw: Any) -> dict[str, Any]:
     return spec
 
 
-choice_values = st.one_of(
-    st.none(), st.booleans(), st.integers(-100, 100), finite, st.text(max_size=8)
-)
+choice_values = st.one_of(st.none(), st.booleans(), st.integers(-100, 100), finite, st.text(max_size=8))
 categorical_specs = st.builds(
     lambda choices: {"type": "categorical", "choices": choices},
     st.lists(choice_values, min_size=1, max_size=6, unique_by=lambda c: (type(c), c)),
@@ -137,8 +135,9 @@ class TestValidSpaces:
         assert_same_space(SearchSpace.parse(space.to_dict()), space)
 
     @SETTINGS
-    @given(st.dictionaries(st.sampled_from(["learning_rate", "weight_decay", "adam_epsilon"]), float_specs(),
-                           min_size=1))
+    @given(
+        st.dictionaries(st.sampled_from(["learning_rate", "weight_decay", "adam_epsilon"]), float_specs(), min_size=1)
+    )
     def test_float_fields_accept_float_specs(self, mapping: dict[str, Any]) -> None:
         space = SearchSpace.parse(mapping, OptunaTrainingArguments)
         assert all(isinstance(d, FloatDistribution) for d in space.distributions.values())
@@ -147,7 +146,11 @@ class TestValidSpaces:
 # ---- invalid specs ------------------------------------------------------------------------------------------------
 
 junk = st.one_of(
-    st.none(), st.booleans(), st.integers(-10, 10), st.floats(), st.text(max_size=6),
+    st.none(),
+    st.booleans(),
+    st.integers(-10, 10),
+    st.floats(),
+    st.text(max_size=6),
     st.sampled_from(["float", "int", "categorical", "1e-5", "uniform"]),
     st.lists(st.one_of(st.integers(-3, 3), st.text(max_size=3), st.none()), max_size=4),
     st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
@@ -167,9 +170,11 @@ def _not_a_number(text: str) -> bool:
 def broken_specs(draw: Any) -> Any:
     """A valid spec with one thing made wrong, so that it is invalid by construction."""
     spec = dict(draw(st.one_of(float_specs(), int_specs())))
-    how = draw(st.sampled_from(
-        ["swap", "equal", "log_low", "bound_type", "bound_nonfinite", "type", "extra", "step", "no_bound"]
-    ))
+    how = draw(
+        st.sampled_from(
+            ["swap", "equal", "log_low", "bound_type", "bound_nonfinite", "type", "extra", "step", "no_bound"]
+        )
+    )
     if how == "swap":
         spec["low"], spec["high"] = spec["high"], spec["low"]
         spec.pop("step", None)
@@ -181,20 +186,26 @@ def broken_specs(draw: Any) -> Any:
         spec.update(log=True, low=draw(st.sampled_from([0, -1, -0.5])), high=max(spec["high"], 10))
     elif how == "bound_type":
         spec[draw(st.sampled_from(["low", "high"]))] = draw(
-            st.one_of(st.text(max_size=5).filter(_not_a_number), st.none(), st.booleans(),
-                      st.lists(st.integers(), max_size=2))
+            st.one_of(
+                st.text(max_size=5).filter(_not_a_number),
+                st.none(),
+                st.booleans(),
+                st.lists(st.integers(), max_size=2),
+            )
         )
     elif how == "bound_nonfinite":
         spec[draw(st.sampled_from(["low", "high"]))] = draw(st.sampled_from([math.nan, math.inf, -math.inf]))
     elif how == "type":
-        spec["type"] = draw(st.one_of(st.none(), st.text(max_size=8).filter(lambda t: t not in ("float", "int")),
-                                      st.integers()))
+        spec["type"] = draw(
+            st.one_of(st.none(), st.text(max_size=8).filter(lambda t: t not in ("float", "int")), st.integers())
+        )
     elif how == "extra":
         spec[draw(st.sampled_from(["choices", "lg", "steps", "default"]))] = 1
     elif how == "step":
         spec.pop("log", None)
-        spec["step"] = draw(st.one_of(st.sampled_from([0, -1, "one", None, True]),
-                                      st.just(2 * (spec["high"] - spec["low"]) + 1)))
+        spec["step"] = draw(
+            st.one_of(st.sampled_from([0, -1, "one", None, True]), st.just(2 * (spec["high"] - spec["low"]) + 1))
+        )
         if spec["step"] is None:
             spec["step"] = math.nan
     else:
@@ -203,11 +214,15 @@ def broken_specs(draw: Any) -> Any:
 
 
 broken_categorical = st.one_of(
-    st.builds(lambda c: {"type": "categorical", "choices": c}, st.one_of(st.just([]), st.text(max_size=4),
-                                                                          st.none(), st.integers())),
+    st.builds(
+        lambda c: {"type": "categorical", "choices": c},
+        st.one_of(st.just([]), st.text(max_size=4), st.none(), st.integers()),
+    ),
     st.builds(lambda c: {"type": "categorical", "choices": [c, c]}, st.one_of(st.integers(), st.text(max_size=3))),
-    st.builds(lambda c: {"type": "categorical", "choices": [1, c]},
-              st.one_of(st.lists(st.integers(), max_size=2), st.dictionaries(st.text(max_size=2), st.integers()))),
+    st.builds(
+        lambda c: {"type": "categorical", "choices": [1, c]},
+        st.one_of(st.lists(st.integers(), max_size=2), st.dictionaries(st.text(max_size=2), st.integers())),
+    ),
     st.builds(lambda x: {"type": "categorical", "choices": [1, 2], "low": x}, st.integers()),
 )
 not_a_mapping = st.one_of(st.none(), st.integers(), finite, st.text(max_size=5), st.lists(st.integers(), max_size=3))
@@ -233,8 +248,11 @@ class TestInvalidSpaces:
         assert_rejected_naming(mapping, key)
 
     @SETTINGS
-    @given(keys, st.dictionaries(st.sampled_from(["type", "low", "high", "log", "step", "choices", "x"]), junk),
-           st.integers(0, 2**16))
+    @given(
+        keys,
+        st.dictionaries(st.sampled_from(["type", "low", "high", "log", "step", "choices", "x"]), junk),
+        st.integers(0, 2**16),
+    )
     def test_any_spec_is_either_a_sound_space_or_a_clear_error(self, key: str, spec: dict, seed: int) -> None:
         try:
             space = SearchSpace.parse({key: spec})
@@ -250,13 +268,19 @@ class TestInvalidSpaces:
             assert f"hp_space[{key!r}]" in str(err)
 
     @SETTINGS
-    @given(st.from_regex(r"[a-z][a-z_]{2,12}", fullmatch=True).filter(
-        lambda k: k not in {f for f in OptunaTrainingArguments.__dataclass_fields__}), float_specs())
+    @given(
+        st.from_regex(r"[a-z][a-z_]{2,12}", fullmatch=True).filter(
+            lambda k: k not in {f for f in OptunaTrainingArguments.__dataclass_fields__}
+        ),
+        float_specs(),
+    )
     def test_unknown_field_is_rejected_with_its_key(self, key: str, spec: dict[str, Any]) -> None:
         assert_rejected_naming({key: spec}, key, OptunaTrainingArguments)
 
     @SETTINGS
-    @given(st.sampled_from(["per_device_train_batch_size", "gradient_accumulation_steps", "seed", "max_steps"]),
-           float_specs())
+    @given(
+        st.sampled_from(["per_device_train_batch_size", "gradient_accumulation_steps", "seed", "max_steps"]),
+        float_specs(),
+    )
     def test_float_spec_for_an_int_field_is_rejected(self, key: str, spec: dict[str, Any]) -> None:
         assert_rejected_naming({key: spec}, key, OptunaTrainingArguments)

@@ -12,8 +12,7 @@ import pytest
 
 from optuna_trainer import OptunaTrainer, OptunaTrainingArguments
 from optuna_trainer.storage import mask_url, open_storage
-from tests.helpers import base_args, compute_metrics, make_dataset, require_service, tiny_model
-from tests.logcapture import capture_logs
+from optuna_trainer.testing import base_args, capture_logs, compute_metrics, make_dataset, require_service, tiny_model
 
 PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 SECRET = "s3cr3t-Pw-7f1c"  # trust authentication ignores it, so a real server accepts the URL
@@ -74,7 +73,9 @@ class TestOpenStorage:
         storage = trainer.study._storage
         storage = getattr(storage, "_backend", storage)  # create_study wraps an RDBStorage in a cache
         assert storage.get_heartbeat_interval() == 7 and storage.grace_period == 14
-        assert isinstance(storage.get_heartbeat_stale_trial_callback(), optuna.storages.RetryHeartbeatStaleTrialCallback)
+        assert isinstance(
+            storage.get_heartbeat_stale_trial_callback(), optuna.storages.RetryHeartbeatStaleTrialCallback
+        )
 
 
 class TestHeartbeatArgument:

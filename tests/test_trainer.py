@@ -13,8 +13,7 @@ from transformers import BertForSequenceClassification, TrainerCallback, Trainin
 from transformers.trainer_utils import BestRun
 
 from optuna_trainer import NoCompletedTrialError, OptunaTrainer, OptunaTrainingArguments
-
-from .helpers import base_args, compute_metrics, make_dataset, tiny_config, tiny_model
+from optuna_trainer.testing import base_args, compute_metrics, make_dataset, tiny_config, tiny_model
 
 TRAIN = make_dataset(64, 0)
 EVAL = make_dataset(32, 1)
@@ -24,8 +23,13 @@ LR_SPACE = {"learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log":
 def make_trainer(out_dir, model_init=tiny_model, model=None, callbacks=None, metrics=compute_metrics, **overrides):
     args = OptunaTrainingArguments(**base_args(out_dir, **overrides))
     return OptunaTrainer(
-        model=model, model_init=None if model is not None else model_init, args=args, train_dataset=TRAIN,
-        eval_dataset=EVAL, compute_metrics=metrics, callbacks=callbacks,
+        model=model,
+        model_init=None if model is not None else model_init,
+        args=args,
+        train_dataset=TRAIN,
+        eval_dataset=EVAL,
+        compute_metrics=metrics,
+        callbacks=callbacks,
     )
 
 
@@ -59,9 +63,9 @@ def test_seed_snippet_runs_unchanged(out_dir):
         backend="optuna",
         n_trials=5,
         hp_space=hyperparameter_space,
-        compute_objective=lambda metrics: trainer.state.best_metric
-        if trainer.state.best_metric is not None
-        else metrics["eval_accuracy"],
+        compute_objective=lambda metrics: (
+            trainer.state.best_metric if trainer.state.best_metric is not None else metrics["eval_accuracy"]
+        ),
     )
     assert isinstance(best_trial, BestRun)
     study = trainer.study
@@ -74,14 +78,18 @@ def test_seed_snippet_runs_unchanged(out_dir):
 def test_declarative_search_from_arguments_alone(out_dir):
     seen = SeenArgs()
     trainer = make_trainer(
-        out_dir, callbacks=[seen], hp_space={**LR_SPACE, "weight_decay": {"type": "float", "low": 0.0, "high": 0.1}},
-        sampler={"name": "random", "seed": 0}, pruner="none", n_trials=3,
+        out_dir,
+        callbacks=[seen],
+        hp_space={**LR_SPACE, "weight_decay": {"type": "float", "low": 0.0, "high": 0.1}},
+        sampler={"name": "random", "seed": 0},
+        pruner="none",
+        n_trials=3,
     )
     best = trainer.hyperparameter_search()
     study = trainer.study
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 3
     # each trial trained with its own values and wrote under output_dir/run-{number}
-    for trial, args in zip(study.trials, seen.args):
+    for trial, args in zip(study.trials, seen.args, strict=True):
         assert args.learning_rate == trial.params["learning_rate"]
         assert args.weight_decay == trial.params["weight_decay"]
         assert args.output_dir == os.path.join(str(out_dir), f"run-{trial.number}")
@@ -105,7 +113,11 @@ def test_trial_value_is_best_evaluation_not_last(out_dir):
 
 def test_pruner_that_must_prune_does(out_dir):
     trainer = make_trainer(
-        out_dir, hp_space=LR_SPACE, pruner={"name": "threshold", "lower": 2.0}, n_trials=3, max_steps=8,
+        out_dir,
+        hp_space=LR_SPACE,
+        pruner={"name": "threshold", "lower": 2.0},
+        n_trials=3,
+        max_steps=8,
     )
     with pytest.raises(NoCompletedTrialError, match=r"no completed trial: 3 pruned, 0 failed"):
         trainer.hyperparameter_search()
@@ -126,7 +138,10 @@ def test_median_pruner_prunes_bad_trials_among_good_ones(out_dir):
         return {"accuracy": 0.9 if good else 0.1}
 
     trainer = make_trainer(
-        out_dir, metrics=scripted, hp_space=LR_SPACE, pruner={"name": "median", "n_startup_trials": 2, "n_warmup_steps": 3},
+        out_dir,
+        metrics=scripted,
+        hp_space=LR_SPACE,
+        pruner={"name": "median", "n_startup_trials": 2, "n_warmup_steps": 3},
         max_steps=12,
     )
     trainer.hyperparameter_search(n_trials=4)
@@ -145,7 +160,15 @@ def test_none_never_prunes(out_dir):
 
 def test_same_sampler_seed_same_parameters(tmp_path):
     def run(path):
-        trainer = make_trainer(path, hp_space=LR_SPACE, sampler={"name": "tpe", "seed": 7, "n_startup_trials": 2}, pruner="none", n_trials=4, max_steps=2, eval_steps=2)
+        trainer = make_trainer(
+            path,
+            hp_space=LR_SPACE,
+            sampler={"name": "tpe", "seed": 7, "n_startup_trials": 2},
+            pruner="none",
+            n_trials=4,
+            max_steps=2,
+            eval_steps=2,
+        )
         trainer.hyperparameter_search()
         return [t.params for t in trainer.study.trials]
 
@@ -160,7 +183,10 @@ def test_model_hyperparameter_reaches_config(out_dir):
             dropouts.append((model.config.hidden_dropout_prob, model.bert.embeddings.dropout.p))
 
     trainer = make_trainer(
-        out_dir, callbacks=[Dropouts()], n_trials=3, pruner="none",
+        out_dir,
+        callbacks=[Dropouts()],
+        n_trials=3,
+        pruner="none",
         hp_space={"model.hidden_dropout_prob": {"type": "float", "low": 0.2, "high": 0.4}, **LR_SPACE},
     )
     trainer.hyperparameter_search()
@@ -175,8 +201,12 @@ def test_model_hyperparameter_reaches_config(out_dir):
 
 def test_unknown_model_attribute_fails_before_training(out_dir):
     seen = SeenArgs()
-    trainer = make_trainer(out_dir, callbacks=[seen], hp_space={"model.hidden_dropout": {"type": "float", "low": 0.0, "high": 0.3}})
-    with pytest.raises(ValueError, match=r"hp_space\['model.hidden_dropout'\]: BertConfig has no attribute 'hidden_dropout'"):
+    trainer = make_trainer(
+        out_dir, callbacks=[seen], hp_space={"model.hidden_dropout": {"type": "float", "low": 0.0, "high": 0.3}}
+    )
+    with pytest.raises(
+        ValueError, match=r"hp_space\['model.hidden_dropout'\]: BertConfig has no attribute 'hidden_dropout'"
+    ):
         trainer.hyperparameter_search()
     assert seen.args == [] and trainer.study is None
 
@@ -199,7 +229,9 @@ def test_seed_is_set_before_the_model_is_built(out_dir):
     seen = SeenArgs()
     trainer = make_trainer(out_dir, callbacks=[seen], pruner="none")
     trainer.hyperparameter_search(
-        hp_space=lambda t: {"seed": t.suggest_categorical("seed", [11]) if t.number < 2 else 12}, n_trials=3, direction="maximize"
+        hp_space=lambda t: {"seed": t.suggest_categorical("seed", [11]) if t.number < 2 else 12},
+        n_trials=3,
+        direction="maximize",
     )
     w0, w1, w2 = seen.first_weights
     assert torch.equal(w0, w1)  # same trial seed -> same initial weights
@@ -233,7 +265,11 @@ def test_model_without_model_init_restores_initial_weights(out_dir):
 def test_memory_released_after_each_trial(out_dir):
     seen = SeenArgs()
     trainer = make_trainer(
-        out_dir, callbacks=[seen], hp_space=LR_SPACE, pruner={"name": "threshold", "lower": 0.99}, n_trials=4,
+        out_dir,
+        callbacks=[seen],
+        hp_space=LR_SPACE,
+        pruner={"name": "threshold", "lower": 0.99},
+        n_trials=4,
     )
     try:
         trainer.hyperparameter_search()
@@ -247,8 +283,14 @@ def test_memory_released_after_each_trial(out_dir):
 
 def test_best_model_saved_and_pruned_checkpoints_deleted(out_dir):
     trainer = make_trainer(
-        out_dir, hp_space=LR_SPACE, save_strategy="steps", save_steps=2, n_trials=4, max_steps=8,
-        pruner={"name": "median", "n_startup_trials": 1}, sampler={"name": "random", "seed": 1},
+        out_dir,
+        hp_space=LR_SPACE,
+        save_strategy="steps",
+        save_steps=2,
+        n_trials=4,
+        max_steps=8,
+        pruner={"name": "median", "n_startup_trials": 1},
+        sampler={"name": "random", "seed": 1},
     )
     best = trainer.hyperparameter_search()
     best_dir = out_dir / "best_model"
@@ -325,7 +367,9 @@ def test_transformers_keywords_are_accepted(out_dir):
 
 def test_plain_training_arguments_and_train_unchanged(out_dir):
     args = TrainingArguments(**{k: v for k, v in base_args(out_dir).items() if k not in ("storage", "n_trials")})
-    trainer = OptunaTrainer(model=tiny_model(), args=args, train_dataset=TRAIN, eval_dataset=EVAL, compute_metrics=compute_metrics)
+    trainer = OptunaTrainer(
+        model=tiny_model(), args=args, train_dataset=TRAIN, eval_dataset=EVAL, compute_metrics=compute_metrics
+    )
     assert trainer.args is args  # the user's object, as in Trainer
     output = trainer.train()
     assert output.global_step == 8 and trainer.study is None

@@ -13,10 +13,8 @@ from optuna.trial import TrialState
 
 from optuna_trainer.claims import local_lock
 from optuna_trainer.storage import open_storage
+from optuna_trainer.testing import capture_logs, require_service, start_worker, wait_all
 from optuna_trainer.workers import StopRequest, run_trials
-from tests.helpers import require_service
-from tests.logcapture import capture_logs
-from tests.subprocs import start_worker, wait_all
 
 PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 REDIS = "redis://127.0.0.1:6379/0"
@@ -273,7 +271,7 @@ class TestRunTrialsLoop:
         # workers.stop_requested reads Optuna's private Study._stop_flag (no public accessor): fail loudly if it moves.
         study = self._study(0)
         study.optimize(lambda t: (study.stop(), t.suggest_float("x", 0, 10))[1], n_trials=1)
-        assert getattr(study, "_stop_flag") is True
+        assert study._stop_flag is True
 
     def test_pruned_trials_count(self):
         study = self._study(0)

@@ -11,7 +11,7 @@ try:
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
 except ImportError as err:  # pragma: no cover - depends on the environment
     raise ImportError(
-        'optuna_trainer.integrations.sentence_transformers needs sentence-transformers: '
+        "optuna_trainer.integrations.sentence_transformers needs sentence-transformers: "
         'pip install "optuna-trainer[sentence-transformers]"'
     ) from err
 

@@ -23,7 +23,7 @@ import optuna  # noqa: E402
 from transformers import BertForSequenceClassification, TrainerCallback  # noqa: E402
 
 from optuna_trainer import OptunaTrainer, OptunaTrainingArguments  # noqa: E402
-from tests.helpers import base_args, compute_metrics, make_dataset, tiny_config  # noqa: E402
+from optuna_trainer.testing import base_args, compute_metrics, make_dataset, tiny_config  # noqa: E402
 
 FAIL_TRIAL = 1
 FAIL_STEP = 3
@@ -126,8 +126,13 @@ def main() -> None:
         record["study_is_none"] = trainer.study is None
         if trainer.study is not None:
             record["trials"] = [
-                {"number": t.number, "state": t.state.name, "value": t.value, "params": {k: _hex(v) for k, v in t.params.items()},
-                 "user_attrs": t.user_attrs}
+                {
+                    "number": t.number,
+                    "state": t.state.name,
+                    "value": t.value,
+                    "params": {k: _hex(v) for k, v in t.params.items()},
+                    "user_attrs": t.user_attrs,
+                }
                 for t in trainer.study.trials
             ]
         with open(os.path.join(cli.out, f"rank{rank}.json"), "w", encoding="utf-8") as f:

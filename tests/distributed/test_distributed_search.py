@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 # Kills the launcher's group and every worker below it (torchrun starts each worker in a session of its own).
-from benchmarks.common import kill_group as kill_tree
+from optuna_trainer.testing import kill_process_tree as kill_tree
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = Path(__file__).with_name("search_script.py")
@@ -52,17 +52,36 @@ class Run:
 def launch(scenario: str, out_dir: Path, launcher: str = "accelerate") -> Run:
     port = str(_free_port())
     if launcher == "accelerate":
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--main_process_port", port]
+        cmd = [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "--main_process_port",
+            port,
+        ]
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port]
     cmd += [str(SCRIPT), "--scenario", scenario, "--out", str(out_dir)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1",
-           "TOKENIZERS_PARALLELISM": "false"}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(ROOT),
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
     start = time.monotonic()
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
     try:
         output, _ = proc.communicate(timeout=BOUND_S)
     except subprocess.TimeoutExpired:
@@ -88,7 +107,12 @@ def assert_same_on_both_ranks(run: Run) -> None:
         used = rank0["used"].get(str(trial["number"]))
         if used is None:
             continue
-        for key in ("learning_rate", "weight_decay", "per_device_train_batch_size", "model.attention_probs_dropout_prob"):
+        for key in (
+            "learning_rate",
+            "weight_decay",
+            "per_device_train_batch_size",
+            "model.attention_probs_dropout_prob",
+        ):
             assert used[key] == trial["params"][key], (trial["number"], key)
         assert used["model.hidden_dropout_prob"] == trial["params"]["model_init_dropout"]
         assert rank0["model_init"][str(trial["number"])] == trial["params"]["model_init_dropout"]
