@@ -35,7 +35,8 @@ def check_before_study(trainer: Trainer, settings: SearchSettings) -> None:
         probe_hp_space(settings.hp_space, type(trainer.args), config)
     if trainer.train_dataset is None:
         raise ValueError("train_dataset: a search trains every trial; pass train_dataset= to the trainer")
-    if trainer.eval_dataset is None:
+    # sentence-transformers' trainer evaluates with its `evaluator` alone, without an eval_dataset.
+    if trainer.eval_dataset is None and getattr(trainer, "evaluator", None) is None:
         raise ValueError(
             "eval_dataset: every trial is scored by an evaluation; pass eval_dataset= to the trainer "
             "(a held-out split)"

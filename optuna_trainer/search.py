@@ -30,7 +30,7 @@ from .models import InitialModel
 from .progress import TrialProgress
 from .report import write_report
 from .settings import SearchSettings, resolve_settings
-from .trial import TrialRun, delete_checkpoints, use_arguments
+from .trial import TrialRun, apply_arguments, delete_checkpoints
 from .workers import StopRequest, count_finished, run_trials
 
 if TYPE_CHECKING:
@@ -191,7 +191,7 @@ class Search:
             self.progress.close()
         trainer.hp_name = self._user_hp_name
         trainer.model_init = self._user_model_init
-        use_arguments(trainer, self.base_args)
+        apply_arguments(trainer, self.base_args)
         model = self._initial_model.restore() if self._initial_model is not None else self._pre_search_model
         if model is not None and trainer.place_model_on_device:
             model = model.to(trainer.args.device)

@@ -15,15 +15,16 @@ it touches is the attribute `_train_batch_size` (trial.py: `use_arguments`).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import optuna
-from transformers import Trainer
+from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import BestRun, HPSearchBackend
 
 from ._classes import mixed_class
 from .coordinator import coordinator_for
 from .search import Search
+from .trial import use_arguments
 
 
 class OptunaSearchMixin:
@@ -87,6 +88,17 @@ class OptunaSearchMixin:
         )
         self.study = search.study
         return search.run()
+
+    def use_trial_arguments(self, args: TrainingArguments) -> None:
+        """Make `args` this trainer's arguments: called before each trial with the trial's arguments, and once when the
+        search ends with the user's own.
+
+        The default rebuilds what `Trainer` derives from its arguments (the accelerator, the train batch size) and
+        sets again every attribute the trainer or its collator copied from a changed argument under the same name
+        (trial.py: `use_arguments`). A trainer that prepares data from its arguments in `__init__` extends this to
+        prepare it again (integrations/trl.py).
+        """
+        use_arguments(cast(Trainer, self), args)
 
 
 class OptunaTrainer(OptunaSearchMixin, Trainer):

@@ -59,6 +59,16 @@ def _takes_argument(func: Callable[..., Any]) -> bool:
     return number_of_arguments(func) >= 1
 
 
+def apply_arguments(trainer: Trainer, args: TrainingArguments) -> None:
+    """Give the trainer a trial's arguments (or the user's back): through its `use_trial_arguments` when it has one
+    (`OptunaSearchMixin`, which trainers with data prepared from their arguments extend), else `use_arguments`."""
+    hook = getattr(trainer, "use_trial_arguments", None)
+    if hook is not None:
+        hook(args)
+    else:
+        use_arguments(trainer, args)
+
+
 def use_arguments(trainer: Trainer, args: TrainingArguments) -> None:
     """Make `args` the trainer's arguments, rebuilding what depends on them.
 
@@ -67,9 +77,51 @@ def use_arguments(trainer: Trainer, args: TrainingArguments) -> None:
     the train dataloader and that transformers' search refreshes the same way (supported range: pyproject.toml);
     tests/test_trainer.py::test_batch_size_is_searched fails if it stops being read.
     """
+    previous = trainer.args
     trainer.args = args
     trainer.create_accelerator_and_postprocess()
     trainer._train_batch_size = args.train_batch_size
+    follow_arguments(trainer, previous, args)
+
+
+def changed_fields(before: TrainingArguments, after: TrainingArguments) -> set[str]:
+    """The names of the dataclass fields whose values differ between two arguments objects."""
+    changed = set()
+    for field in dataclasses.fields(after):
+        old, new = getattr(before, field.name, None), getattr(after, field.name, None)
+        try:
+            different = bool(old != new)
+        except Exception:  # noqa: BLE001 - a value that cannot be compared (an array) counts as changed
+            different = True
+        if different:
+            changed.add(field.name)
+    return changed
+
+
+def follow_arguments(trainer: Trainer, previous: TrainingArguments, args: TrainingArguments) -> None:
+    """Where the trainer or its data collator keeps its own copy of an argument, under the argument's name, the copy
+    follows the new value.
+
+    Trainers copy arguments into attributes in `__init__` and read the copy afterwards: TRL's `DPOTrainer` reads
+    `self.beta`, `self.label_smoothing`, ..., and the collator it builds keeps `max_length` and `truncation_mode`.
+    A searched `beta` must change the loss, not only `trainer.args.beta`; so every changed field that is also an
+    instance attribute of the same name holding the previous value (a copy, not something else of that name, such as
+    `Trainer.deepspeed`, the engine) is set again.
+    """
+    changed = changed_fields(previous, args)
+    for holder in (trainer, getattr(trainer, "data_collator", None)):
+        if holder is None or not hasattr(holder, "__dict__"):
+            continue
+        for name in changed & set(vars(holder)):
+            if _same(vars(holder)[name], getattr(previous, name)):
+                setattr(holder, name, getattr(args, name))
+
+
+def _same(a: Any, b: Any) -> bool:
+    try:
+        return type(a) is type(b) and bool(a == b)
+    except Exception:  # noqa: BLE001 - values that cannot be compared are not copies of each other
+        return False
 
 
 class TrialRun:
@@ -129,7 +181,7 @@ class TrialRun:
         self.trial.set_user_attr("run_dir", self.run_dir)
         self.trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
 
-        use_arguments(self.trainer, trial_arguments(self.search.base_args, args_values, output_dir=self.run_dir))
+        apply_arguments(self.trainer, trial_arguments(self.search.base_args, args_values, output_dir=self.run_dir))
         assert self.search.model_source is not None  # set by Search._take_trainer
         # transformers types model_init as returning a PreTrainedModel; it accepts any nn.Module.
         self.trainer.model_init = cast(Any, TrialModelInit(self.search.model_source, model_values))

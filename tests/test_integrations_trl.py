@@ -1,0 +1,166 @@
+"""TRL's SFTTrainer and DPOTrainer searched end to end: a tiny Llama built from a config, a word-level tokenizer built
+here, and searched keys that TRL reads outside `trainer.args` (SFT's `max_length` at dataset preparation, DPO's
+`beta` copied into the trainer)."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from typing import Any
+
+import pytest
+import torch
+from datasets import Dataset
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, TrainerCallback
+
+pytest.importorskip("trl")
+from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
+
+from optuna_trainer.integrations.trl import (  # noqa: E402
+    OptunaDPOConfig,
+    OptunaDPOTrainer,
+    OptunaSFTConfig,
+    OptunaSFTTrainer,
+)
+
+WORDS = "red green blue one two three cat dog sun moon is a the and".split()
+
+
+def word_tokenizer() -> PreTrainedTokenizerFast:
+    vocab = {w: i for i, w in enumerate(["<pad>", "<eos>", "<unk>", *WORDS])}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
+
+
+def tiny_llama(vocab_size: int) -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=32,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=None,
+    )
+    return LlamaForCausalLM(config)
+
+
+def weights_hash(model: torch.nn.Module) -> str:
+    digest = hashlib.sha256()
+    for tensor in model.state_dict().values():
+        digest.update(tensor.detach().cpu().float().numpy().tobytes())
+    return digest.hexdigest()
+
+
+class SeenTrials(TrainerCallback):
+    """Per trial: the arguments, the weights it starts from, and what `read(trainer)` says at the start."""
+
+    def __init__(self, read: Any) -> None:
+        self.read = read
+        self.trainer: Any = None
+        self.seen: list[dict[str, Any]] = []
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.seen.append({"args": args, "start": weights_hash(model), **self.read(self.trainer)})
+
+
+def common_args(output_dir: str) -> dict[str, Any]:
+    return dict(
+        output_dir=output_dir,
+        report_to="none",
+        use_cpu=True,
+        max_steps=4,
+        per_device_train_batch_size=8,
+        eval_strategy="steps",
+        eval_steps=2,
+        logging_steps=2,
+        save_strategy="no",
+        disable_tqdm=True,
+        n_trials=2,
+        storage="memory",
+        sampler={"name": "grid"},
+        pruner="none",
+        search_report=False,
+    )
+
+
+def test_sft_search_prepares_the_data_with_each_trials_max_length(tmp_path):
+    tokenizer = word_tokenizer()
+    rng = random.Random(0)
+    texts = [" ".join(rng.choice(WORDS) for _ in range(12)) for _ in range(48)]
+    args = OptunaSFTConfig(
+        **common_args(str(tmp_path)),
+        max_length=32,
+        hp_space={
+            "max_length": {"type": "categorical", "choices": [4, 10]},
+            "learning_rate": {"type": "categorical", "choices": [5e-3]},
+        },
+    )
+    seen = SeenTrials(lambda t: {"longest": max(len(ids) for ids in t.train_dataset["input_ids"])})
+    trainer = OptunaSFTTrainer(
+        model=tiny_llama(len(tokenizer)),
+        args=args,
+        train_dataset=Dataset.from_dict({"text": texts[:32]}),
+        eval_dataset=Dataset.from_dict({"text": texts[32:]}),
+        processing_class=tokenizer,
+        callbacks=[seen],
+    )
+    seen.trainer = trainer
+    given_longest = max(len(ids) for ids in trainer.train_dataset["input_ids"])
+    best = trainer.hyperparameter_search()
+
+    assert trainer.args is args and given_longest == 13  # 12 words + eos, under the given max_length=32
+    lengths = sorted((s["args"].max_length, s["longest"]) for s in seen.seen)
+    assert lengths == [(4, 4), (10, 10)]  # each trial trained on data truncated to its own max_length
+    assert len({s["start"] for s in seen.seen}) == 1  # no model_init: every trial starts from the same weights
+    # no compute_metrics and no objective: eval_loss, minimized, as transformers does
+    assert trainer.study.direction.name == "MINIMIZE" and best.objective == min(t.value for t in trainer.study.trials)
+    # the user's arguments and data are back after the search
+    assert max(len(ids) for ids in trainer.train_dataset["input_ids"]) == given_longest
+
+
+def test_dpo_search_trains_with_each_trials_beta(tmp_path):
+    tokenizer = word_tokenizer()
+    rng = random.Random(1)
+    prompts = [f"{rng.choice(WORDS)} {rng.choice(WORDS)}" for _ in range(48)]
+    data = Dataset.from_dict({"prompt": prompts, "chosen": [" red"] * 48, "rejected": [" blue"] * 48})
+    args = OptunaDPOConfig(
+        **common_args(str(tmp_path)),
+        beta=0.1,
+        max_length=16,
+        hp_space={"beta": {"type": "categorical", "choices": [0.05, 0.5]}},
+        objective_metric="rewards/margins",
+        direction="maximize",
+    )
+    seen = SeenTrials(lambda t: {"beta": t.beta, "collator_max_length": t.data_collator.max_length})
+    reference = tiny_llama(len(tokenizer))
+    reference_start = weights_hash(reference)
+    trainer = OptunaDPOTrainer(
+        model=tiny_llama(len(tokenizer)),
+        ref_model=reference,
+        args=args,
+        train_dataset=data.select(range(32)),
+        eval_dataset=data.select(range(32, 48)),
+        processing_class=tokenizer,
+        callbacks=[seen],
+    )
+    seen.trainer = trainer
+    best = trainer.hyperparameter_search()
+
+    assert trainer.args is args
+    # The loss reads trainer.beta (copied from the arguments in __init__): it follows each trial's value.
+    assert sorted(s["beta"] for s in seen.seen) == [0.05, 0.5]
+    assert all(s["beta"] == s["args"].beta for s in seen.seen)
+    assert all(s["collator_max_length"] == 16 for s in seen.seen)
+    assert len({s["start"] for s in seen.seen}) == 1
+    assert weights_hash(trainer.ref_model) == reference_start  # the reference model is never trained
+    # the objective is TRL's eval_rewards/margins, maximized, and each trial reported it at every evaluation
+    assert trainer.study.direction.name == "MAXIMIZE"
+    assert all(set(t.intermediate_values) == {2, 4} for t in trainer.study.trials)
+    assert best.objective == max(t.value for t in trainer.study.trials)
+    assert trainer.beta == 0.1  # back to the user's value
