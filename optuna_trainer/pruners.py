@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import optuna
@@ -43,13 +44,29 @@ def build_pruner(spec: Any) -> optuna.pruners.BasePruner:
     return construct("pruner", name, PRUNERS, kwargs)
 
 
-def describe_pruner(pruner: optuna.pruners.BasePruner) -> str:
-    """The pruner's class with its main settings, for the printed settings."""
-    if isinstance(pruner, optuna.pruners.PercentilePruner):  # MedianPruner is a PercentilePruner
-        return (
-            f"{type(pruner).__name__}(n_startup_trials={pruner._n_startup_trials}, "
-            f"n_warmup_steps={pruner._n_warmup_steps}, interval_steps={pruner._interval_steps})"
-        )
-    if isinstance(pruner, optuna.pruners.PatientPruner):
-        return f"PatientPruner(patience={pruner._patience}, wrapped={describe_pruner(pruner._wrapped_pruner) if pruner._wrapped_pruner else None})"
-    return type(pruner).__name__
+# The settings the printed summary shows even when left at their defaults (they decide when pruning starts).
+_SHOWN_DEFAULTS = {
+    "median": ("n_startup_trials", "n_warmup_steps", "interval_steps"),
+    "percentile": ("n_startup_trials", "n_warmup_steps", "interval_steps"),
+}
+
+
+def describe_pruner(pruner: optuna.pruners.BasePruner, spec: Any = None) -> str:
+    """The pruner's class with the arguments it was built from (and the defaults that decide when it starts), for
+    the printed settings. Read from the spec and the class signature: Optuna pruners expose no public settings."""
+    if spec is None or isinstance(spec, optuna.pruners.BasePruner):
+        if isinstance(pruner, optuna.pruners.MedianPruner) and spec is None:
+            spec = DEFAULT_PRUNER  # the default was built from its name
+        else:
+            return type(pruner).__name__  # built by the user: its settings are the user's own
+    name, kwargs = parse_named_spec(spec, "pruner", DEFAULT_PRUNER)
+    parameters = inspect.signature(PRUNERS[name]).parameters
+    shown = {key: parameters[key].default for key in _SHOWN_DEFAULTS.get(name, ())}
+    shown.update(kwargs)
+    if name == "patient":
+        wrapped = shown.pop("wrapped", shown.pop("wrapped_pruner", None))
+        text = f"patience={shown.pop('patience')!r}"
+        text += "".join(f", {k}={v!r}" for k, v in shown.items())
+        inner = describe_pruner(build_pruner(wrapped), wrapped) if wrapped is not None else None
+        return f"PatientPruner({text}, wrapped={inner})"
+    return f"{type(pruner).__name__}({', '.join(f'{k}={v!r}' for k, v in shown.items())})"

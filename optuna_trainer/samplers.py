@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import optuna
@@ -43,14 +44,21 @@ def build_sampler(spec: Any, search_space: SearchSpace | None = None) -> optuna.
     return construct("sampler", name, SAMPLERS, kwargs)
 
 
-def describe_sampler(sampler: optuna.samplers.BaseSampler, spec: Any = None) -> str:
+def describe_sampler(
+    sampler: optuna.samplers.BaseSampler, spec: Any = None, search_space: SearchSpace | None = None
+) -> str:
     """The sampler's class with the arguments it was given (Optuna's defaults for the rest), for the printed settings."""
     kwargs: dict[str, Any] = {}
+    grid: Any = None
     if spec is not None and not isinstance(spec, optuna.samplers.BaseSampler):
         _, kwargs = parse_named_spec(spec, "sampler", DEFAULT_SAMPLER)
-        kwargs.pop("search_space", None)
+        grid = kwargs.pop("search_space", None)
     if isinstance(sampler, optuna.samplers.GridSampler):
-        kwargs["grid_points"] = len(sampler._all_grids)
+        # The grid it was built from (the spec's, else the declarative space's): GridSampler exposes none.
+        if grid is None and search_space is not None:
+            grid = search_space.grid()
+        if isinstance(grid, dict):
+            kwargs["grid_points"] = math.prod(len(choices) for choices in grid.values())
     if "seed" not in kwargs and not isinstance(sampler, optuna.samplers.GridSampler):
         kwargs["seed"] = None
     return f"{type(sampler).__name__}({', '.join(f'{k}={v!r}' for k, v in sorted(kwargs.items()))})"

@@ -64,6 +64,7 @@ class SearchSettings:
     timeout: float | None
     sampler: optuna.samplers.BaseSampler
     sampler_spec: Any
+    pruner_spec: Any
     pruner: optuna.pruners.BasePruner
     storage: optuna.storages.BaseStorage | None
     storage_description: str
@@ -99,8 +100,8 @@ class SearchSettings:
             "direction": self.objective.directions if self.objective.multi else self.objective.directions[0],
             "n_trials": self.n_trials,
             "timeout": self.timeout,
-            "sampler": describe_sampler(self.sampler, self.sampler_spec),
-            "pruner": describe_pruner(self.pruner),
+            "sampler": describe_sampler(self.sampler, self.sampler_spec, self.declarative),
+            "pruner": describe_pruner(self.pruner, self.pruner_spec),
             "storage": self.storage_description,
             "study_name": self.study_name,
         }
@@ -194,12 +195,13 @@ def resolve_settings(
     declarative = space if isinstance(space, SearchSpace) else None
     sampler_spec = kwargs.get("sampler", fields["sampler"])
     sampler = build_sampler(sampler_spec, declarative)
-    pruner = build_pruner(kwargs.get("pruner", fields["pruner"]))
+    pruner_spec = kwargs.get("pruner", fields["pruner"])
+    pruner = build_pruner(pruner_spec)
     if objective.multi and not isinstance(pruner, optuna.pruners.NopPruner):
         notes.append(
             f"{len(objective.directions)} objectives: Optuna cannot prune multi-objective trials, pruning is off"
         )
-        pruner = optuna.pruners.NopPruner()
+        pruner, pruner_spec = optuna.pruners.NopPruner(), "none"
 
     catch = kwargs.get("catch", ())
     catch = tuple(catch) if isinstance(catch, (list, tuple)) else (catch,)
@@ -223,6 +225,7 @@ def resolve_settings(
         timeout=timeout,
         sampler=sampler,
         sampler_spec=sampler_spec,
+        pruner_spec=pruner_spec,
         pruner=pruner,
         storage=opened.storage,
         storage_description=opened.description,

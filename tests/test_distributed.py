@@ -230,3 +230,10 @@ class TestCallbackDecide:
         callback = OptunaPruningCallback(None, "loss", decide=lambda outcome: KeyError("rank 1"))
         with pytest.raises(KeyError, match="rank 1"):
             self._evaluate(callback, 0.5)
+
+
+def test_the_private_torch_names_the_coordinator_uses_exist():
+    """distributed.py uses torch's `_get_default_store` (to rebuild groups on the same store) and `_set_pg_timeout`
+    (gloo keeps a 30-minute default otherwise): torch has no public names for either."""
+    assert callable(dist.distributed_c10d._get_default_store)
+    assert callable(dist.distributed_c10d._set_pg_timeout)

@@ -164,3 +164,16 @@ def test_dpo_search_trains_with_each_trials_beta(tmp_path):
     assert all(set(t.intermediate_values) == {2, 4} for t in trainer.study.trials)
     assert best.objective == max(t.value for t in trainer.study.trials)
     assert trainer.beta == 0.1  # back to the user's value
+
+
+def test_trls_private_dataset_preparation_is_as_called():
+    """integrations/trl.py prepares datasets again through TRL's private `_prepare_dataset`: its parameters must stay
+    the ones it is called with (supported trl range: pyproject.toml)."""
+    import inspect
+
+    from trl import DPOTrainer, SFTTrainer
+
+    sft = list(inspect.signature(SFTTrainer._prepare_dataset).parameters)
+    dpo = list(inspect.signature(DPOTrainer._prepare_dataset).parameters)
+    assert sft == ["self", "dataset", "processing_class", "args", "packing", "formatting_func", "dataset_name"]
+    assert dpo == ["self", "dataset", "processing_class", "args", "dataset_name"]

@@ -158,3 +158,31 @@ def test_threshold_and_ready_object():
 def test_bad_pruner(spec, message):
     with pytest.raises(ValueError, match=message):
         build_pruner(spec)
+
+
+def test_printed_settings_describe_what_each_was_built_from():
+    from optuna_trainer.pruners import describe_pruner
+    from optuna_trainer.samplers import describe_sampler
+    from optuna_trainer.search_space import SearchSpace
+
+    spec = {"name": "patient", "patience": 2, "wrapped": {"name": "median", "n_startup_trials": 1}}
+    assert describe_pruner(build_pruner(spec), spec) == (
+        "PatientPruner(patience=2, wrapped=MedianPruner(n_startup_trials=1, n_warmup_steps=0, interval_steps=1))"
+    )
+    assert (
+        describe_pruner(build_pruner(None)) == "MedianPruner(n_startup_trials=5, n_warmup_steps=0, interval_steps=1)"
+    )
+    assert describe_pruner(
+        build_pruner({"name": "hyperband", "min_resource": 2}), {"name": "hyperband", "min_resource": 2}
+    ) == ("HyperbandPruner(min_resource=2)")
+    mine = optuna.pruners.MedianPruner(n_startup_trials=9)
+    assert describe_pruner(mine, mine) == "MedianPruner"  # the user's own object: no guessing at its settings
+    space = SearchSpace.parse(
+        {
+            "learning_rate": {"type": "categorical", "choices": [1e-5, 2e-5]},
+            "num_train_epochs": {"type": "int", "low": 1, "high": 3},
+        }
+    )
+    assert describe_sampler(build_sampler("grid", space), "grid", space) == "GridSampler(grid_points=6)"
+    grid = {"name": "grid", "search_space": {"x": [1, 2, 3, 4]}}
+    assert describe_sampler(build_sampler(grid), grid) == "GridSampler(grid_points=4)"
