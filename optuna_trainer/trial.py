@@ -45,14 +45,23 @@ class TrialModelInit:
     (through `call_model_init`, which trainers such as `SentenceTransformerTrainer` extend).
     """
 
-    def __init__(self, source: Callable[..., torch.nn.Module], values: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        source: Callable[..., torch.nn.Module],
+        values: dict[str, Any],
+        after_build: Callable[[], None] | None = None,
+    ) -> None:
         self.source = source
         self.values = values
         self.takes_trial = _takes_argument(source)
+        self.after_build = after_build
 
     def __call__(self, trial: Any = None) -> torch.nn.Module:
         model = self.source(trial) if self.takes_trial else self.source()
-        return apply_config_values(model, self.values)
+        model = apply_config_values(model, self.values)
+        if self.after_build is not None:
+            self.after_build()
+        return model
 
 
 def _takes_argument(func: Callable[..., Any]) -> bool:
@@ -184,7 +193,9 @@ class TrialRun:
         apply_arguments(self.trainer, trial_arguments(self.search.base_args, args_values, output_dir=self.run_dir))
         assert self.search.model_source is not None  # set by Search._take_trainer
         # transformers types model_init as returning a PreTrainedModel; it accepts any nn.Module.
-        self.trainer.model_init = cast(Any, TrialModelInit(self.search.model_source, model_values))
+        self.trainer.model_init = cast(
+            Any, TrialModelInit(self.search.model_source, model_values, after_build=self.name_run)
+        )
 
         self.pruning = OptunaPruningCallback(
             self.trial, self.objective, prune=not self.objective.multi, decide=self.coordinator.decide
@@ -202,6 +213,17 @@ class TrialRun:
             every_step=self.coordinator.world_size == 1,
         )
         self.trainer.add_callback(self.guard)
+
+    def name_run(self) -> None:
+        """Name the run directory again once the model is built: a `model_init(trial)` that suggests values itself
+        (transformers' own tests do) adds them to `trial.params` only then, and `hp_name` names runs by them, as in
+        transformers, where the run directory is named at the first save, after `model_init`."""
+        if self.settings.hp_name is None or (self.resume is not None and self.resume.checkpoint is not None):
+            return
+        run_dir = os.path.join(output_dir_of(self.search.base_args), self.settings.hp_name(self.trial))
+        if run_dir != self.run_dir:
+            self.run_dir = self.trainer.args.output_dir = run_dir
+            self.trial.set_user_attr("run_dir", run_dir)
 
     def suggest(self) -> dict[str, Any]:
         space = self.settings.hp_space
