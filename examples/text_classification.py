@@ -7,8 +7,8 @@ plots under the output directory::
     python examples/text_classification.py                                   # built-in defaults
     python examples/text_classification.py examples/configs/text_classification.yaml   # a config file (YAML/JSON)
     python examples/text_classification.py --n_trials 20 --output_dir out    # flags over the built-in defaults
-    python examples/text_classification.py --train_file /work/shared/data/sst2/train.tsv \\
-        --validation_file /work/shared/data/sst2/dev.tsv --max_train_samples 2000   # your own files
+    python examples/text_classification.py --train_file path/to/sst2/train.tsv \\
+        --validation_file path/to/sst2/dev.tsv --max_train_samples 2000   # your own files
     python examples/text_classification.py --dataset_name glue --dataset_config_name sst2   # a hub data set
 
 The built-in defaults are examples/configs/text_classification.yaml. A config file given as the only argument is

@@ -21,16 +21,15 @@ def read_data_file(path: Path, where: str, plain_data: str) -> Any:
 
     Args:
         path: an existing file.
-        where: what the file is for, first in every message (`"hp_space"`, `"config file 'x.yaml'"`).
+        where: what the file is for, first in every message and naming the file (`"hp_space: cannot parse s.yaml"`,
+            `"config file 's.yaml'"`).
         plain_data: what the user should write instead when the file holds a YAML tag that builds an object.
     """
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
-        raise ValueError(
-            f"{where}: cannot parse {path}: not UTF-8 text (byte {err.start}); save the file as UTF-8"
-        ) from None
-    prefix = f"{where}: cannot parse {path}"
+        raise ValueError(f"{where}: not UTF-8 text (byte {err.start}); save the file as UTF-8") from None
+    prefix = where
     try:
         if path.suffix.lower() == ".json":
             return json.loads(text)

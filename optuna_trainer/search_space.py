@@ -100,7 +100,7 @@ def load_mapping(value: Mapping[str, Any] | str | os.PathLike, what: str) -> dic
             )
         loaded = read_data_file(
             path,
-            what,
+            f"{what}: cannot parse {path}",
             plain_data="a search space is plain data: write each spec as a mapping of numbers, strings and lists",
         )
     if not isinstance(loaded, Mapping):

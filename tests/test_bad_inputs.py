@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import json
 import os
 import re
 from typing import Any
@@ -577,6 +578,24 @@ def test_bad_input_is_rejected_before_training(case: Case, tmp_path) -> None:
         assert re.search(pattern, message, flags=re.I | re.S), f"{part}: {pattern!r} not in {message!r}"
     assert (recorder.train_begins, recorder.steps) == (0, 0)
     assert _studies_left(tmp_path) == []
+    # docs/errors.md shows this very message (the temporary folder written as /tmp/x).
+    shown = f"{type(info.value).__name__}: {message}".replace(tmp, "/tmp/x").replace("\n", " ")
+    if os.environ.get("OPTUNA_TRAINER_WRITE_ERRORS_DOC"):
+        with open(os.environ["OPTUNA_TRAINER_WRITE_ERRORS_DOC"], "a", encoding="utf-8") as f:
+            f.write(json.dumps([case.id, shown]) + "\n")
+    else:
+        assert _documented().get(case.id) == shown, f"docs/errors.md: the row of {case.id} is out of date"
+
+
+def _documented() -> dict[str, str]:
+    """The message column of docs/errors.md's table of bad inputs, by case id."""
+    rows: dict[str, str] = {}
+    with open(os.path.join(os.path.dirname(__file__), "..", "docs", "errors.md"), encoding="utf-8") as f:
+        for line in f:
+            match = re.match(r"^\| `([a-z0-9_]+)` \| `.*` \| (.*) \|$", line.rstrip("\n"))
+            if match:
+                rows[match.group(1)] = match.group(2).replace("\\|", "|")
+    return rows
 
 
 def test_the_table_is_large_enough() -> None:
