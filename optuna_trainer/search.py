@@ -9,6 +9,7 @@ coordinator (coordinator.py).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -87,19 +88,7 @@ class Search:
 
         Raises before the study exists in the storage for any input that would only fail once trials run.
         """
-
-        def prepare() -> tuple[SearchSettings, optuna.Study | None]:
-            if not coordinator.is_main:
-                # Only the main process opens the storage; the others check everything else the same way.
-                call["storage"] = "memory"
-            settings = resolve_settings(trainer.args, has_compute_metrics=trainer.compute_metrics is not None, **call)
-            check_before_study(trainer, settings)
-            if not coordinator.is_main:
-                return settings, None
-            settings.log()
-            return settings, create_study(settings)
-
-        settings, study = coordinator.setup(prepare)
+        settings, study = coordinator.setup(functools.partial(settle, trainer, coordinator.is_main, call))
         return cls(trainer, settings, study, coordinator)
 
     # ---- the search ------------------------------------------------------------------------------------------
@@ -243,6 +232,20 @@ class Search:
             return [BestRun(str(t.number), t.values, t.params) for t in study.best_trials]
         best = study.best_trial
         return BestRun(str(best.number), cast(float, best.value), best.params)
+
+
+def settle(trainer: Trainer, is_main: bool, call: dict[str, Any]) -> tuple[SearchSettings, optuna.Study | None]:
+    """Resolve and check the settings of a `hyperparameter_search(**call)`; on the main process, print them and
+    create (or load) the study."""
+    if not is_main:
+        # Only the main process opens the storage; the others check everything else the same way.
+        call = {**call, "storage": "memory"}
+    settings = resolve_settings(trainer.args, has_compute_metrics=trainer.compute_metrics is not None, **call)
+    check_before_study(trainer, settings)
+    if not is_main:
+        return settings, None
+    settings.log()
+    return settings, create_study(settings)
 
 
 def create_study(settings: SearchSettings) -> optuna.Study:

@@ -72,7 +72,7 @@ class SearchSettings:
     storage_target: str | None = None
     catch: tuple[type[Exception], ...] = ()
     callbacks: list[Callable[..., None]] = field(default_factory=list)
-    # Off by default: every trial already releases its memory (OptunaTrainer._release_memory), and a full collection
+    # Off by default: every trial already releases its memory (memory.py: release_trial_memory), and a full collection
     # after every trial costs 0.2-1 s with torch loaded.
     gc_after_trial: bool = False
     hp_name: Callable[[optuna.trial.BaseTrial], str] | None = None
