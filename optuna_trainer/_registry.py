@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import inspect
-import json
 from collections.abc import Mapping
 from typing import Any
+
+from .files import parse_json_text
 
 
 def parse_named_spec(spec: Any, what: str, default: str) -> tuple[str, dict[str, Any]]:
@@ -15,13 +16,7 @@ def parse_named_spec(spec: Any, what: str, default: str) -> tuple[str, dict[str,
     if isinstance(spec, str):
         text = spec.strip()
         if text.startswith("{"):
-            try:
-                spec = json.loads(text)
-            except json.JSONDecodeError as err:
-                raise ValueError(
-                    f"{what}: not valid JSON ({err.msg} at column {err.colno}); fix the JSON there, e.g. "
-                    f'{{"name": "{default}", "seed": 0}}'
-                ) from None
+            spec = parse_json_text(text, what, f'fix the JSON there, e.g. {{"name": "{default}", "seed": 0}}')
         else:
             return text.lower(), {}
     if not isinstance(spec, Mapping):

@@ -31,9 +31,7 @@ def read_data_file(path: Path, where: str, plain_data: str) -> Any:
         raise ValueError(f"{where}: not UTF-8 text (byte {err.start}); save the file as UTF-8") from None
     prefix = where
     try:
-        if path.suffix.lower() == ".json":
-            return json.loads(text)
-        return yaml.safe_load(text)
+        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
     except json.JSONDecodeError as err:
         raise ValueError(
             f"{prefix}: not valid JSON: {err.msg} at line {err.lineno} column {err.colno}; fix the JSON there"
@@ -50,3 +48,49 @@ def read_data_file(path: Path, where: str, plain_data: str) -> Any:
         raise ValueError(f"{prefix}: not valid YAML: {problem}{at}; fix the YAML there") from None
     except RecursionError:
         raise ValueError(f"{prefix}: nested too deeply to be a setting; flatten the file") from None
+    check_size(data, prefix)
+    return data
+
+
+def parse_json_text(text: str, where: str, hint: str) -> Any:
+    """The value of an inline JSON setting (`--hp_space '{...}'`); `ValueError` starting with `where`, ending with
+    `hint` (what to write instead), for text that is not JSON or is too large or deep to be a setting."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(
+            f"{where}: not valid JSON ({err.msg} at line {err.lineno} column {err.colno}); {hint}"
+        ) from None
+    except RecursionError:
+        raise ValueError(f"{where}: nested too deeply to be a setting; {hint}") from None
+    check_size(data, where)
+    return data
+
+
+# A settings file is small: a search space or a config holds tens of values, a grid a few thousand. YAML aliases let a
+# few hundred bytes stand for billions of values ("billion laughs"), which anything that walks the value (a check, an
+# error message, a copy) would then expand; such a file is refused after a bounded walk.
+MAX_VALUES = 100_000
+MAX_DEPTH = 32
+
+
+def check_size(data: Any, where: str) -> None:
+    """Raise `ValueError` if `data` holds more than `MAX_VALUES` values or nests deeper than `MAX_DEPTH`, counting a
+    value shared through a YAML alias each time it appears; the walk stops at the bound, so it is cheap."""
+    count = 0
+    stack: list[tuple[Any, int]] = [(data, 0)]
+    while stack:
+        value, depth = stack.pop()
+        count += 1
+        if count > MAX_VALUES:
+            raise ValueError(
+                f"{where}: holds more than {MAX_VALUES} values (YAML aliases that repeat each other?); "
+                "write the values out"
+            )
+        if depth > MAX_DEPTH:
+            raise ValueError(f"{where}: nested deeper than {MAX_DEPTH} levels; flatten the file")
+        if isinstance(value, dict):
+            stack.extend((v, depth + 1) for v in value.values())
+            stack.extend((k, depth + 1) for k in value)
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1) for v in value)

@@ -7,6 +7,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .files import parse_json_text
+
 DIRECTIONS = ("minimize", "maximize")
 ObjectiveValue = float | tuple[float, ...]
 
@@ -23,12 +25,7 @@ def normalize_direction(direction: Any) -> str | list[str] | None:
     if isinstance(direction, str):
         text = direction.strip()
         if text.startswith("["):
-            import json
-
-            try:
-                direction = json.loads(text)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"direction: not valid JSON ({err.msg})") from None
+            direction = parse_json_text(text, "direction", 'write a JSON list, e.g. ["minimize", "maximize"]')
         else:
             if text.lower() not in DIRECTIONS:
                 raise ValueError(f"direction: {direction!r} is not one of {list(DIRECTIONS)}")

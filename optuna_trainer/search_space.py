@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import enum
-import json
 import logging
 import math
 import os
@@ -34,7 +33,7 @@ from optuna.distributions import (
     IntDistribution,
 )
 
-from .files import read_data_file
+from .files import parse_json_text, read_data_file
 
 logger = logging.getLogger(__name__)
 
@@ -85,13 +84,7 @@ def load_mapping(value: Mapping[str, Any] | str | os.PathLike, what: str) -> dic
         )
     text = value.strip()
     if text.startswith("{"):
-        try:
-            loaded = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ValueError(
-                f"{what}: not valid JSON ({err.msg} at line {err.lineno} column {err.colno}); fix the JSON there, or "
-                "give the path of a YAML/JSON file"
-            ) from None
+        loaded = parse_json_text(text, what, "fix the JSON there, or give the path of a YAML/JSON file")
     else:
         path = Path(text).expanduser()
         if not path.is_file():

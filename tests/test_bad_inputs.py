@@ -521,6 +521,31 @@ CASES = [
         wrong="could not determine a constructor",
         right="plain data",
     ),
+    Case(
+        "space_file_billion_laughs",
+        files={
+            "s.yaml": 'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]\nc: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]\nd: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]\ne: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d]\nf: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e]\ng: &g [*f,*f,*f,*f,*f,*f,*f,*f,*f]\nh: &h [*g,*g,*g,*g,*g,*g,*g,*g,*g]\ni: &i [*h,*h,*h,*h,*h,*h,*h,*h,*h]\n'
+        },
+        args={"hp_space": "{tmp}/s.yaml"},
+        key="hp_space",
+        wrong="more than 100000 values",
+        right="write the values out",
+    ),
+    Case(
+        "space_file_nested_too_deep",
+        files={"s.json": "[" * 50000 + "]" * 50000},
+        args={"hp_space": "{tmp}/s.json"},
+        key="hp_space",
+        wrong="nested too deeply",
+        right="flatten the file",
+    ),
+    Case(
+        "space_inline_json_nested_too_deep",
+        args={"hp_space": '{"learning_rate": ' + "[" * 50000 + "]" * 50000 + "}"},
+        key="hp_space",
+        wrong="nested too deeply",
+        right="give the path of a YAML/JSON file",
+    ),
 ]
 
 
@@ -592,7 +617,7 @@ def _documented() -> dict[str, str]:
     rows: dict[str, str] = {}
     with open(os.path.join(os.path.dirname(__file__), "..", "docs", "errors.md"), encoding="utf-8") as f:
         for line in f:
-            match = re.match(r"^\| `([a-z0-9_]+)` \| `.*` \| (.*) \|$", line.rstrip("\n"))
+            match = re.match(r"^\| `([a-z0-9_]+)` \| `.*`(?: \([^|]*\))? \| (.*) \|$", line.rstrip("\n"))
             if match:
                 rows[match.group(1)] = match.group(2).replace("\\|", "|")
     return rows

@@ -147,3 +147,45 @@ class TestConfigFileRoundTrip:
         assert (args.n_trials, args.continue_on_oom, args.sampler) == (7, False, {"name": "tpe", "seed": 3})
         assert args.search_space.distributions["learning_rate"].log is True
         assert os.fspath(args.output_dir) == str(tmp_path / "out")
+
+
+class TestHostileFiles:
+    """Files that would hang, exhaust memory or crash the parser get a message naming the setting."""
+
+    LAUGHS = 'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n' + "".join(
+        f"{c}: &{c} [" + ",".join([f"*{p}"] * 9) + "]\n" for p, c in zip("abcdefgh", "bcdefghi", strict=True)
+    )
+
+    def test_billion_laughs_config_file(self, tmp_path) -> None:
+        path = tmp_path / "config.yaml"
+        path.write_text("output_dir: out\nn_trials: 3\n" + self.LAUGHS, encoding="utf-8")
+        assert len(self.LAUGHS) < 600  # a few hundred bytes standing for 9**9 values
+        with pytest.raises(ValueError, match=r"config file .*config\.yaml.*more than 100000 values"):
+            parse_config_file(path)
+
+    def test_aliases_within_the_bound_still_load(self, tmp_path) -> None:
+        path = tmp_path / "s.yaml"
+        path.write_text(
+            "base: &lr {type: float, low: 1.0e-5, high: 1.0e-3, log: true}\nlearning_rate: *lr\n", encoding="utf-8"
+        )
+        with pytest.raises(ValueError, match=r"hp_space\['base'\]"):  # an alias is fine; 'base' is no field
+            SearchSpace.parse(str(path), OptunaTrainingArguments)
+
+    @pytest.mark.parametrize("setting", ["hp_space", "config"])
+    def test_a_file_that_is_not_utf8(self, tmp_path, setting) -> None:
+        path = tmp_path / "latin1.yaml"
+        path.write_bytes("learning_rate: {type: float, low: 1.0e-5, high: 1.0e-3}  # caf\xe9\n".encode("latin-1"))
+        with pytest.raises(ValueError, match=r"not UTF-8 text \(byte \d+\); save the file as UTF-8"):
+            if setting == "hp_space":
+                SearchSpace.parse(str(path), OptunaTrainingArguments)
+            else:
+                parse_config_file(path)
+
+    def test_deep_nesting_in_yaml(self, tmp_path) -> None:
+        path = tmp_path / "s.yaml"
+        path.write_text("learning_rate: " + "[" * 5000 + "]" * 5000 + "\n", encoding="utf-8")
+        with pytest.raises(ValueError, match="hp_space: cannot parse .*nested too deeply"):
+            SearchSpace.parse(str(path), OptunaTrainingArguments)
+        path.write_text("learning_rate: " + "[" * 40 + "]" * 40 + "\n", encoding="utf-8")
+        with pytest.raises(ValueError, match="nested deeper than 32 levels"):
+            SearchSpace.parse(str(path), OptunaTrainingArguments)
