@@ -227,14 +227,30 @@ class OptunaSearchArguments:
     __repr__ = __str__
 
     def __getstate__(self) -> dict[str, Any]:
-        # Checkpoints pickle the arguments (training_args.bin): drop what may not pickle (a lambda space, a sampler).
+        # Checkpoints and save_model() pickle the arguments (training_args.bin): drop what may not pickle (a lambda
+        # space, a sampler), and the storage URL's password, which must never reach a file.
         state = dict(self.__dict__)
         for name in _OBJECT_FIELDS:
             if state.get(name) is not None and not isinstance(state[name], (str, dict)):
                 state[name] = None
+        if isinstance(state.get("storage"), str):
+            state["storage"] = mask_url(state["storage"])
         state.pop("_given_values", None)
         state.pop("_derived_values", None)
         return state
+
+    def __copy__(self) -> Any:
+        # A copy is no file: it keeps everything, the password and a callable space included (pickling masks them).
+        clone = object.__new__(type(self))
+        clone.__dict__.update(self.__dict__)
+        return clone
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Any:
+        clone = object.__new__(type(self))
+        memo[id(self)] = clone
+        for key, value in self.__dict__.items():
+            clone.__dict__[key] = value if key in _OBJECT_FIELDS else copy.deepcopy(value, memo)
+        return clone
 
 
 SEARCH_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(OptunaSearchArguments))

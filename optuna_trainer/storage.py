@@ -29,12 +29,18 @@ DEFAULT_HEARTBEAT_INTERVAL = 60
 MAX_RETRY = 3
 MEMORY = ("memory", ":memory:", "inmemory")
 _RDB_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql", "mariadb", "oracle", "mssql")
-_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/@\s]*:)(?P<password>[^@\s]*)@")
+# `scheme://user:password@host`: the password runs to the last '@' before the host, so that an unencoded '@' in it
+# is masked too; and a password given as a query parameter (`?password=`, libpq's and SQLAlchemy's form).
+_PASSWORD = re.compile(
+    r"(?P<head>[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/@\s]*:)(?P<password>[^\s/?#]*)@(?=[^@\s/?#]*(?:[/?#\s]|$))"
+)
+_QUERY_PASSWORD = re.compile(r"(?P<key>[?&](?:password|passwd|pwd)=)[^&#\s]*", re.IGNORECASE)
 
 
 def mask_url(text: str) -> str:
     """Replace the password of every URL in `text` with ***."""
-    return _PASSWORD.sub(lambda m: f"{m.group('head')}***@", text)
+    text = _PASSWORD.sub(lambda m: f"{m.group('head')}***@", text)
+    return _QUERY_PASSWORD.sub(lambda m: f"{m.group('key')}***", text)
 
 
 def _scheme(url: str) -> str:
@@ -60,6 +66,12 @@ def validate_storage(storage: Any) -> None:
             raise ValueError(f"storage: {storage!r} looks like an SQLite file; write it as sqlite:///{storage}")
         return  # a journal file path
     scheme = _scheme(storage)
+    authority = storage.split("://", 1)[1].split("/", 1)[0]
+    if authority.count("@") > 1:
+        raise ValueError(
+            f"storage: the password in {mask_url(storage)!r} holds an unencoded '@', which makes the rest of it the "
+            "host; percent-encode it (@ as %40, e.g. urllib.parse.quote_plus(password))"
+        )
     if scheme == "redis" or scheme == "rediss":
         return
     if scheme not in _RDB_SCHEMES:

@@ -522,6 +522,13 @@ CASES = [
         right="plain data",
     ),
     Case(
+        "storage_password_unencoded_at",
+        args={"storage": "postgresql+psycopg://u:pa@ss@127.0.0.1:5432/test"},
+        key="storage",
+        wrong="unencoded '@'",
+        right="%40",
+    ),
+    Case(
         "space_file_billion_laughs",
         files={
             "s.yaml": 'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]\nc: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]\nd: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]\ne: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d]\nf: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e]\ng: &g [*f,*f,*f,*f,*f,*f,*f,*f,*f]\nh: &h [*g,*g,*g,*g,*g,*g,*g,*g,*g]\ni: &i [*h,*h,*h,*h,*h,*h,*h,*h,*h]\n'

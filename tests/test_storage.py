@@ -20,6 +20,10 @@ PG_WITH_PASSWORD = f"postgresql+psycopg://postgres:{SECRET}@127.0.0.1:5432/test"
 HP = {"learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}}
 
 
+def HP_CALLABLE(trial):  # noqa: N802 - a constant of the tests
+    return {"learning_rate": trial.suggest_float("learning_rate", 1e-4, 1e-2)}
+
+
 class _Counting:
     """A `model_init` that counts its calls (Trainer calls it once at construction)."""
 
@@ -112,7 +116,8 @@ class TestRedisJournal:
 
 @pytest.mark.services
 class TestMaskedPassword:
-    def test_password_never_written(self, tmp_path, capfd):
+    @pytest.mark.parametrize("storage", [PG_WITH_PASSWORD, f"{PG}?password={SECRET}"], ids=["userinfo", "query"])
+    def test_password_never_written(self, tmp_path, capfd, storage):
         require_service("PostgreSQL", "127.0.0.1", 5432)
         out_dir = tmp_path / "secret-run"
         name = f"t-secret-{uuid.uuid4().hex[:10]}"
@@ -120,14 +125,15 @@ class TestMaskedPassword:
         names = ("optuna_trainer", "optuna", "transformers", "sqlalchemy", "")
         try:
             with capture_logs(*names, level=logging.DEBUG) as logs:
-                trainer = _trainer(
-                    out_dir, storage=PG_WITH_PASSWORD, study_name=name, save_strategy="steps", save_steps=4
-                )
+                trainer = _trainer(out_dir, storage=storage, study_name=name, save_strategy="steps", save_steps=4)
                 trainer.hyperparameter_search(hp_space=HP)
-            text = logs.text + capfd.readouterr().err + str(trainer.args) + trainer.args.to_json_string()
+                trainer.save_model(str(out_dir / "after-search"))  # the user's own save, with the user's args
+            stored = str(optuna.load_study(study_name=name, storage=open_storage(PG, ".").storage).user_attrs)
+            text = logs.text + capfd.readouterr().err + str(trainer.args) + trainer.args.to_json_string() + stored
         finally:
             optuna.delete_study(study_name=name, storage=open_storage(PG, ".").storage)
-        assert "postgres:***@127.0.0.1" in text  # the URL was printed, masked
+        assert trainer.args.storage == storage  # the user's object keeps its URL
+        assert "***" in text and "127.0.0.1" in text  # the URL was printed, masked
         assert SECRET not in text
         files = [p for p in out_dir.rglob("*") if p.is_file()]
         assert any(p.name == "training_args.bin" for p in files)  # pickled arguments were written and checked
@@ -138,6 +144,27 @@ class TestMaskedPassword:
         assert mask_url(f"x {PG_WITH_PASSWORD} y") == "x postgresql+psycopg://postgres:***@127.0.0.1:5432/test y"
         assert mask_url("redis://:pw@h:6379/0") == "redis://:***@h:6379/0"
         assert mask_url(PG) == PG
+        # an unencoded '@' in the password, and a password given as a query parameter
+        assert mask_url("postgresql://u:p@ss@h:5432/db") == "postgresql://u:***@h:5432/db"
+        assert mask_url("postgresql://u:p@ss@h/db?x=a@b") == "postgresql://u:***@h/db?x=a@b"
+        assert mask_url(f"{PG}?sslmode=require&password=s3cret x") == f"{PG}?sslmode=require&password=*** x"
+        assert mask_url(f"{PG}?PASSWORD=s3cret") == f"{PG}?PASSWORD=***"
+
+    def test_an_unencoded_at_sign_is_refused_with_the_fix(self, tmp_path):
+        with pytest.raises(ValueError, match=r"unencoded '@'.*%40") as info:
+            OptunaTrainingArguments(output_dir=str(tmp_path), storage="postgresql+psycopg://u:s3cr@t@127.0.0.1/test")
+        assert "s3cr" not in str(info.value)
+
+    def test_pickled_arguments_hold_no_password_and_copies_keep_it(self, tmp_path):
+        import copy
+        import pickle
+
+        for url in (PG_WITH_PASSWORD, f"{PG}?password={SECRET}"):
+            args = OptunaTrainingArguments(output_dir=str(tmp_path), storage=url, hp_space=HP_CALLABLE)
+            shown = pickle.dumps(args) + str(args).encode() + args.to_json_string().encode() + repr(args).encode()
+            assert SECRET.encode() not in shown
+            assert copy.deepcopy(args).storage == copy.copy(args).storage == url  # a copy is no file
+            assert copy.deepcopy(args).hp_space is HP_CALLABLE
 
 
 class TestClearErrorsBeforeTraining:
