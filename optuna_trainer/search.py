@@ -24,6 +24,7 @@ from transformers.trainer_utils import BestRun
 from .arguments import output_dir_of
 from .checks import check_before_study
 from .claims import local_lock
+from .compatibility import check_continuation
 from .coordinator import Coordinator
 from .exceptions import NoCompletedTrialError
 from .faults import catch_for
@@ -245,7 +246,9 @@ def settle(trainer: Trainer, is_main: bool, call: dict[str, Any]) -> tuple[Searc
     if not is_main:
         return settings, None
     settings.log()
-    return settings, create_study(settings)
+    study = create_study(settings)
+    check_continuation(study, settings)
+    return settings, study
 
 
 def create_study(settings: SearchSettings) -> optuna.Study:
