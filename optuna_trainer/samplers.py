@@ -62,3 +62,17 @@ def describe_sampler(
     if "seed" not in kwargs and not isinstance(sampler, optuna.samplers.GridSampler):
         kwargs["seed"] = None
     return f"{type(sampler).__name__}({', '.join(f'{k}={v!r}' for k, v in sorted(kwargs.items()))})"
+
+
+def continued_sampler(
+    spec: Any, search_space: SearchSpace | None, existing_trials: int
+) -> optuna.samplers.BaseSampler | None:
+    """The sampler of `spec` with its seed advanced by `existing_trials`, for a study that already has them; None when
+    there is nothing to advance (no trials, no seed, or a sampler object the user built)."""
+    if existing_trials == 0 or spec is None or isinstance(spec, optuna.samplers.BaseSampler):
+        return None
+    name, kwargs = parse_named_spec(spec, "sampler", DEFAULT_SAMPLER)
+    seed = kwargs.get("seed")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        return None
+    return build_sampler({"name": name, **kwargs, "seed": seed + existing_trials}, search_space)

@@ -31,6 +31,7 @@ from .faults import catch_for
 from .models import InitialModel
 from .progress import TrialProgress
 from .report import write_report
+from .samplers import continued_sampler
 from .settings import SearchSettings, resolve_settings
 from .trial import TrialRun, apply_arguments, delete_checkpoints
 from .workers import StopRequest, count_finished, run_trials
@@ -96,11 +97,14 @@ class Search:
 
     def run(self) -> BestRun | list[BestRun]:
         """Run the study's missing trials, write the report, and return the best run (the same on every process)."""
-        remaining = self.coordinator.share(
-            self.settings.n_trials - count_finished(self.study) if self.study is not None else None
-        )
+        remaining = self.coordinator.share(self._remaining() if self.study is not None else None)
         if remaining <= 0:
-            if self.study is not None:
+            if self.study is not None and grid_exhausted(self.study):
+                logger.info(
+                    f"Study {self.settings.study_name!r}: every point of its grid has run "
+                    f"({count_finished(self.study)} finished trials); no trial to run"
+                )
+            elif self.study is not None:
                 logger.info(
                     f"Study {self.settings.study_name!r} already has {count_finished(self.study)} finished trials of "
                     f"n_trials={self.settings.n_trials}; no trial to run"
@@ -110,6 +114,13 @@ class Search:
         if self.settings.search_report and self.study is not None and self.trainer.is_world_process_zero():
             write_report(self.study, output_dir_of(self.base_args), settings=self.settings)
         return self.coordinator.finish_search(self.best_runs)
+
+    def _remaining(self) -> int:
+        assert self.study is not None
+        # A grid that has run every point runs nothing more: GridSampler would draw a point again.
+        if grid_exhausted(self.study):
+            return 0
+        return self.settings.n_trials - count_finished(self.study)
 
     def run_trials(self) -> None:
         self.best = BestSoFar(*self.coordinator.share(self._stored_best() if self.coordinator.is_main else None))
@@ -245,10 +256,29 @@ def settle(trainer: Trainer, is_main: bool, call: dict[str, Any]) -> tuple[Searc
     check_before_study(trainer, settings)
     if not is_main:
         return settings, None
-    settings.log()
     study = create_study(settings)
     check_continuation(study, settings)
+    continue_sampler(study, settings)
+    settings.log()
     return settings, study
+
+
+def continue_sampler(study: optuna.Study, settings: SearchSettings) -> None:
+    """A seeded sampler continuing a study must not draw the values of the study's trials again: it continues with
+    its seed advanced by the number of trials (the same commands still give the same values, run after run)."""
+    existing = len(study.trials)
+    sampler = continued_sampler(settings.sampler_spec, settings.declarative, existing)
+    if sampler is None:
+        return
+    study.sampler = settings.sampler = sampler
+    settings.notes.append(
+        f"sampler: the study has {existing} trials, so its seed continues as seed + {existing} (the given seed again "
+        "would draw their values again)"
+    )
+
+
+def grid_exhausted(study: optuna.Study) -> bool:
+    return isinstance(study.sampler, optuna.samplers.GridSampler) and study.sampler.is_exhausted(study)
 
 
 def create_study(settings: SearchSettings) -> optuna.Study:

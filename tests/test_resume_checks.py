@@ -114,3 +114,29 @@ def test_safe_changes_go_on_with_a_log_line(stored):
     assert len(trainer.study.trials) == 4 and steps.steps == 4  # two more trials ran
     assert "hp_space['learning_rate']: range changed from float 0.0001..0.01 log to float 1e-05..0.01 log" in logs.text
     assert "hp_space['warmup_steps']: a new key" in logs.text
+
+
+def _learning_rates(trainer: OptunaTrainer) -> list[float]:
+    return [t.params["learning_rate"] for t in trainer.study.trials]
+
+
+def test_a_resumed_seeded_search_continues_instead_of_repeating(tmp_path):
+    def three_runs(out_dir) -> list[float]:
+        sampler = {"name": "tpe", "seed": 0}  # the README's example
+        for n_trials in (2, 4, 6):
+            trainer, _ = search(out_dir, n_trials=n_trials, sampler=sampler, hp_space={"learning_rate": LR})
+        return _learning_rates(trainer)
+
+    first = three_runs(tmp_path / "a")
+    assert len(first) == 6 and len(set(first)) == 6  # no run replays the values of the one before
+    assert three_runs(tmp_path / "b") == first  # and the same commands still give the same values
+
+
+def test_a_finished_grid_runs_nothing(out_dir):
+    grid = {"learning_rate": {"type": "categorical", "choices": [1e-3, 1e-2]}}
+    trainer, steps = search(out_dir, n_trials=5, sampler="grid", hp_space=grid)
+    assert sorted(_learning_rates(trainer)) == [1e-3, 1e-2] and steps.steps == 4
+    with capture_logs() as logs:
+        again, steps = search(out_dir, n_trials=5, sampler="grid", hp_space=grid)
+    assert len(again.study.trials) == 2 and steps.steps == 0
+    assert "every point of its grid has run" in logs.text
