@@ -10,12 +10,16 @@ over, so that the trial's value (its best evaluation) and the pruner see the who
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import re
+import shutil
 from dataclasses import dataclass, field
 
 import optuna
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +65,7 @@ def find_resume_point(study: optuna.Study, number: int) -> ResumePoint | None:
             f"directory {run_dir!r} is not on this machine, so it starts from step 0"
         )
         return point
-    point.checkpoint = get_last_checkpoint(run_dir)
+    point.checkpoint = last_complete_checkpoint(run_dir)
     if point.checkpoint is None:
         logger.info(f"Trial {number} retries trial {original} from step 0: no checkpoint in {run_dir}")
         return point
@@ -76,3 +80,34 @@ def find_resume_point(study: optuna.Study, number: int) -> ResumePoint | None:
         f"{point.checkpoint} (step {point.step})"
     )
     return point
+
+
+_CHECKPOINT = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
+
+
+def last_complete_checkpoint(run_dir: str) -> str | None:
+    """The newest checkpoint of `run_dir` that was written to the end, or None; incomplete ones are removed.
+
+    `Trainer` writes a checkpoint's `trainer_state.json` last (after the weights, optimizer, scheduler and RNG
+    states), so a checkpoint whose state file is missing or cut short was being written when its process was killed:
+    resuming from it would crash (transformers' `get_last_checkpoint` takes it all the same). It is removed, so that
+    neither this search nor transformers' checkpoint rotation takes it later, and the one before it is used.
+    """
+    steps = sorted(
+        (int(m.group(1)), name)
+        for name in os.listdir(run_dir)
+        if (m := _CHECKPOINT.match(name)) and os.path.isdir(os.path.join(run_dir, name))
+    )
+    for _, name in reversed(steps):
+        path = os.path.join(run_dir, name)
+        try:
+            with open(os.path.join(path, TRAINER_STATE_NAME), encoding="utf-8") as f:
+                json.load(f)
+            return path
+        except (OSError, ValueError):
+            logger.warning(
+                f"{path} is incomplete (its {TRAINER_STATE_NAME} is missing or cut short: the process was killed "
+                "while writing it); removed, resuming from the checkpoint before it"
+            )
+            shutil.rmtree(path, ignore_errors=True)
+    return None

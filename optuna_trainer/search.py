@@ -10,9 +10,7 @@ coordinator (coordinator.py).
 from __future__ import annotations
 
 import functools
-import json
 import logging
-import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
@@ -22,6 +20,7 @@ from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import BestRun
 
 from .arguments import output_dir_of
+from .best_model import recover, save_best_model
 from .checks import check_before_study
 from .claims import local_lock
 from .compatibility import check_continuation
@@ -40,8 +39,6 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
 logger = logging.getLogger(__name__)
-
-BEST_MODEL_DIR = "best_model"
 
 
 @dataclass
@@ -123,6 +120,8 @@ class Search:
         return self.settings.n_trials - count_finished(self.study)
 
     def run_trials(self) -> None:
+        if self.trainer.args.should_save and self.settings.save_best_model:
+            recover(output_dir_of(self.base_args))  # a previous run killed in the middle of saving the best model
         self.best = BestSoFar(*self.coordinator.share(self._stored_best() if self.coordinator.is_main else None))
         self._take_trainer()
         try:
@@ -218,16 +217,12 @@ class Search:
             return
         previous = self.best.run_dir
         self.best = BestSoFar(value, run.run_dir)
-        args = self.trainer.args
+        if self.settings.save_best_model:
+            record = {"number": run.trial.number, "value": value, "params": run.values}
+            save_best_model(self.trainer, output_dir_of(self.base_args), record)
+        # Only once the new best is in place: until then the previous best's checkpoints may be all there is of it.
         if previous is not None and previous != run.run_dir:
-            delete_checkpoints(previous, args.should_save)
-        if not self.settings.save_best_model:
-            return
-        best_dir = os.path.join(output_dir_of(self.base_args), BEST_MODEL_DIR)
-        self.trainer.save_model(best_dir)
-        if args.should_save:
-            with open(os.path.join(best_dir, "trial.json"), "w", encoding="utf-8") as f:
-                json.dump({"number": run.trial.number, "value": value, "params": run.values}, f, indent=2, default=str)
+            delete_checkpoints(previous, self.trainer.args.should_save)
 
     def best_runs(self) -> BestRun | list[BestRun]:
         """transformers' `BestRun` of the best trial (the Pareto front for several objectives)."""

@@ -1,0 +1,57 @@
+"""`output_dir/best_model/`: the best trial's model with its `trial.json`, replaced whole or not at all.
+
+A new best is written beside the current one (`best_model.incoming/`: weights, config, tokenizer, then `trial.json`),
+then swapped in by two renames (the current one to `best_model.outgoing/`, the new one to `best_model/`). A kill at any
+point leaves either the old or the new best complete, with its own `trial.json`: before the first rename
+`best_model/` is untouched, and between the two renames `recover()` (run before every save and at every search start)
+puts `best_model.outgoing/` back. Leftovers of an interrupted save are removed there too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from typing import Any
+
+from transformers import Trainer
+
+BEST_MODEL_DIR = "best_model"
+INCOMING = BEST_MODEL_DIR + ".incoming"
+OUTGOING = BEST_MODEL_DIR + ".outgoing"
+RECORD = "trial.json"
+
+
+def recover(output_dir: str) -> None:
+    """Undo what an interrupted save left: put the previous best back if the swap was cut between its two renames,
+    and remove the half-written new one."""
+    best, incoming, outgoing = (os.path.join(output_dir, name) for name in (BEST_MODEL_DIR, INCOMING, OUTGOING))
+    if not os.path.isdir(best) and os.path.isdir(outgoing):
+        os.rename(outgoing, best)
+    for leftover in (incoming, outgoing):
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+def save_best_model(trainer: Trainer, output_dir: str, record: dict[str, Any]) -> str:
+    """Write the trainer's model as the new `best_model/` with `record` as its `trial.json`; return its path.
+
+    Every process calls it (`save_model` gathers sharded weights); only the one that saves touches the files.
+    """
+    should_save = trainer.args.should_save
+    if should_save:
+        recover(output_dir)
+    incoming = os.path.join(output_dir, INCOMING)
+    trainer.save_model(incoming)
+    best = os.path.join(output_dir, BEST_MODEL_DIR)
+    if not should_save:
+        return best
+    with open(os.path.join(incoming, RECORD), "w", encoding="utf-8") as f:
+        json.dump(record, f, indent=2, default=str)
+        f.flush()
+        os.fsync(f.fileno())
+    outgoing = os.path.join(output_dir, OUTGOING)
+    if os.path.isdir(best):
+        os.rename(best, outgoing)
+    os.rename(incoming, best)
+    shutil.rmtree(outgoing, ignore_errors=True)
+    return best
