@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -41,9 +42,32 @@ def construct(what: str, name: str, registry: Mapping[str, type], kwargs: dict[s
     unknown = sorted(set(kwargs) - set(valid))
     if unknown:
         raise ValueError(f"{what} {name!r}: unknown argument(s) {unknown}; {cls.__name__} takes {valid}")
+    for key, value in kwargs.items():
+        check_type(what, name, key, value, params[key].default)
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as err:
         # Optuna validates its arguments at construction; keep its message and say where it came from.
         message = str(err).rstrip(".")
         raise ValueError(f"{what} {name!r}: {message}; {cls.__name__} takes {inspect.signature(cls)}") from None
+
+
+def check_type(what: str, name: str, key: str, value: Any, default: Any) -> None:
+    """Refuse a value of another kind than the argument's default (`n_startup_trials="1"`): Optuna takes it at
+    construction and fails only when the sampler or pruner first uses it, in the middle of a trial."""
+    if isinstance(default, bool):
+        fits = isinstance(value, bool)
+        expected = "true or false"
+    elif isinstance(default, int):
+        fits = isinstance(value, int) and not isinstance(value, bool)
+        expected = "a whole number"
+    elif isinstance(default, float):
+        fits = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        expected = "a finite number"
+    else:
+        return  # None, a string choice or an object: Optuna checks those itself
+    if not fits:
+        raise ValueError(
+            f"{what} {name!r}: {key} must be {expected} (its default is {default!r}), got {value!r} "
+            f"({type(value).__name__})"
+        )

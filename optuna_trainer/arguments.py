@@ -24,7 +24,7 @@ from .objective import normalize_direction
 from .pruners import DEFAULT_PRUNER, build_pruner
 from .samplers import DEFAULT_SAMPLER, build_sampler
 from .search_space import SearchSpace
-from .storage import DEFAULT_HEARTBEAT_INTERVAL, mask_url, validate_storage
+from .storage import DEFAULT_HEARTBEAT_INTERVAL, MAX_HEARTBEAT_INTERVAL, check_study_name, mask_url, validate_storage
 
 # Search fields whose value may be an object (a callable space, a sampler or pruner instance): shown by name, never
 # pickled into checkpoints, and dropped from a trial's arguments (a trial trains; it does not search).
@@ -311,11 +311,14 @@ def validate_search_fields(args: Any) -> None:
         raise ValueError("study_name: must be a non-empty name or None")
     validate_storage(values["storage"])
     heartbeat = values["heartbeat_interval"]
-    if heartbeat is not None and (isinstance(heartbeat, bool) or not isinstance(heartbeat, int) or heartbeat < 0):
+    if heartbeat is not None and (
+        isinstance(heartbeat, bool) or not isinstance(heartbeat, int) or not 0 <= heartbeat <= MAX_HEARTBEAT_INTERVAL
+    ):
         raise ValueError(
-            f"heartbeat_interval: must be a whole number of seconds (e.g. 60), or 0 to turn heartbeats off, got "
-            f"{heartbeat!r}"
+            f"heartbeat_interval: must be a whole number of seconds from 0 (no heartbeats) to "
+            f"{MAX_HEARTBEAT_INTERVAL} (a week), e.g. 60; got {heartbeat!r}"
         )
+    check_study_name(values["study_name"], values["storage"])
     for name in ("save_best_model", "search_report", "continue_on_oom"):
         if not isinstance(values[name], bool):
             raise ValueError(f"{name}: must be true or false, got {values[name]!r}")

@@ -13,10 +13,12 @@ from typing import TYPE_CHECKING, Any
 
 import optuna
 
-from .search_space import SearchSpace, check_key, check_model_keys
+from .arguments import output_dir_of, trial_arguments
+from .models import check_model_values
+from .search_space import SearchSpace, check_aliases, check_key, check_model_keys, split_params
 
 if TYPE_CHECKING:
-    from transformers import Trainer
+    from transformers import Trainer, TrainingArguments
 
     from .settings import SearchSettings
 
@@ -31,8 +33,19 @@ def check_before_study(trainer: Trainer, settings: SearchSettings) -> None:
     config = getattr(trainer.model, "config", None)
     if isinstance(settings.hp_space, SearchSpace):
         settings.hp_space.check_model_config(config)
+        candidates = settings.hp_space.candidates()
     else:
-        probe_hp_space(settings.hp_space, type(trainer.args), config)
+        candidates = {k: [v] for k, v in probe_hp_space(settings.hp_space, type(trainer.args), config).items()}
+    args_values, model_values = split_params(candidates)
+    check_argument_values(trainer.args, args_values)
+    if trainer.model is not None:
+        check_model_values(trainer.model, model_values)
+    check_datasets(trainer)
+    check_objective_metric(trainer, settings)
+
+
+def check_datasets(trainer: Trainer) -> None:
+    """A search trains and scores every trial: both datasets must be there and hold examples."""
     if trainer.train_dataset is None:
         raise ValueError("train_dataset: a search trains every trial; pass train_dataset= to the trainer")
     # sentence-transformers' trainer evaluates with its `evaluator` alone, without an eval_dataset.
@@ -41,11 +54,38 @@ def check_before_study(trainer: Trainer, settings: SearchSettings) -> None:
             "eval_dataset: every trial is scored by an evaluation; pass eval_dataset= to the trainer "
             "(a held-out split)"
         )
-    check_objective_metric(trainer, settings)
+    evaluation = trainer.eval_dataset
+    named = evaluation.items() if isinstance(evaluation, dict) else [("eval_dataset", evaluation)]
+    for name, dataset in [("train_dataset", trainer.train_dataset), *named]:
+        if dataset is not None and _length(dataset) == 0:
+            key = name if name in ("train_dataset", "eval_dataset") else f"eval_dataset[{name!r}]"
+            raise ValueError(f"{key}: is empty (0 examples); a search needs examples to train and score each trial")
 
 
-def probe_hp_space(hp_space: Any, args_class: type, config: Any) -> None:
-    """Call a callable `hp_space` once on a scratch in-memory trial and check the keys and values it returns.
+def _length(dataset: Any) -> int | None:
+    try:
+        return len(dataset)
+    except TypeError:  # an IterableDataset has no length
+        return None
+
+
+def check_argument_values(args: TrainingArguments, values: dict[str, list[Any]]) -> None:
+    """Raise `ValueError`, naming the key, for a searched value that the arguments class refuses (an invalid
+    `save_strategy`, `optim` or `lr_scheduler_type` choice, ...): each value is tried alone on the user's arguments,
+    as a trial would build them."""
+    output_dir = output_dir_of(args)
+    for key, candidates in values.items():
+        for value in candidates:
+            try:
+                trial_arguments(args, {key: value}, output_dir=output_dir)
+            except Exception as err:  # noqa: BLE001 - whatever __post_init__ refuses, named by its key
+                message = str(err).splitlines()[0] if str(err) else type(err).__name__
+                raise ValueError(f"hp_space[{key!r}]: {type(args).__name__} refuses {value!r}: {message}") from None
+
+
+def probe_hp_space(hp_space: Any, args_class: type, config: Any) -> dict[str, Any]:
+    """Call a callable `hp_space` once on a scratch in-memory trial, check the keys and values it returns, and return
+    them.
 
     The scratch study never touches the search's storage; its random sample exercises every `suggest_*` call the
     space makes, so a misspelt key or a value of the wrong type fails here rather than in the first trial.
@@ -66,6 +106,8 @@ def probe_hp_space(hp_space: Any, args_class: type, config: Any) -> None:
     for key, value in values.items():
         check_key(key, args_class, value=value)
     check_model_keys(values, config)
+    check_aliases(values)
+    return values
 
 
 def check_objective_metric(trainer: Trainer, settings: SearchSettings) -> None:

@@ -31,11 +31,17 @@ def read_data_file(path: Path, where: str, plain_data: str) -> Any:
         raise ValueError(f"{where}: not UTF-8 text (byte {err.start}); save the file as UTF-8") from None
     prefix = where
     try:
-        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+        if path.suffix.lower() == ".json":
+            data = json.loads(text, object_pairs_hook=_unique_pairs)
+        else:
+            check_unique_yaml_keys(yaml.compose(text, Loader=yaml.SafeLoader))
+            data = yaml.safe_load(text)
     except json.JSONDecodeError as err:
         raise ValueError(
             f"{prefix}: not valid JSON: {err.msg} at line {err.lineno} column {err.colno}; fix the JSON there"
         ) from None
+    except DuplicateKeyError as err:
+        raise ValueError(f"{prefix}: {err}; keep one of them") from None
     except yaml.constructor.ConstructorError as err:
         line = f" at line {err.problem_mark.line + 1}" if err.problem_mark is not None else ""
         raise ValueError(
@@ -56,15 +62,55 @@ def parse_json_text(text: str, where: str, hint: str) -> Any:
     """The value of an inline JSON setting (`--hp_space '{...}'`); `ValueError` starting with `where`, ending with
     `hint` (what to write instead), for text that is not JSON or is too large or deep to be a setting."""
     try:
-        data = json.loads(text)
+        data = json.loads(text, object_pairs_hook=_unique_pairs)
     except json.JSONDecodeError as err:
         raise ValueError(
             f"{where}: not valid JSON ({err.msg} at line {err.lineno} column {err.colno}); {hint}"
         ) from None
+    except DuplicateKeyError as err:
+        raise ValueError(f"{where}: {err}; keep one of them") from None
     except RecursionError:
         raise ValueError(f"{where}: nested too deeply to be a setting; {hint}") from None
     check_size(data, where)
     return data
+
+
+class DuplicateKeyError(ValueError):
+    """A key given twice in one mapping: YAML and JSON parsers keep the last one silently."""
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise DuplicateKeyError(f"the key {key!r} is given twice in one mapping")
+        out[key] = value
+    return out
+
+
+def check_unique_yaml_keys(root: yaml.Node | None) -> None:
+    """Raise `DuplicateKeyError` for a key given twice in one YAML mapping (with its line). Walks the composed node
+    graph, each node once (aliases share nodes), so it costs what the file's size does."""
+    seen: set[int] = set()
+    stack = [root] if root is not None else []
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            keys: set[Any] = set()
+            for key_node, value_node in node.value:
+                if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                    if key_node.value in keys:
+                        raise DuplicateKeyError(
+                            f"the key {key_node.value!r} is given twice in one mapping (again at line "
+                            f"{key_node.start_mark.line + 1})"
+                        )
+                    keys.add(key_node.value)
+                stack.extend((key_node, value_node))
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend(node.value)
 
 
 # A settings file is small: a search space or a config holds tens of values, a grid a few thousand. YAML aliases let a

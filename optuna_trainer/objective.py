@@ -82,11 +82,21 @@ class Objective:
                     f"compute_objective returned {value!r}; with direction={self.directions} it must return "
                     f"{len(self.directions)} values"
                 )
-            return tuple(float(v) for v in value)
+            return tuple(self._number(v) for v in value)
         if isinstance(value, Sequence) and not isinstance(value, str):
             raise ValueError(
                 f"compute_objective returned {len(value)} values {value!r}, but direction is a single "
                 f"{self.directions[0]!r}; pass direction as a list for several objectives"
+            )
+        return self._number(value)
+
+    def _number(self, value: Any) -> float:
+        # A bool is an int to Python, and float("0.9") parses: neither is a value the sampler should learn from.
+        if isinstance(value, bool) or not isinstance(value, (int, float)) and not _is_numeric_scalar(value):
+            source = "compute_objective" if self.compute_objective is not None else f"metric {self.metric!r}"
+            raise TypeError(
+                f"{source} returned {value!r} ({type(value).__name__}); the objective must be a number (a float, or "
+                "one per direction), e.g. metrics['eval_accuracy']"
             )
         return float(value)
 
@@ -174,3 +184,8 @@ def is_finite(value: Any) -> bool:
     if isinstance(value, tuple):
         return all(is_finite(v) for v in value)
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_numeric_scalar(value: Any) -> bool:
+    """A numpy or torch scalar (what metrics often hold), not a string or None."""
+    return hasattr(value, "item") and getattr(value, "ndim", 0) == 0 and not isinstance(value, (str, bytes))

@@ -41,7 +41,29 @@ def build_pruner(spec: Any) -> optuna.pruners.BasePruner:
         kwargs["wrapped_pruner"] = None if wrapped is None else build_pruner(wrapped)
         if "patience" not in kwargs:
             raise ValueError("pruner 'patient': 'patience' is required, e.g. {'name': 'patient', 'patience': 2}")
+    check_resources(name, kwargs)
     return construct("pruner", name, PRUNERS, kwargs)
+
+
+def check_resources(name: str, kwargs: dict[str, Any]) -> None:
+    """Refuse resource settings that Optuna takes at construction and fails on only at the first pruning decision."""
+    if name not in ("hyperband", "successive_halving"):
+        return
+    where = f"pruner {name!r}"
+    low = kwargs.get("min_resource", "auto" if name == "successive_halving" else 1)
+    if low != "auto" and (isinstance(low, bool) or not isinstance(low, int) or low < 1):
+        raise ValueError(
+            f"{where}: min_resource must be a whole number of steps >= 1 (or 'auto'), got {low!r}; it is the "
+            "fewest evaluation steps a trial gets before it can be pruned"
+        )
+    high = kwargs.get("max_resource", "auto")
+    if high != "auto" and (
+        isinstance(high, bool) or not isinstance(high, int) or (isinstance(low, int) and high <= low)
+    ):
+        raise ValueError(f"{where}: max_resource must be 'auto' or a whole number above min_resource, got {high!r}")
+    factor = kwargs.get("reduction_factor", 3)
+    if isinstance(factor, bool) or not isinstance(factor, int) or factor < 2:
+        raise ValueError(f"{where}: reduction_factor must be a whole number >= 2, got {factor!r}")
 
 
 # The settings the printed summary shows even when left at their defaults (they decide when pruning starts).

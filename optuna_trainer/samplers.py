@@ -34,6 +34,8 @@ def build_sampler(spec: Any, search_space: SearchSpace | None = None) -> optuna.
     if isinstance(spec, optuna.samplers.BaseSampler):
         return spec
     name, kwargs = parse_named_spec(spec, "sampler", DEFAULT_SAMPLER)
+    if name == "grid" and "search_space" in kwargs:
+        check_grid(kwargs["search_space"], search_space)
     if name == "grid" and "search_space" not in kwargs:
         if search_space is None:
             raise ValueError(
@@ -76,3 +78,25 @@ def continued_sampler(
     if isinstance(seed, bool) or not isinstance(seed, int):
         return None
     return build_sampler({"name": name, **kwargs, "seed": seed + existing_trials}, search_space)
+
+
+def check_grid(grid: Any, search_space: SearchSpace | None) -> None:
+    """A grid given to the sampler must be a mapping of name -> non-empty list whose names are the space's keys:
+    GridSampler takes anything at construction and fails in the first trial otherwise."""
+    if not isinstance(grid, dict):
+        raise ValueError(
+            f"sampler 'grid': search_space must be a mapping of name -> list of values, got {type(grid).__name__}; "
+            "e.g. {'name': 'grid', 'search_space': {'learning_rate': [1e-5, 3e-5]}}"
+        )
+    for key, values in grid.items():
+        if not isinstance(values, (list, tuple)) or not values:
+            raise ValueError(
+                f"sampler 'grid': search_space[{key!r}] must be a non-empty list of values, got {values!r}"
+            )
+    if search_space is not None and set(grid) != set(search_space.distributions):
+        missing = sorted(set(search_space.distributions) - set(grid))
+        extra = sorted(set(grid) - set(search_space.distributions))
+        raise ValueError(
+            f"sampler 'grid': its search_space does not match hp_space (missing {missing}, not in hp_space {extra}); "
+            "give the same keys, or leave search_space out to take the grid from hp_space"
+        )

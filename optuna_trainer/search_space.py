@@ -57,6 +57,10 @@ _FORBIDDEN_KEYS = {
     "storage",
     "study_name",
     "objective_metric",
+    "save_best_model",
+    "search_report",
+    "continue_on_oom",
+    "heartbeat_interval",
 }
 
 HpSpaceCallable = Callable[[optuna.Trial], dict[str, Any]]
@@ -325,6 +329,17 @@ def check_key(key: str, args_class: type | None, dist: BaseDistribution | None =
             )
 
 
+def check_aliases(keys: Iterable[str]) -> None:
+    """Raise if two keys set one field (`warmup_ratio` and `warmup_steps`): one trial's value would silently win."""
+    present = set(keys)
+    for alias, target in FIELD_ALIASES.items():
+        if alias in present and target in present:
+            raise ValueError(
+                f"hp_space: {alias!r} and {target!r} both set {target} (transformers 5 folded {alias} into it: a "
+                f"float below 1 is a ratio); search one of them"
+            )
+
+
 def check_model_keys(keys: Iterable[str], config: Any) -> None:
     """Raise if a `model.<attribute>` key names an attribute that `config` (the model's config) does not have."""
     for key in keys:
@@ -333,6 +348,16 @@ def check_model_keys(keys: Iterable[str], config: Any) -> None:
         attr = key[len(MODEL_PREFIX) :]
         if config is None:
             raise ValueError(f"hp_space[{key!r}]: the model has no config to apply {attr} to")
+        if attr.startswith("_"):
+            raise ValueError(
+                f"hp_space[{key!r}]: {attr} is private to {type(config).__name__}, not a hyperparameter; search a "
+                "public config attribute (e.g. model.hidden_dropout_prob)"
+            )
+        if hasattr(config, attr) and callable(getattr(config, attr)):
+            raise ValueError(
+                f"hp_space[{key!r}]: {attr} is a method of {type(config).__name__}, not a value; search a config "
+                "value (e.g. model.hidden_dropout_prob)"
+            )
         if not hasattr(config, attr):
             known = sorted(k for k in config.to_dict() if not k.startswith("_")) if hasattr(config, "to_dict") else []
             close = difflib.get_close_matches(attr, known, n=1)
@@ -376,12 +401,24 @@ class SearchSpace:
             dist = _spec_to_distribution(key, spec)
             check_key(key, args_class, dist)
             distributions[key] = dist
+        check_aliases(distributions)
         return cls(distributions)
 
     @property
     def model_keys(self) -> dict[str, str]:
         """Search keys that go to the model's config: full key -> config attribute."""
         return {k: k[len(MODEL_PREFIX) :] for k in self.distributions if k.startswith(MODEL_PREFIX)}
+
+    def candidates(self) -> dict[str, list[Any]]:
+        """The values a check tries for each key: a categorical's choices, a range's two ends."""
+        out: dict[str, list[Any]] = {}
+        for name, dist in self.distributions.items():
+            if isinstance(dist, CategoricalDistribution):
+                out[name] = list(dist.choices)
+            else:
+                ranged = dist if isinstance(dist, IntDistribution) else _float(name, dist)
+                out[name] = [ranged.low, ranged.high]
+        return out
 
     def check_model_config(self, config: Any) -> None:
         """Raise if a `model.<attribute>` key names an attribute the model's config does not have."""

@@ -28,6 +28,11 @@ DEFAULT_HEARTBEAT_INTERVAL = 60
 # time, e.g. by running out of memory, must not be retried forever).
 MAX_RETRY = 3
 MEMORY = ("memory", ":memory:", "inmemory")
+# A stale trial is one whose heartbeat is older than 2 intervals; Optuna computes that with timestamps, which overflow
+# long before a large int does. A week is beyond any real trial's step.
+MAX_HEARTBEAT_INTERVAL = 7 * 24 * 3600
+# Optuna's RDB schema keeps study names in a VARCHAR(512) (optuna.storages._rdb.models.MAX_INDEXED_STRING_LENGTH).
+MAX_STUDY_NAME_LENGTH = 512
 _RDB_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql", "mariadb", "oracle", "mssql")
 # `scheme://user:password@host`: the password runs to the last '@' before the host, so that an unencoded '@' in it
 # is masked too; and a password given as a query parameter (`?password=`, libpq's and SQLAlchemy's form).
@@ -64,8 +69,19 @@ def validate_storage(storage: Any) -> None:
             )
         if storage.endswith((".db", ".sqlite", ".sqlite3")):
             raise ValueError(f"storage: {storage!r} looks like an SQLite file; write it as sqlite:///{storage}")
+        if os.path.isdir(storage):
+            raise ValueError(
+                f"storage: {storage!r} is a directory; a journal storage is a file: give a file path in it, e.g. "
+                f"{os.path.join(storage, 'journal.log')!r}"
+            )
         return  # a journal file path
     scheme = _scheme(storage)
+    if scheme == "sqlite" and _in_memory_sqlite(storage):
+        raise ValueError(
+            f"storage: {storage!r} is an in-memory SQLite database: it keeps nothing after this process and no other "
+            "process sees it; use storage='memory' for a study that lives in this process only, or "
+            "sqlite:///path/to/study.db to keep it"
+        )
     authority = storage.split("://", 1)[1].split("/", 1)[0]
     if authority.count("@") > 1:
         raise ValueError(
@@ -90,6 +106,26 @@ def validate_storage(storage: Any) -> None:
             f"storage: malformed URL {mask_url(storage)!r}: {mask_url(str(err))}; write it as "
             "dialect+driver://user:password@host:port/database, e.g. postgresql+psycopg://user:pass@localhost:5432/db"
         ) from None
+
+
+def _in_memory_sqlite(url: str) -> bool:
+    database = url.split("://", 1)[1]
+    database = database[1:] if database.startswith("/") else database
+    return database.split("?", 1)[0] in ("", ":memory:") or "mode=memory" in url
+
+
+def check_study_name(study_name: Any, storage: Any) -> None:
+    """A study name the storage can hold: a string, and at most 512 characters in a database (SQLite by default)."""
+    if study_name is None:
+        return
+    if not isinstance(study_name, str):
+        raise ValueError(f"study_name: must be a string, got {study_name!r} ({type(study_name).__name__})")
+    in_database = storage is None or (isinstance(storage, str) and _scheme(storage) in _RDB_SCHEMES)
+    if in_database and len(study_name) > MAX_STUDY_NAME_LENGTH:
+        raise ValueError(
+            f"study_name: {len(study_name)} characters; a database storage holds at most {MAX_STUDY_NAME_LENGTH} "
+            "(Optuna's schema); give a shorter name"
+        )
 
 
 def default_storage_url(output_dir: str) -> str:

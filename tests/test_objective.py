@@ -91,3 +91,21 @@ def test_normalize_direction():
     with pytest.raises(ValueError, match=r"direction: 'up' is not one of \['minimize', 'maximize'\]"):
         normalize_direction("up")
     assert metric_key("accuracy") == "eval_accuracy" and metric_key("eval_f1") == "eval_f1"
+
+
+@pytest.mark.parametrize("returned", [None, "0.9", True], ids=["None", "str", "bool"])
+def test_a_compute_objective_that_returns_no_number_fails_its_trial_with_the_reason(tmp_path, returned):
+    from optuna_trainer import OptunaTrainer, OptunaTrainingArguments
+    from optuna_trainer.testing import base_args, compute_metrics, make_dataset, tiny_model
+
+    trainer = OptunaTrainer(
+        model_init=tiny_model,
+        args=OptunaTrainingArguments(**base_args(tmp_path, n_trials=2, max_steps=2, eval_steps=2)),
+        train_dataset=make_dataset(16),
+        eval_dataset=make_dataset(8, seed=1),
+        compute_metrics=compute_metrics,
+    )
+    with pytest.raises(TypeError, match=rf"compute_objective returned {returned!r} \({type(returned).__name__}\)"):
+        trainer.hyperparameter_search(compute_objective=lambda metrics: returned, direction="maximize")
+    (trial,) = trainer.study.trials
+    assert trial.state.name == "FAIL" and "the objective must be a number" in trial.user_attrs["fail_reason"]
