@@ -79,14 +79,41 @@ class SyncTrial(optuna.trial.BaseTrial):
             assert trial is not None
             return trial.number, trial.params, trial.distributions, trial.user_attrs, trial.datetime_start
 
-        identity = self._collective(on_main)
+        identity = self._collective(("start",), on_main)
         self._number, self._params, self._distributions, self._user_attrs, self._datetime_start = identity
 
-    def _collective(self, compute: Callable[[], Any]) -> Any:
+    def _gather(self, tag: tuple[Any, ...], payload: Any) -> list[Any]:
+        """Every rank's `payload`, once every rank has come to the same exchange `tag`; a `ValueError` on every rank
+        when they have not (a process that asks for another parameter, or one more, than the others)."""
+        gathered: list[Any] = [None] * dist.get_world_size(self.group)
+        dist.all_gather_object(gathered, (tag, payload), group=self.group)
+        tags = [record[0] for record in gathered]
+        if any(t != tags[0] for t in tags):
+            where = ", ".join(f"rank {rank} {_describe(t)}" for rank, t in enumerate(tags))
+            raise ValueError(
+                f"hp_space: the processes did not ask for the same parameters in the same order ({where}); every "
+                "process must make the same trial.suggest_* calls: a callable hp_space or model_init must not "
+                "depend on the process"
+            )
+        return [record[1] for record in gathered]
+
+    def _collective(self, tag: tuple[Any, ...], compute: Callable[[], Any]) -> Any:
         """rank 0's `compute()` on every rank, or rank 0's error raised on every rank."""
-        sent: list[Any] = [_outcome(compute) if self.delegate is not None else None]
-        dist.broadcast_object_list(sent, src=0, group=self.group)
-        return _unwrap(sent[0])
+        gathered = self._gather(tag, _outcome(compute) if self.delegate is not None else None)
+        return _unwrap(gathered[0])
+
+    def same_everywhere(self, values: dict[str, Any]) -> None:
+        """Raise `ValueError` on every rank unless every rank got the same trial values (one trial, one set of
+        values: a callable hp_space may compute a value per process instead of suggesting it)."""
+        gathered = self._gather(("values", tuple(sorted(values))), _portable(values))
+        for key in sorted(values):
+            seen = [v.get(key) for v in gathered]
+            if any(_differ(v, seen[0]) for v in seen):
+                shown = ", ".join(f"rank {rank}: {v!r}" for rank, v in enumerate(seen))
+                raise ValueError(
+                    f"hp_space[{key!r}]: the processes got different values ({shown}); return what trial.suggest_* "
+                    "gives (the same on every process), not a value computed per process"
+                )
 
     def _suggested(self, name: str, suggest: Callable[[optuna.trial.BaseTrial], Any]) -> Any:
         delegate = self.delegate
@@ -95,7 +122,7 @@ class SyncTrial(optuna.trial.BaseTrial):
             assert delegate is not None
             return suggest(delegate), delegate.distributions
 
-        value, distributions = self._collective(on_main)
+        value, distributions = self._collective(("suggest", name), on_main)
         # Kept on every rank so that `params`/`distributions` read the same everywhere as on rank 0.
         self._params = {**self._params, name: value}
         self._distributions = distributions
@@ -463,6 +490,21 @@ def _with_note(err: BaseException, note: str) -> BaseException:
     else:  # add_note is Python 3.11+; keep the note where 3.11 keeps it
         setattr(err, "__notes__", [*getattr(err, "__notes__", []), note])  # noqa: B010 - undeclared before 3.11
     return err
+
+
+def _describe(tag: tuple[Any, ...]) -> str:
+    if tag[0] == "suggest":
+        return f"suggests {tag[1]!r}"
+    if tag[0] == "values":
+        return f"is done with {list(tag[1])}"
+    return "starts the trial"
+
+
+def _differ(a: Any, b: Any) -> bool:
+    try:
+        return bool(a != b)
+    except Exception:  # noqa: BLE001 - values that cannot be compared (arrays) are taken as different
+        return True
 
 
 def _outcome(compute: Callable[[], Any]) -> tuple[bool, Any]:

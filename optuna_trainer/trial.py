@@ -226,6 +226,14 @@ class TrialRun:
             self.trial.set_user_attr("run_dir", run_dir)
 
     def suggest(self) -> dict[str, Any]:
+        values = self._values()
+        # Under DDP (SyncTrial): one trial, one set of values on every process, or an error on every process.
+        same_everywhere = getattr(self.trial, "same_everywhere", None)
+        if same_everywhere is not None:
+            same_everywhere(values)
+        return values
+
+    def _values(self) -> dict[str, Any]:
         space = self.settings.hp_space
         if isinstance(space, SearchSpace):
             return space.suggest(self.trial)

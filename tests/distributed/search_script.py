@@ -67,7 +67,9 @@ class Recorder(TrainerCallback):
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--scenario", choices=["prune", "fail", "fail_nocatch", "timeout"], required=True)
+    parser.add_argument(
+        "--scenario", choices=["prune", "fail", "fail_nocatch", "timeout", "rank_mismatch"], required=True
+    )
     parser.add_argument("--out", required=True)
     cli = parser.parse_args()
 
@@ -91,19 +93,32 @@ def main() -> None:
         extra = dict(n_trials=2, pruner="none", ddp_timeout=5)
     elif cli.scenario == "timeout":
         extra = dict(n_trials=1000, timeout=6, pruner="none")
+    elif cli.scenario == "rank_mismatch":
+        # Trial 0: a value computed per process; trial 1: rank 1 asks for one parameter more; then a good trial.
+        def per_process_space(trial: Any) -> dict[str, Any]:
+            values = {"learning_rate": trial.suggest_float("learning_rate", 1e-4, 1e-1, log=True)}
+            if trial.number == 0:
+                values["weight_decay"] = 0.01 * (1 + int(os.environ.get("RANK", "0")))
+            if trial.number == 1 and int(os.environ.get("RANK", "0")) == 1:
+                values["weight_decay"] = trial.suggest_float("weight_decay", 0.0, 0.1)
+            return values
+
+        extra = dict(n_trials=1, pruner="none", hp_space=per_process_space)
     args = OptunaTrainingArguments(
         **base_args(
             cli.out,
             objective_metric="loss",
-            hp_space={
-                "learning_rate": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True},
-                "weight_decay": {"type": "float", "low": 0.0, "high": 0.1},
-                "per_device_train_batch_size": {"type": "categorical", "choices": [4, 8]},
-                "model.attention_probs_dropout_prob": {"type": "float", "low": 0.0, "high": 0.3},
+            **{
+                "hp_space": {
+                    "learning_rate": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True},
+                    "weight_decay": {"type": "float", "low": 0.0, "high": 0.1},
+                    "per_device_train_batch_size": {"type": "categorical", "choices": [4, 8]},
+                    "model.attention_probs_dropout_prob": {"type": "float", "low": 0.0, "high": 0.3},
+                },
+                **extra,
             },
             sampler={"name": "tpe", "seed": 0},
             storage="sqlite:///" + os.path.join(cli.out, "study.db"),
-            **extra,
         )
     )
     rank = args.process_index
@@ -115,7 +130,7 @@ def main() -> None:
         compute_metrics=compute_metrics,
         callbacks=[Recorder(record, rank, fail=cli.scenario.startswith("fail"))],
     )
-    catch = (ValueError,) if cli.scenario == "fail" else ()
+    catch = (ValueError,) if cli.scenario in ("fail", "rank_mismatch") else ()
     try:
         best = trainer.hyperparameter_search(catch=catch)
         record["best"] = [best.run_id, best.objective, best.hyperparameters]

@@ -189,3 +189,19 @@ def test_timeout_ends_every_rank(tmp_path: Path) -> None:
     assert sorted(rank0["used"], key=int) == sorted(rank1["used"], key=int) == [str(t["number"]) for t in run.trials]
     assert_same_on_both_ranks(run)
     assert rank0["best"] == rank1["best"]
+
+
+def test_one_trial_means_one_set_of_values_on_every_rank(tmp_path: Path) -> None:
+    run = launch("rank_mismatch", tmp_path)
+    assert run.returncode == 0, run.output[-4000:]
+    assert run.seconds < WELL_WITHIN_S  # an error on both ranks, not a gloo timeout
+    assert [t["state"] for t in run.trials] == ["FAIL", "FAIL", "COMPLETE"]
+    # Trial 0: hp_space computed weight_decay per process; caught at the trial's start, on every rank.
+    reason = run.trials[0]["user_attrs"]["fail_reason"]
+    assert "hp_space['weight_decay']: the processes got different values (rank 0: 0.01, rank 1: 0.02)" in reason
+    # Trial 1: rank 1 asked for one parameter more than rank 0.
+    reason = run.trials[1]["user_attrs"]["fail_reason"]
+    assert "did not ask for the same parameters" in reason and "rank 1 suggests 'weight_decay'" in reason
+    rank0, rank1 = run.ranks
+    assert rank0["used"] == rank1["used"] and list(rank0["used"]) == ["2"]  # no rank trained a mismatched trial
+    assert rank0["best"] == rank1["best"]
