@@ -7,14 +7,16 @@ heartbeat stopped is marked failed and re-queued with the same parameters (see d
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import filelock
 import optuna
 import optuna.storages.journal
 
@@ -223,12 +225,47 @@ def open_storage(
                     make_lock=lambda name: redis_lock(url, name),
                     target=mask_url(url),
                 )
-            rdb = _rdb_storage(storage, heartbeat_interval)
+            with _schema_lock(storage):
+                rdb = _rdb_storage(storage, heartbeat_interval)
     except Exception as err:  # noqa: BLE001 - any driver error becomes one clear, masked message
         raise ValueError(
             f"storage: cannot open {mask_url(storage)!r}: {type(err).__name__}: {mask_url(str(err)).splitlines()[0]}"
         ) from None
     return _wrap_rdb(rdb, mask_url(storage))
+
+
+# How long a search waits for another one that is creating the same SQLite file's tables (a few seconds at most).
+SCHEMA_LOCK_TIMEOUT_S = 120
+
+
+@contextlib.contextmanager
+def _schema_lock(url: str) -> Iterator[None]:
+    """Serialize the opening of one SQLite file across processes: Optuna creates the tables of a new file on first
+    open, and two searches opening the same new file at once (two workers of one command) fail with "table studies
+    already exists" or a UNIQUE constraint error. A file lock beside the database makes the second wait."""
+    if _scheme(url) != "sqlite":
+        yield
+        return
+    from sqlalchemy.engine import make_url
+
+    database = make_url(url).database
+    if not database:
+        yield
+        return
+    path = os.path.abspath(database) + ".lock"
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    lock = filelock.FileLock(path, timeout=SCHEMA_LOCK_TIMEOUT_S)
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        raise ValueError(
+            f"storage: another search has been creating {database} for over {SCHEMA_LOCK_TIMEOUT_S} s (it holds "
+            f"{path}); wait for it, or remove that file if no search runs"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _wrap_rdb(rdb: optuna.storages.RDBStorage, description: str) -> OpenedStorage:

@@ -202,3 +202,38 @@ class TestClearErrorsBeforeTraining:
             OptunaTrainingArguments(output_dir=str(tmp_path), storage=url)
         assert expected in str(info.value)
         assert SECRET not in str(info.value)
+
+
+def _open_at_once(out_dir: str, barrier, results) -> None:
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    barrier.wait(timeout=60)
+    try:
+        storage = open_storage(None, out_dir).storage
+        optuna.create_study(storage=storage, study_name="same", load_if_exists=True)
+        results.put("ok")
+    except Exception as err:  # noqa: BLE001 - reported to the test
+        results.put(f"{type(err).__name__}: {err}")
+
+
+def test_searches_creating_the_same_default_file_at_once_all_start(tmp_path):
+    """Four workers of one command open the same new SQLite file at the same instant: without the lock around the
+    schema creation, some fail with "table studies already exists" (seen in 5 of 5 tries)."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    for attempt in range(2):
+        out_dir = str(tmp_path / f"out-{attempt}")
+        barrier, results = context.Barrier(4), context.Queue()
+        procs = [context.Process(target=_open_at_once, args=(out_dir, barrier, results)) for _ in range(4)]
+        for proc in procs:
+            proc.start()
+        try:
+            outcomes = [results.get(timeout=120) for _ in procs]
+        finally:
+            for proc in procs:
+                proc.join(timeout=30)
+                if proc.is_alive():
+                    proc.kill()
+        assert outcomes == ["ok"] * 4
+        (summary,) = optuna.get_all_study_summaries(f"sqlite:///{out_dir}/optuna_study.db")
+        assert summary.study_name == "same"
