@@ -15,6 +15,7 @@ Nothing here downloads anything, and nothing here is imported by the library its
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -23,7 +24,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -107,6 +108,19 @@ def base_args(output_dir: str | os.PathLike[str], **overrides: Any) -> dict[str,
 
 
 # ---- recording -------------------------------------------------------------------------------------------------
+
+
+def weights_hash(model: Any, names: Callable[[str], bool] | None = None) -> str:
+    """A sha256 over the model's state dict (every tensor's bytes, as float32, in order), or over the entries whose
+    name `names` accepts: equal hashes mean bit-identical weights."""
+    import torch
+
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        if names is None or names(name):
+            digest.update(name.encode())
+            digest.update(tensor.detach().to("cpu", torch.float32).numpy().tobytes())
+    return digest.hexdigest()
 
 
 class RecordingPruner(optuna.pruners.BasePruner):

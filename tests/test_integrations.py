@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 import torch
 from datasets import Dataset
@@ -23,6 +21,7 @@ from optuna_trainer import (
     with_optuna_search,
     with_search_fields,
 )
+from optuna_trainer.testing import weights_hash
 
 VOCAB = 16
 LENGTH = 4
@@ -70,10 +69,7 @@ class SeenTrialArguments(TrainerCallback):
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         self.args.append(args)
-        digest = hashlib.sha256()
-        for tensor in model.state_dict().values():
-            digest.update(tensor.detach().cpu().numpy().tobytes())
-        self.start_hashes.append(digest.hexdigest())
+        self.start_hashes.append(weights_hash(model))
 
 
 def test_factories_make_parseable_classes_once():

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
 import random
 
 import pytest
-import torch
 from datasets import Dataset
 from transformers import TrainerCallback
 
@@ -19,6 +17,7 @@ from optuna_trainer.integrations.sentence_transformers import (  # noqa: E402
     OptunaSentenceTransformerTrainer,
     OptunaSentenceTransformerTrainingArguments,
 )
+from optuna_trainer.testing import weights_hash  # noqa: E402
 
 POSITIVE = "good great fine superb moving".split()
 NEGATIVE = "bad dull awful boring flat".split()
@@ -34,13 +33,6 @@ def pairs(n: int, seed: int) -> tuple[list[str], list[str], list[float]]:
         second.append(f"a {b} movie")
         scores.append(1.0 if (a in POSITIVE) == (b in POSITIVE) else 0.0)
     return first, second, scores
-
-
-def weights_hash(model: torch.nn.Module) -> str:
-    digest = hashlib.sha256()
-    for tensor in model.state_dict().values():
-        digest.update(tensor.detach().cpu().numpy().tobytes())
-    return digest.hexdigest()
 
 
 class StartWeights(TrainerCallback):

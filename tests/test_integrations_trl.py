@@ -4,7 +4,6 @@ here, and searched keys that TRL reads outside `trainer.args` (SFT's `max_length
 
 from __future__ import annotations
 
-import hashlib
 import random
 from typing import Any
 
@@ -22,6 +21,7 @@ from optuna_trainer.integrations.trl import (  # noqa: E402
     OptunaSFTConfig,
     OptunaSFTTrainer,
 )
+from optuna_trainer.testing import weights_hash  # noqa: E402
 
 WORDS = "red green blue one two three cat dog sun moon is a the and".split()
 
@@ -48,13 +48,6 @@ def tiny_llama(vocab_size: int) -> LlamaForCausalLM:
         bos_token_id=None,
     )
     return LlamaForCausalLM(config)
-
-
-def weights_hash(model: torch.nn.Module) -> str:
-    digest = hashlib.sha256()
-    for tensor in model.state_dict().values():
-        digest.update(tensor.detach().cpu().float().numpy().tobytes())
-    return digest.hexdigest()
 
 
 class SeenTrials(TrainerCallback):

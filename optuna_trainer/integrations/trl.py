@@ -75,6 +75,8 @@ class _PreparedAgain(OptunaSearchMixin):
         self._prepared_with = args
 
     def _skips_preparation(self) -> bool:
+        # TRL's own (private) flags for datasets it leaves unprepared (skip_prepare_dataset, vision data): read, never
+        # written; absent in another TRL, they read as False and the data is prepared again as for text.
         return bool(getattr(self, "_skip_prepare_dataset", False) or getattr(self, "_is_vision_dataset", False))
 
     def _prepare(self, dataset: Any, args: TrainingArguments, name: str, eval_set: bool) -> Any:
