@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import optuna
 
+from .adapters import check_adapter_values, split_peft
 from .arguments import output_dir_of, trial_arguments
 from .models import check_model_values
 from .search_space import SearchSpace, check_aliases, check_key, check_model_keys, split_params
@@ -28,20 +29,24 @@ logger = logging.getLogger(__name__)
 _METRICS_WITHOUT_COMPUTE_METRICS = ("eval_loss",)
 
 
-def check_before_study(trainer: Trainer, settings: SearchSettings) -> None:
-    """Raise `ValueError`/`TypeError` for any input that would only fail once trials run."""
+def check_before_study(trainer: Trainer, settings: SearchSettings) -> set[str]:
+    """Raise `ValueError`/`TypeError` for any input that would only fail once trials run; return the search keys
+    (a callable space's as one call of it returned them)."""
     config = getattr(trainer.model, "config", None)
     if isinstance(settings.hp_space, SearchSpace):
         settings.hp_space.check_model_config(config)
         candidates = settings.hp_space.candidates()
     else:
         candidates = {k: [v] for k, v in probe_hp_space(settings.hp_space, type(trainer.args), config).items()}
-    args_values, model_values = split_params(candidates)
+    rest, adapter_values = split_peft(candidates)
+    args_values, model_values = split_params(rest)
     check_argument_values(trainer.args, args_values)
+    check_adapter_values(trainer.model, adapter_values, has_model_keys=bool(model_values))
     if trainer.model is not None:
         check_model_values(trainer.model, model_values)
     check_datasets(trainer)
     check_objective_metric(trainer, settings)
+    return set(candidates)
 
 
 def check_datasets(trainer: Trainer) -> None:

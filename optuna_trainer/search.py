@@ -19,6 +19,7 @@ import torch
 from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import BestRun
 
+from .adapters import Adapters, has_adapter_keys
 from .arguments import output_dir_of
 from .best_model import recover, save_best_model
 from .checks import check_before_study
@@ -80,6 +81,7 @@ class Search:
         self._user_hp_name: Callable[[optuna.trial.BaseTrial], str] | None = None
         self._pre_search_model: torch.nn.Module | None = None
         self._initial_model: InitialModel | None = None
+        self.adapters: Adapters | None = None  # with peft.<field> keys
 
     @classmethod
     def prepare(cls, trainer: Trainer, coordinator: Coordinator, **call: Any) -> Search:
@@ -161,7 +163,12 @@ class Search:
         trainer: Any = self.trainer
         self._user_model_init = trainer.model_init
         self._pre_search_model = trainer.model
-        if trainer.model_init is None:
+        if self.settings.adapters:
+            # One base model for every trial (the one the trainer holds: from model= or built from model_init at
+            # construction), each trial with a fresh adapter over it.
+            self.adapters = Adapters(trainer.model)
+            self.model_source = self.adapters.wrap
+        elif trainer.model_init is None:
             # transformers refuses to search without model_init: here every trial starts from the initial weights.
             self._initial_model = InitialModel(trainer.model)
             self.model_source = self._initial_model
@@ -192,7 +199,13 @@ class Search:
         trainer.hp_name = self._user_hp_name
         trainer.model_init = self._user_model_init
         apply_arguments(trainer, self.base_args)
-        model = self._initial_model.restore() if self._initial_model is not None else self._pre_search_model
+        model: torch.nn.Module | None
+        if self.adapters is not None:
+            model = self.adapters.restore()
+        elif self._initial_model is not None:
+            model = self._initial_model.restore()
+        else:
+            model = self._pre_search_model
         if model is not None and trainer.place_model_on_device:
             model = model.to(trainer.args.device)
         trainer.model = trainer.model_wrapped = model
@@ -248,7 +261,7 @@ def settle(trainer: Trainer, is_main: bool, call: dict[str, Any]) -> tuple[Searc
         # Only the main process opens the storage; the others check everything else the same way.
         call = {**call, "storage": "memory"}
     settings = resolve_settings(trainer.args, has_compute_metrics=trainer.compute_metrics is not None, **call)
-    check_before_study(trainer, settings)
+    settings.adapters = has_adapter_keys(check_before_study(trainer, settings))
     if not is_main:
         return settings, None
     study = create_study(settings)

@@ -38,6 +38,7 @@ from .files import parse_json_text, read_data_file
 logger = logging.getLogger(__name__)
 
 MODEL_PREFIX = "model."
+PEFT_PREFIX = "peft."  # adapters.py: the key's field goes to the trial's PEFT adapter config
 SPEC_TYPES = ("float", "int", "categorical")
 _SPEC_KEYS = {
     "float": {"type", "low", "high", "log", "step"},
@@ -294,6 +295,12 @@ def check_key(key: str, args_class: type | None, dist: BaseDistribution | None =
         if not key[len(MODEL_PREFIX) :].isidentifier():
             raise ValueError(f"hp_space[{key!r}]: expected model.<config attribute>, e.g. model.hidden_dropout_prob")
         return
+    if key.startswith(PEFT_PREFIX):
+        if not key[len(PEFT_PREFIX) :].isidentifier():
+            raise ValueError(
+                f"hp_space[{key!r}]: expected peft.<adapter config field>, e.g. peft.r or peft.lora_alpha"
+            )
+        return  # the field is checked against the adapter's config class with the model (adapters.py)
     if args_class is None:
         return
     if key in _FORBIDDEN_KEYS:

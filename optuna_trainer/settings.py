@@ -77,6 +77,8 @@ class SearchSettings:
     gc_after_trial: bool = False
     hp_name: Callable[[optuna.trial.BaseTrial], str] | None = None
     notes: list[str] = field(default_factory=list)
+    # Whether the space has peft.<field> keys (adapters.py): then trials share the base model, each with its adapter.
+    adapters: bool = False
     # Seconds between heartbeats when the storage has them (None: it has none), and the study's claim lock.
     heartbeat_interval: int | None = None
     claim_lock: ClaimLock | None = field(default=None, repr=False)

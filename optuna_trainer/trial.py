@@ -25,6 +25,7 @@ import torch
 from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, number_of_arguments
 
+from .adapters import split_peft
 from .arguments import output_dir_of, trial_arguments
 from .callbacks import NonFiniteLossCallback, OptunaPruningCallback
 from .faults import trial_failure
@@ -172,7 +173,8 @@ class TrialRun:
 
     def prepare(self) -> None:
         self.values = self.suggest()
-        args_values, model_values = split_params(self.values)
+        rest, adapter_values = split_peft(self.values)
+        args_values, model_values = split_params(rest)
         run_name = (
             self.settings.hp_name(self.trial) if self.settings.hp_name is not None else f"run-{self.trial.number}"
         )
@@ -192,10 +194,13 @@ class TrialRun:
 
         apply_arguments(self.trainer, trial_arguments(self.search.base_args, args_values, output_dir=self.run_dir))
         assert self.search.model_source is not None  # set by Search._take_trainer
-        # transformers types model_init as returning a PreTrainedModel; it accepts any nn.Module.
-        self.trainer.model_init = cast(
-            Any, TrialModelInit(self.search.model_source, model_values, after_build=self.name_run)
+        source = (
+            self.search.adapters.for_trial(adapter_values)
+            if self.search.adapters is not None
+            else self.search.model_source
         )
+        # transformers types model_init as returning a PreTrainedModel; it accepts any nn.Module.
+        self.trainer.model_init = cast(Any, TrialModelInit(source, model_values, after_build=self.name_run))
 
         self.pruning = OptunaPruningCallback(
             self.trial, self.objective, prune=not self.objective.multi, decide=self.coordinator.decide
@@ -293,6 +298,8 @@ class TrialRun:
                 self.trainer.remove_callback(callback)
         if self.guard is not None:
             self.guard.close()
+        if self.search.adapters is not None:
+            self.search.adapters.release()  # the adapter off the shared base, before its memory goes
         release_trial_memory(self.trainer)
         if self.settings.gc_after_trial:
             gc.collect()

@@ -170,3 +170,30 @@ def test_trls_private_dataset_preparation_is_as_called():
     dpo = list(inspect.signature(DPOTrainer._prepare_dataset).parameters)
     assert sft == ["self", "dataset", "processing_class", "args", "packing", "formatting_func", "dataset_name"]
     assert dpo == ["self", "dataset", "processing_class", "args", "dataset_name"]
+
+
+def test_sft_with_peft_config_searches_the_adapter(tmp_path):
+    peft = pytest.importorskip("peft")
+    tokenizer = word_tokenizer()
+    rng = random.Random(0)
+    texts = [" ".join(rng.choice(WORDS) for _ in range(8)) for _ in range(48)]
+    args = OptunaSFTConfig(
+        **common_args(str(tmp_path)), max_length=16, hp_space={"peft.r": {"type": "categorical", "choices": [2, 4]}}
+    )
+    seen = SeenTrials(lambda t: {"r": t.model.peft_config["default"].r, "adapters": sorted(t.model.peft_config)})
+    user_config = peft.LoraConfig(task_type="CAUSAL_LM", r=8, target_modules=["q_proj", "v_proj"])
+    trainer = OptunaSFTTrainer(
+        model=tiny_llama(len(tokenizer)),
+        args=args,
+        train_dataset=Dataset.from_dict({"text": texts[:32]}),
+        eval_dataset=Dataset.from_dict({"text": texts[32:]}),
+        processing_class=tokenizer,
+        peft_config=user_config,
+        callbacks=[seen],
+    )
+    seen.trainer = trainer
+    trainer.hyperparameter_search()
+    assert sorted(s["r"] for s in seen.seen) == [2, 4] and all(s["adapters"] == ["default"] for s in seen.seen)
+    # after the search the trainer holds the user's adapter (r=8) again
+    assert isinstance(trainer.model, peft.PeftModel) and trainer.model.peft_config["default"].r == 8
+    assert (tmp_path / "best_model" / "adapter_config.json").is_file()
