@@ -12,7 +12,7 @@ run() {
 }
 run overhead
 run overhead --no-report
-for name in head_to_head pruning memory multi_process parallel_workers; do
+for name in head_to_head pruning memory multi_process parallel_workers adapters; do
   run "$name"
 done
 # What other pruner settings would have saved on the curves pruning.py just recorded (no training: seconds).

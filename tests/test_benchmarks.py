@@ -171,3 +171,15 @@ def test_parallel_workers(tmp_path):
 
         names = optuna.get_all_study_names("postgresql+psycopg://postgres@127.0.0.1:5432/test")
         assert not set(table["meta"]["studies deleted"]) & set(names)
+
+
+def test_adapters(tmp_path):
+    pytest.importorskip("peft")
+    table = run_quick("adapters", tmp_path)
+    numbers(table, "median setup s", "peak RSS MiB", "peak growth during the search MiB", "best accuracy")
+    ours, workaround = table["rows"]
+    # the same 8 grid points trained on both sides, with adapters of the same sizes over the same base
+    assert ours["trials"] == workaround["trials"] == 8
+    assert ours["base model MiB"] == workaround["base model MiB"] > 0
+    assert ours["adapter MiB (largest)"] == workaround["adapter MiB (largest)"] > 0
+    assert table["meta"]["setup speedup (workaround / ours, medians)"] > 0
