@@ -250,6 +250,17 @@ class TestEndToEnd:
         assert (out / "best_model" / "config.json").is_file()
         assert "Best trial" in capsys.readouterr().out
 
+    def test_lora_config_searches_adapters(self, tc, tiny_model_dir, tmp_path):
+        """examples/configs/lora.yaml's peft.* keys, on the tiny model: adapters searched, the best one saved."""
+        pytest.importorskip("peft")
+        space = yaml.safe_load((Path(tc.DEFAULT_CONFIG).parent / "lora.yaml").read_text())["hp_space"]
+        assert {"peft.r", "peft.lora_alpha", "peft.lora_dropout", "learning_rate"} <= set(space)
+        out = tmp_path / "out"
+        best = _run(tc, tiny_model_dir, out, "--hp_space", json.dumps(space), "--n_trials", "2")
+        assert set(best.hyperparameters) == set(space)
+        assert (out / "best_model" / "adapter_config.json").is_file()
+        assert json.loads((out / "best_model" / "trial.json").read_text())["number"] == int(best.run_id)
+
     def test_tensorboard_runs_per_trial(self, tc, tiny_model_dir, tmp_path):
         pytest.importorskip("tensorboard")
         out = tmp_path / "out"
