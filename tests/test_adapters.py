@@ -168,3 +168,36 @@ def test_bad_adapter_keys_are_refused_before_training(out_dir, space, message):
     with pytest.raises(ValueError, match=message):
         trainer.hyperparameter_search()
     assert seen.trials == [] and trainer.study is None
+
+
+def test_a_callable_space_with_adapter_keys(out_dir):
+    def hp_space(trial):
+        return {"peft.r": trial.suggest_categorical("peft.r", [2, 4]), "learning_rate": 1e-3}
+
+    seen = Seen([])
+    trainer = OptunaTrainer(
+        model=tiny_model(),
+        args=_trainer(out_dir, n_trials=2, sampler={"name": "random", "seed": 0}),
+        train_dataset=TRAIN,
+        eval_dataset=EVAL,
+        compute_metrics=compute_metrics,
+        callbacks=[seen],
+    )
+    trainer.hyperparameter_search(hp_space=hp_space)
+    assert [t["r"] for t in seen.trials] == [t.params["peft.r"] for t in trainer.study.trials]
+
+
+def test_adapter_keys_without_peft_say_which_extra(out_dir, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "peft", None)  # import peft now raises ImportError
+    trainer = OptunaTrainer(
+        model=tiny_model(),
+        args=_trainer(out_dir),
+        train_dataset=TRAIN,
+        eval_dataset=EVAL,
+        compute_metrics=compute_metrics,
+    )
+    with pytest.raises(ImportError, match=r'peft.<field> keys .* pip install "optuna-trainer\[peft\]"'):
+        trainer.hyperparameter_search()
+    assert trainer.study is None
