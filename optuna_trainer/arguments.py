@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +21,7 @@ from transformers import TrainingArguments
 from transformers.trainer_utils import SchedulerType
 
 from ._classes import mixed_class
+from .budget import BUDGETS, DEFAULT_BUDGET, check_budget
 from .objective import normalize_direction
 from .pruners import DEFAULT_PRUNER, build_pruner
 from .samplers import DEFAULT_SAMPLER, build_sampler
@@ -73,6 +75,27 @@ class OptunaSearchArguments:
             One of median, percentile, patient, hyperband, successive_halving, threshold, wilcoxon, none, or
             `{"name": ..., **kwargs}`, or a pruner object. The default is Optuna's `MedianPruner(n_startup_trials=5,
             n_warmup_steps=0)`; give `"none"` to turn pruning off.
+        prune_metric (`str`, *optional*):
+            The evaluation metric reported to the pruner, when it should differ from the objective: trials are then
+            pruned on a finer signal (`loss`: it moves while accuracies tie on a plateau) and still selected by the
+            objective. Names ending in "loss" are minimized, others maximized. Defaults to the objective itself.
+        prune_budget (`str`, *optional*, defaults to `"samples"`):
+            What the step of a reported value is. `"samples"`: the training samples seen (step x per-device batch x
+            accumulation x processes), and with `eval_strategy="steps"` every trial evaluates at the same sample
+            counts, so pruners compare trials at equal budget when the batch size is searched (then a pruner's
+            `n_warmup_steps`, `interval_steps` and `min_resource` count samples). `"steps"`: the optimizer step, as
+            transformers reports it.
+
+    Parameters that end a search early:
+
+        enqueue_arguments (`bool`, *optional*, defaults to `False`):
+            Run the arguments' own values of the searched keys as the first trial of a new study, so the search
+            never returns worse than the starting point (keys whose value lies outside the space are sampled).
+        target_value (`float`, *optional*):
+            Start no new trial once a trial's value reaches this (at least it when maximizing, at most when
+            minimizing).
+        trials_without_improvement (`int`, *optional*):
+            Start no new trial after this many finished trials in a row that did not improve the best value.
 
     Parameters that control where the study lives:
 
@@ -147,6 +170,44 @@ class OptunaSearchArguments:
             "help": "Pruner: median (default: MedianPruner(n_startup_trials=5, n_warmup_steps=0)), percentile, "
             "patient, hyperband, successive_halving, threshold, wilcoxon, none (never prune), or a JSON object, e.g. "
             '\'{"name": "patient", "patience": 2, "wrapped": {"name": "median"}}\'.'
+        },
+    )
+
+    prune_metric: str | None = field(
+        default=None,
+        metadata={
+            "help": "Evaluation metric reported to the pruner when it should differ from the objective, e.g. loss: "
+            "trials are pruned on it and selected by the objective (names ending in 'loss' are minimized). "
+            "Default: the objective."
+        },
+    )
+    prune_budget: str = field(
+        default=DEFAULT_BUDGET,
+        metadata={
+            "help": "The step values are reported at: samples (default; training samples seen, evaluations at equal "
+            "sample counts in every trial, so trials with other batch sizes are compared at equal budget) or steps "
+            "(the optimizer step, as transformers).",
+            "choices": list(BUDGETS),
+        },
+    )
+
+    # Parameters that end a search early
+    enqueue_arguments: bool = field(
+        default=False,
+        metadata={
+            "help": "Run the arguments' own values of the searched keys as the first trial of a new study (default "
+            "false)."
+        },
+    )
+    target_value: float | None = field(
+        default=None,
+        metadata={"help": "Start no new trial once a trial's value reaches this (>= when maximizing, <= minimizing)."},
+    )
+    trials_without_improvement: int | None = field(
+        default=None,
+        metadata={
+            "help": "Start no new trial after this many finished trials in a row without a better value than the "
+            "best before them."
         },
     )
 
@@ -263,7 +324,8 @@ class OptunaTrainingArguments(OptunaSearchArguments, TrainingArguments):
 
     Every field of `TrainingArguments`, plus the search fields of `OptunaSearchArguments` (see its docstring):
     `hp_space`, `n_trials`, `timeout`, `direction`, `objective_metric`, `sampler`, `pruner`, `storage`, `study_name`,
-    `heartbeat_interval`, `save_best_model`, `search_report`, `continue_on_oom`.
+    `prune_metric`, `prune_budget`, `enqueue_arguments`, `target_value`, `trials_without_improvement`, `heartbeat_interval`,
+    `save_best_model`, `search_report`, `continue_on_oom`.
     """
 
 
@@ -319,7 +381,21 @@ def validate_search_fields(args: Any) -> None:
             f"{MAX_HEARTBEAT_INTERVAL} (a week), e.g. 60; got {heartbeat!r}"
         )
     check_study_name(values["study_name"], values["storage"])
-    for name in ("save_best_model", "search_report", "continue_on_oom"):
+    prune_metric = values["prune_metric"]
+    if prune_metric is not None and (not isinstance(prune_metric, str) or not prune_metric.strip()):
+        raise ValueError(f"prune_metric: must be a metric name such as 'loss' or None, got {prune_metric!r}")
+    check_budget(values["prune_budget"])
+    target = values["target_value"]
+    if target is not None and (
+        isinstance(target, bool) or not isinstance(target, (int, float)) or not math.isfinite(target)
+    ):
+        raise ValueError(f"target_value: must be a finite number (a value of the objective) or None, got {target!r}")
+    patience = values["trials_without_improvement"]
+    if patience is not None and (isinstance(patience, bool) or not isinstance(patience, int) or patience < 1):
+        raise ValueError(
+            f"trials_without_improvement: must be a positive whole number of trials or None, got {patience!r}"
+        )
+    for name in ("save_best_model", "search_report", "continue_on_oom", "enqueue_arguments"):
         if not isinstance(values[name], bool):
             raise ValueError(f"{name}: must be true or false, got {values[name]!r}")
 

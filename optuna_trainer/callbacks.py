@@ -20,6 +20,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import ProgressCallback, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+from .budget import DEFAULT_BUDGET, budget_at, check_budget
 from .objective import Objective, ObjectiveValue, is_finite, resolve_objective
 
 logger = logging.getLogger(__name__)
@@ -49,6 +50,10 @@ class OptunaPruningCallback(TrainerCallback):
         direction: the direction when `objective` is a name.
         prune: whether to ask the pruner at all (off for several objectives, which Optuna cannot prune).
         decide: shares a decision made on the main process with every process (identity in one process).
+        budget: what the step of a reported value is: "samples" (training samples seen, so that trials with other
+            batch sizes are compared at equal budget; see budget.py) or "steps" (the optimizer step, as transformers).
+        signal: what is reported to the pruner, when not the objective itself (`prune_metric`): an `Objective` whose
+            value is negated where its direction is not the study's, so that the pruner's comparisons hold.
     """
 
     def __init__(
@@ -58,6 +63,8 @@ class OptunaPruningCallback(TrainerCallback):
         direction: str | None = None,
         prune: bool = True,
         decide: Decide = same_decision,
+        budget: str = DEFAULT_BUDGET,
+        signal: Objective | None = None,
     ) -> None:
         if isinstance(objective, str):
             objective, _ = resolve_objective(
@@ -71,7 +78,10 @@ class OptunaPruningCallback(TrainerCallback):
         self.objective = objective
         self.prune = prune and not objective.multi
         self.decide = decide
+        self.budget = check_budget(budget)
+        self.signal = signal
         self.pruned_at: int | None = None
+        self.pruned_at_budget: int | None = None
         self.stopped_reason: str | None = None
         self.last_metrics: dict[str, float] | None = None
 
@@ -86,7 +96,7 @@ class OptunaPruningCallback(TrainerCallback):
         if metrics is None or self.pruned_at is not None:
             return
         try:
-            outcome: str | BaseException | None = self._judge(state, metrics)
+            outcome: str | BaseException | None = self._judge(args, state, metrics)
         except Exception as err:  # noqa: BLE001 - shared like a decision, so that every process stops with it
             outcome = err
         # In one process this is the identity; under DDP every process gets the same outcome (the main process's
@@ -97,7 +107,7 @@ class OptunaPruningCallback(TrainerCallback):
         if outcome is not None:
             self.stop(state, control, outcome)
 
-    def _judge(self, state: TrainerState, metrics: dict[str, float]) -> str | None:
+    def _judge(self, args: TrainingArguments, state: TrainerState, metrics: dict[str, float]) -> str | None:
         """Record the value and return why the trial stops here, or None to go on."""
         self.last_metrics = dict(metrics)
         value = self.objective(metrics)
@@ -107,10 +117,23 @@ class OptunaPruningCallback(TrainerCallback):
             return f"objective is {value} at step {state.global_step}"
         if self.trial is not None and self.prune:
             assert not isinstance(value, tuple)  # `prune` is off for several objectives
-            self.trial.report(value, state.global_step)
+            reported = value if self.signal is None else self.signal_value(metrics)
+            if not is_finite(reported):
+                return f"prune_metric {self.signal.metric if self.signal else ''} is {reported} at step {state.global_step}"
+            at = budget_at(args, state.global_step, self.budget)
+            self.trial.report(reported, at)
             if self.trial.should_prune():
-                return f"pruned at step {state.global_step}"
+                self.pruned_at_budget = at
+                unit = f" ({at} samples)" if self.budget == "samples" else ""
+                return f"pruned at step {state.global_step}{unit}"
         return None
+
+    def signal_value(self, metrics: dict[str, float]) -> float:
+        """The pruning signal, oriented in the study's direction (a minimized loss is negated for a maximizing study)."""
+        assert self.signal is not None
+        value = self.signal(metrics)
+        assert not isinstance(value, tuple)
+        return value if self.signal.directions[0] == self.objective.directions[0] else -value
 
     def stop(self, state: TrainerState, control: TrainerControl, reason: str) -> None:
         """End the trial at this step (recorded as pruned by `check_pruned`), with `reason` kept on the trial."""

@@ -117,13 +117,16 @@ def probe_hp_space(hp_space: Any, args_class: type, config: Any) -> dict[str, An
 
 def check_objective_metric(trainer: Trainer, settings: SearchSettings) -> None:
     """Without `compute_metrics`, evaluation returns only `eval_loss`: any other metric is known to be absent."""
-    metric = settings.objective.metric
-    if metric is None or trainer.compute_metrics is not None or metric in _METRICS_WITHOUT_COMPUTE_METRICS:
+    if trainer.compute_metrics is not None:
         return
     if not type(trainer).evaluate.__module__.startswith(("transformers.", "optuna_trainer.")):
         return  # a user's evaluate() may add the metric itself
-    raise ValueError(
-        f"objective_metric: {metric!r} cannot be computed: the trainer has no compute_metrics, so evaluation "
-        f"returns only {list(_METRICS_WITHOUT_COMPUTE_METRICS)}; pass compute_metrics= returning "
-        f"{metric.removeprefix('eval_')!r}, or set objective_metric='loss'"
-    )
+    for name, objective in (("objective_metric", settings.objective), ("prune_metric", settings.prune_signal)):
+        metric = objective.metric if objective is not None else None
+        if metric is None or metric in _METRICS_WITHOUT_COMPUTE_METRICS:
+            continue
+        raise ValueError(
+            f"{name}: {metric!r} cannot be computed: the trainer has no compute_metrics, so evaluation "
+            f"returns only {list(_METRICS_WITHOUT_COMPUTE_METRICS)}; pass compute_metrics= returning "
+            f"{metric.removeprefix('eval_')!r}, or set {name}='loss'"
+        )

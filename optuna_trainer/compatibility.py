@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 OBJECTIVE_ATTR = "optuna_trainer_objective"
+# What the study's intermediate values are: {"budget": "samples"|"steps", "metric": the pruning signal}.
+PRUNING_ATTR = "optuna_trainer_pruning"
 
 
 def check_continuation(study: optuna.Study, settings: SearchSettings) -> None:
@@ -56,7 +58,7 @@ def check_continuation(study: optuna.Study, settings: SearchSettings) -> None:
             f"or {how}"
         )
     stored = study.user_attrs.get(OBJECTIVE_ATTR)
-    metric = settings.objective.metric or "compute_objective"
+    metric = metric_name(settings)
     if stored is None:
         if not finished:
             study.set_user_attr(OBJECTIVE_ATTR, metric)
@@ -66,8 +68,49 @@ def check_continuation(study: optuna.Study, settings: SearchSettings) -> None:
             f"score by {metric!r}. Values of two metrics cannot be compared; set objective_metric={stored!r} (or "
             f"compute_objective back), or {how}"
         )
+    check_pruning(study, settings, finished, where, how)
     if isinstance(settings.hp_space, SearchSpace) and finished:
         check_distributions(finished, settings.hp_space, how)
+
+
+def check_pruning(
+    study: optuna.Study,
+    settings: SearchSettings,
+    finished: list[optuna.trial.FrozenTrial],
+    where: str,
+    how: str,
+) -> None:
+    """The pruner compares a trial's intermediate values with the earlier trials': they must be the same metric at
+    the same kind of step. A study without the attribute was made before `prune_budget` existed: optimizer steps."""
+    signal = settings.prune_signal.metric if settings.prune_signal is not None else None
+    new = {"budget": settings.prune_budget, "metric": signal or metric_name(settings)}
+    reported = [t for t in finished if t.intermediate_values]
+    stored = study.user_attrs.get(PRUNING_ATTR)
+    if stored is None:
+        if not reported:
+            study.set_user_attr(PRUNING_ATTR, new)
+            return
+        stored = {"budget": "steps", "metric": study.user_attrs.get(OBJECTIVE_ATTR, new["metric"])}
+    if not reported:
+        if stored != new:
+            study.set_user_attr(PRUNING_ATTR, new)
+        return
+    if stored.get("budget") != new["budget"]:
+        raise ValueError(
+            f"prune_budget: {where} reported its {len(reported)} trial(s)' evaluations at {stored.get('budget')}; "
+            f"these settings report at {new['budget']}. The pruner would compare values at steps of two kinds; set "
+            f"prune_budget={stored.get('budget')!r}, or {how}"
+        )
+    if stored.get("metric") != new["metric"]:
+        raise ValueError(
+            f"prune_metric: {where} reported {stored.get('metric')!r} to the pruner for its {len(reported)} "
+            f"trial(s); these settings report {new['metric']!r}. The pruner would compare two metrics; set "
+            f"prune_metric={str(stored.get('metric')).removeprefix('eval_')!r}, or {how}"
+        )
+
+
+def metric_name(settings: SearchSettings) -> str:
+    return settings.objective.metric or "compute_objective"
 
 
 def check_distributions(finished: list[optuna.trial.FrozenTrial], space: SearchSpace, how: str) -> None:

@@ -56,6 +56,8 @@ class Objective:
     compute_objective: Callable[[dict[str, float]], Any] | None
     directions: list[str]
     history: list[tuple[int, ObjectiveValue]] = field(default_factory=list)
+    # The argument a missing metric is blamed on (the pruning signal is a `prune_metric` Objective).
+    source_field: str = "objective_metric"
 
     @property
     def multi(self) -> bool:
@@ -68,9 +70,10 @@ class Objective:
             assert self.metric is not None
             if self.metric not in metrics:
                 available = sorted(k for k in metrics if k.startswith("eval_")) or sorted(metrics)
+                hint = " (or metric_for_best_model)" if self.source_field == "objective_metric" else ""
                 raise ValueError(
-                    f"objective_metric: {self.metric!r} is not among the evaluation metrics {available}; set "
-                    "objective_metric (or metric_for_best_model) to one of them, or add it in compute_metrics"
+                    f"{self.source_field}: {self.metric!r} is not among the evaluation metrics {available}; set "
+                    f"{self.source_field}{hint} to one of them, or add it in compute_metrics"
                 )
             value = metrics[self.metric]
         return self._check(value)
@@ -177,6 +180,21 @@ def resolve_objective(
         )
         raise ValueError(f"direction: {directions!r} contradicts {why}; use direction={expected!r}{hint}")
     return Objective(metric=metric, compute_objective=None, directions=[directions]), f"{metric} ({source})"
+
+
+def resolve_prune_signal(prune_metric: str | None, objective: Objective) -> Objective | None:
+    """The pruning signal of `prune_metric` (None: the objective itself is reported).
+
+    Its direction follows transformers' rule for `metric_for_best_model`: names ending in "loss" are minimized, others
+    maximized; the pruning callback negates it where that is not the study's direction.
+    """
+    if not prune_metric or objective.multi:
+        return None
+    metric = metric_key(prune_metric)
+    if metric == objective.metric:
+        return None
+    direction = "minimize" if metric.endswith("loss") else "maximize"
+    return Objective(metric=metric, compute_objective=None, directions=[direction], source_field="prune_metric")
 
 
 def is_finite(value: Any) -> bool:

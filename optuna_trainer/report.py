@@ -43,6 +43,10 @@ SETTINGS_ATTR = "optuna_trainer_settings"
 STEPS_SAVED_DEFINITION = (
     "sum over pruned trials of (the trial's planned training steps, user attribute max_steps, minus the steps it ran)"
 )
+SAMPLES_SAVED_DEFINITION = (
+    "sum over pruned trials of (the trial's planned training samples, user attribute max_samples = max_steps x "
+    "samples per step, minus the samples it saw)"
+)
 # How many trials the printed table shows; the CSV always has them all.
 MAX_PRINTED_TRIALS = 40
 
@@ -108,11 +112,9 @@ def summarize(study: optuna.Study, trials: Sequence[FrozenTrial] | None = None) 
     for t in trials:
         counts[t.state.name] += 1
     total_steps = sum(int(t.user_attrs.get("steps") or 0) for t in trials)
-    saved = 0
-    for t in trials:
-        planned, ran = t.user_attrs.get("max_steps"), t.user_attrs.get("steps")
-        if t.state == TrialState.PRUNED and planned is not None and ran is not None:
-            saved += max(int(planned) - int(ran), 0)
+    total_samples = sum(int(t.user_attrs.get("samples") or 0) for t in trials)
+    saved = saved_by_pruning(trials, "steps", "max_steps")
+    saved_samples = saved_by_pruning(trials, "samples", "max_samples")
     starts = [t.datetime_start for t in trials if t.datetime_start is not None]
     ends = [t.datetime_complete for t in trials if t.datetime_complete is not None]
     wall = (max(ends) - min(starts)).total_seconds() if starts and ends else None
@@ -126,6 +128,9 @@ def summarize(study: optuna.Study, trials: Sequence[FrozenTrial] | None = None) 
         "total_steps": total_steps,
         "steps_saved_by_pruning": saved,
         "steps_saved_by_pruning_definition": STEPS_SAVED_DEFINITION,
+        "total_samples": total_samples,
+        "samples_saved_by_pruning": saved_samples,
+        "samples_saved_by_pruning_definition": SAMPLES_SAVED_DEFINITION,
         "wall_time_seconds": None if wall is None else round(wall, 3),
         "trial_seconds": round(sum(float(t.user_attrs.get("seconds") or 0.0) for t in trials), 3),
     }
@@ -135,6 +140,16 @@ def summarize(study: optuna.Study, trials: Sequence[FrozenTrial] | None = None) 
     elif complete:
         summary["best_trial"] = _trial_brief(study.best_trial, multi)
     return summary
+
+
+def saved_by_pruning(trials: Sequence[FrozenTrial], ran_key: str, planned_key: str) -> int:
+    """Training (steps or samples) the pruned trials did not run: planned minus ran, summed."""
+    saved = 0
+    for t in trials:
+        planned, ran = t.user_attrs.get(planned_key), t.user_attrs.get(ran_key)
+        if t.state == TrialState.PRUNED and planned is not None and ran is not None:
+            saved += max(int(planned) - int(ran), 0)
+    return saved
 
 
 def _trial_brief(trial: FrozenTrial, multi: bool) -> dict[str, Any]:
@@ -171,6 +186,8 @@ _FIXED_COLUMNS = (
     "steps",
     "max_steps",
     "pruned_at_step",
+    "samples",
+    "max_samples",
     "seconds",
     "datetime_start",
     "datetime_complete",
@@ -194,7 +211,16 @@ def trial_rows(trials: Sequence[FrozenTrial]) -> tuple[list[str], list[dict[str,
             row[column] = values[i] if i < len(values) else None
         for p in param_names:
             row[f"params_{p}"] = t.params.get(p)
-        for key in ("steps", "max_steps", "pruned_at_step", "seconds", "run_dir", "fail_reason"):
+        for key in (
+            "steps",
+            "max_steps",
+            "pruned_at_step",
+            "samples",
+            "max_samples",
+            "seconds",
+            "run_dir",
+            "fail_reason",
+        ):
             row[key] = t.user_attrs.get(key)
         row["datetime_start"] = _iso(t.datetime_start)
         row["datetime_complete"] = _iso(t.datetime_complete)
@@ -377,9 +403,15 @@ def format_summary(summary: dict[str, Any], trials: Sequence[FrozenTrial]) -> st
     else:
         out.append("No completed trial")
     wall = summary.get("wall_time_seconds")
+    samples = ""
+    if summary.get("total_samples"):
+        samples = (
+            f"Training samples: {summary['total_samples']} seen, {summary['samples_saved_by_pruning']} saved by "
+            "pruning; "
+        )
     out.append(
-        f"Training steps: {summary['total_steps']} run, {summary['steps_saved_by_pruning']} saved by pruning; "
-        f"wall time {'n/a' if wall is None else f'{wall:.1f} s'}"
+        f"{samples}Training steps: {summary['total_steps']} run, {summary['steps_saved_by_pruning']} saved by "
+        f"pruning; wall time {'n/a' if wall is None else f'{wall:.1f} s'}"
     )
     return "\n".join(out)
 

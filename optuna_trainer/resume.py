@@ -32,7 +32,8 @@ class ResumePoint:
         original: the number of the trial whose worker died (the first of the retry series).
         run_dir: the original's run directory.
         checkpoint: its last checkpoint, or None (then the trial starts from step 0).
-        history: `(step, value)` the original reported up to the checkpoint's step.
+        history: `(step, value)` the original reported to the pruner up to the checkpoint (its steps are training
+            samples, see budget.py).
     """
 
     original: int
@@ -74,12 +75,29 @@ def find_resume_point(study: optuna.Study, number: int) -> ResumePoint | None:
     last = retry_history[-1]
     reported = by_number.get(last)
     if reported is not None:
-        point.history = sorted((s, v) for s, v in reported.intermediate_values.items() if s <= point.step)
+        # Reported at training samples seen (or optimizer steps with prune_budget="steps"): see budget.py.
+        per_step = int(reported.user_attrs.get("budget_per_step", 1))
+        point.history = sorted((s, v) for s, v in reported.intermediate_values.items() if s <= point.step * per_step)
     logger.info(
         f"Trial {number} retries trial {original} (its worker stopped) with the same parameters, resuming from "
         f"{point.checkpoint} (step {point.step})"
     )
     return point
+
+
+def logged_evaluations(checkpoint: str) -> list[tuple[int, dict[str, float]]]:
+    """`(step, metrics)` of every evaluation the checkpoint's `trainer_state.json` logged: the objective's history
+    up to the checkpoint (what was reported to the pruner may be another metric, `prune_metric`)."""
+    try:
+        with open(os.path.join(checkpoint, TRAINER_STATE_NAME), encoding="utf-8") as f:
+            history = json.load(f).get("log_history", [])
+    except (OSError, ValueError):
+        return []
+    return [
+        (int(entry.get("step", 0)), entry)
+        for entry in history
+        if isinstance(entry, dict) and any(str(k).startswith("eval_") for k in entry)
+    ]
 
 
 _CHECKPOINT = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")

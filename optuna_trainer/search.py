@@ -25,6 +25,7 @@ from .best_model import recover, save_best_model
 from .checks import check_before_study
 from .claims import local_lock
 from .compatibility import check_continuation
+from .control import StopRules, enqueue_arguments
 from .coordinator import Coordinator
 from .exceptions import NoCompletedTrialError
 from .faults import catch_for
@@ -73,6 +74,9 @@ class Search:
         self.model_config = getattr(trainer.model, "config", None)
         self.best = BestSoFar()
         self.stop = StopRequest()
+        self.stop_rules = StopRules(
+            settings.objective.directions[0], settings.target_value, settings.trials_without_improvement
+        )
         # Set while trials run (`_take_trainer`): where each trial's model comes from, and the trials' progress bar.
         self.model_source: Callable[..., torch.nn.Module] | None = None
         self.progress: TrialProgress | None = None
@@ -149,6 +153,7 @@ class Search:
             catch=catch_for(self.settings.catch, self.settings.continue_on_oom),
             callbacks=[*([self.progress] if self.progress is not None else []), *self.settings.callbacks],
             stop=self.stop,
+            stop_rule=self.stop_rules.reason if self.stop_rules.active else None,
         )
 
     def run_trial(self, trial: optuna.trial.BaseTrial) -> Any:
@@ -261,12 +266,17 @@ def settle(trainer: Trainer, is_main: bool, call: dict[str, Any]) -> tuple[Searc
         # Only the main process opens the storage; the others check everything else the same way.
         call = {**call, "storage": "memory"}
     settings = resolve_settings(trainer.args, has_compute_metrics=trainer.compute_metrics is not None, **call)
-    settings.adapters = has_adapter_keys(check_before_study(trainer, settings))
+    keys = check_before_study(trainer, settings)
+    settings.adapters = has_adapter_keys(keys)
     if not is_main:
         return settings, None
     study = create_study(settings)
     check_continuation(study, settings)
     continue_sampler(study, settings)
+    if settings.enqueue_arguments:
+        note = enqueue_arguments(study, settings.hp_space, keys, trainer.args, trainer.model)
+        if note is not None:
+            settings.notes.append(note)
     settings.log()
     return settings, study
 

@@ -17,8 +17,9 @@ from .arguments import (
     user_metric_for_best_model,
     validate_search_fields,
 )
+from .budget import DEFAULT_BUDGET, describe_budget
 from .claims import ClaimLock
-from .objective import Objective, resolve_objective
+from .objective import Objective, resolve_objective, resolve_prune_signal
 from .pruners import build_pruner, describe_pruner
 from .samplers import build_sampler, describe_sampler
 from .search_space import DEFAULT_HP_SPACE, SearchSpace, describe_hp_space
@@ -89,6 +90,14 @@ class SearchSettings:
     save_best_model: bool = True
     search_report: bool = True
     continue_on_oom: bool = True
+    # Pruning: what is reported (None: the objective), at which step (budget.py), and what the step is, in words.
+    prune_signal: Objective | None = None
+    prune_budget: str = DEFAULT_BUDGET
+    budget_description: str = ""
+    # Search-level control (stopping.py).
+    enqueue_arguments: bool = False
+    target_value: float | None = None
+    trials_without_improvement: int | None = None
 
     @property
     def declarative(self) -> SearchSpace | None:
@@ -104,14 +113,38 @@ class SearchSettings:
             "timeout": self.timeout,
             "sampler": describe_sampler(self.sampler, self.sampler_spec, self.declarative),
             "pruner": describe_pruner(self.pruner, self.pruner_spec),
+            "prune_metric": self._pruned_on(),
+            "prune_step": self.budget_description,
+            "stop_when": self._stop_rules(),
             "storage": self.storage_description,
             "study_name": self.study_name,
         }
 
+    def _pruned_on(self) -> str:
+        if isinstance(self.pruner, optuna.pruners.NopPruner):
+            return "nothing (no pruning)"
+        if self.prune_signal is None:
+            return "the objective"
+        study = self.objective.directions[0]
+        own = self.prune_signal.directions[0]
+        turn = "" if own == study else f", reported negated to the {study.removesuffix('e')}ing study"
+        return f"{self.prune_signal.metric} ({own}d{turn}; prune_metric)"
+
+    def _stop_rules(self) -> str:
+        rules = [f"n_trials={self.n_trials} finished"]
+        if self.timeout is not None:
+            rules.append(f"timeout={self.timeout} s")
+        if self.target_value is not None:
+            rules.append(f"target_value={self.target_value}")
+        if self.trials_without_improvement is not None:
+            rules.append(f"{self.trials_without_improvement} trials without improvement")
+        first = "; the arguments' own values run first" if self.enqueue_arguments else ""
+        return ", or ".join(rules) + first
+
     def log(self) -> None:
         lines = ["Optuna search settings:"]
         for key, value in self.describe().items():
-            lines.append(f"  {key:<10} {value}")
+            lines.append(f"  {key:<12} {value}")
         lines.extend(f"  note: {n}" for n in self.notes)
         logger.info("\n".join(lines))
 
@@ -219,7 +252,21 @@ def resolve_settings(
     )
     notes.extend(opened.notes)
     study_name = kwargs.get("study_name", fields["study_name"]) or default_study_name(output_dir_of(args))
+    prune_signal = resolve_prune_signal(fields["prune_metric"], objective)
+    if objective.multi:
+        for name in ("target_value", "trials_without_improvement"):
+            if fields[name] is not None:
+                raise ValueError(
+                    f"{name}: compares one objective's values; with direction={objective.directions} there are "
+                    f"{len(objective.directions)}: leave it unset, or search a single objective"
+                )
     return SearchSettings(
+        prune_signal=prune_signal,
+        prune_budget=fields["prune_budget"],
+        budget_description=describe_budget(args, fields["prune_budget"]),
+        enqueue_arguments=fields["enqueue_arguments"],
+        target_value=fields["target_value"],
+        trials_without_improvement=fields["trials_without_improvement"],
         hp_space=space,
         objective=objective,
         objective_source=source,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import logging
 import os
 import shutil
 import socket
@@ -27,13 +28,16 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, number_of_argument
 
 from .adapters import split_peft
 from .arguments import output_dir_of, trial_arguments
+from .budget import align_evaluations, samples_per_step
 from .callbacks import NonFiniteLossCallback, OptunaPruningCallback
 from .faults import trial_failure
 from .memory import release_trial_memory
 from .models import apply_config_values
 from .objective import Objective, ObjectiveValue, is_finite
-from .resume import ResumePoint, find_resume_point
+from .resume import ResumePoint, find_resume_point, logged_evaluations
 from .search_space import SearchSpace, check_key, check_model_keys, split_params
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from .search import Search
@@ -192,7 +196,15 @@ class TrialRun:
         self.trial.set_user_attr("run_dir", self.run_dir)
         self.trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
 
-        apply_arguments(self.trainer, trial_arguments(self.search.base_args, args_values, output_dir=self.run_dir))
+        trial_args = trial_arguments(self.search.base_args, args_values, output_dir=self.run_dir)
+        # Evaluations at the same training samples in every trial, whatever its batch size (budget.py).
+        note = align_evaluations(self.search.base_args, trial_args, self.settings.prune_budget)
+        if note is not None:
+            logger.warning(f"Trial {self.trial.number}: {note}")
+        per_step = samples_per_step(trial_args)
+        self.trial.set_user_attr("samples_per_step", per_step)
+        self.trial.set_user_attr("budget_per_step", per_step if self.settings.prune_budget == "samples" else 1)
+        apply_arguments(self.trainer, trial_args)
         assert self.search.model_source is not None  # set by Search._take_trainer
         source = (
             self.search.adapters.for_trial(adapter_values)
@@ -202,14 +214,25 @@ class TrialRun:
         # transformers types model_init as returning a PreTrainedModel; it accepts any nn.Module.
         self.trainer.model_init = cast(Any, TrialModelInit(source, model_values, after_build=self.name_run))
 
+        signal = self.settings.prune_signal
         self.pruning = OptunaPruningCallback(
-            self.trial, self.objective, prune=not self.objective.multi, decide=self.coordinator.decide
+            self.trial,
+            self.objective,
+            prune=not self.objective.multi,
+            decide=self.coordinator.decide,
+            budget=self.settings.prune_budget,
+            signal=dataclasses.replace(signal, history=[]) if signal is not None else None,
         )
         self.trainer.add_callback(self.pruning)
-        if self.resume is not None and self.resume.history and not self.objective.multi:
+        if self.resume is not None and self.resume.checkpoint is not None and not self.objective.multi:
+            # The pruner's history as the original reported it; the objective's from the checkpoint's own log.
             for step, value in self.resume.history:
                 self.trial.report(value, step)
-                self.objective.record(step, value)
+            for step, metrics in logged_evaluations(self.resume.checkpoint):
+                try:
+                    self.objective.record(step, self.objective(metrics))
+                except (ValueError, TypeError):
+                    continue  # an evaluation without the objective's metric (another eval set)
         # A NaN/inf training loss ends the trial through the pruning callback's stop (recorded as pruned).
         self.guard = NonFiniteLossCallback(
             self.pruning.stop,
@@ -293,6 +316,12 @@ class TrialRun:
             self.trial.set_user_attr("steps", state.global_step)
         if state is not None and state.max_steps:
             self.trial.set_user_attr("max_steps", state.max_steps)  # planned steps: the report's steps saved
+        per_step = self.trial.user_attrs.get("samples_per_step")
+        if state is not None and per_step:
+            # The training consumed and planned in samples: the report's "saved by pruning" (budget.py).
+            self.trial.set_user_attr("samples", state.global_step * per_step)
+            if state.max_steps:
+                self.trial.set_user_attr("max_samples", state.max_steps * per_step)
         for callback in (self.pruning, self.guard):
             if callback is not None:
                 self.trainer.remove_callback(callback)

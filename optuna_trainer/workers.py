@@ -105,6 +105,7 @@ def run_trials(
     callbacks: Sequence[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] = (),
     gc_after_trial: bool = False,
     stop: StopRequest | None = None,
+    stop_rule: Callable[[optuna.Study], str | None] | None = None,
 ) -> int:
     """Run trials of `study` until it has `n_trials` finished ones (counting every worker's), or `timeout` passes.
 
@@ -117,6 +118,7 @@ def run_trials(
         timeout: seconds after which this worker starts no new trial.
         catch, callbacks, gc_after_trial: as in `Study.optimize`.
         stop: the caller's request to start no new trial (besides `study.stop()`).
+        stop_rule: read from the study before every trial; a reason it returns ends the loop (control.py).
 
     Returns:
         The number of trials this worker ran.
@@ -157,6 +159,10 @@ def run_trials(
                     f"Study {study.study_name!r} has {budget.finished} finished trials of n_trials={n_trials}: "
                     f"done (this worker ran {ran})"
                 )
+                break
+            reason = stop_rule(study) if stop_rule is not None else None
+            if reason is not None:
+                logger.info(f"Study {study.study_name!r}: {reason}; no new trial starts (this worker ran {ran})")
                 break
             if budget.full:
                 if not heartbeat_interval:

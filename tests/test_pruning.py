@@ -59,8 +59,8 @@ def test_prunes_at_first_evaluation_and_saves_nothing_after(tmp_path):
     assert trainer.state.global_step == 4
     # checkpoint-2 and checkpoint-4 would both be due; the one at the decision's step is not written
     assert sorted(os.listdir(tmp_path)) == ["checkpoint-2"]
-    assert trial.storage.get_trial(trial._trial_id).intermediate_values == {4: callback.objective.history[0][1]}
-    with pytest.raises(optuna.TrialPruned, match="pruned at step 4"):
+    assert trial.storage.get_trial(trial._trial_id).intermediate_values == {32: callback.objective.history[0][1]}  # 4 x 8
+    with pytest.raises(optuna.TrialPruned, match=r"pruned at step 4 \(32 samples\)"):
         callback.check_pruned()
 
 
@@ -71,5 +71,5 @@ def test_nop_pruner_reports_every_evaluation_and_never_stops(tmp_path):
     trainer = plain_trainer(tmp_path, [callback], save_strategy="no")
     trainer.train()
     assert callback.pruned_at is None and trainer.state.global_step == 12
-    assert sorted(study.trials[0].intermediate_values) == [4, 8, 12]
+    assert sorted(study.trials[0].intermediate_values) == [32, 64, 96]  # samples seen: steps 4, 8, 12 x 8
     callback.check_pruned()  # does not raise

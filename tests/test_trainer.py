@@ -107,7 +107,7 @@ def test_trial_value_is_best_evaluation_not_last(out_dir):
     trainer = make_trainer(out_dir, metrics=scripted_metrics, hp_space=LR_SPACE, pruner="none", n_trials=1)
     best = trainer.hyperparameter_search()
     trial = trainer.study.trials[0]
-    assert trial.intermediate_values == {2: 0.5, 4: 0.9, 6: 0.6, 8: 0.7}
+    assert trial.intermediate_values == {16: 0.5, 32: 0.9, 48: 0.6, 64: 0.7}  # at samples seen: 8 per step
     assert trial.value == 0.9 and best.objective == 0.9  # transformers would report 0.7, the last
 
 
@@ -125,12 +125,12 @@ def test_pruner_that_must_prune_does(out_dir):
         assert trial.state == optuna.trial.TrialState.PRUNED
         assert trial.user_attrs["steps"] == 2 < 8  # stopped at the first evaluation instead of running 8 steps
         assert trial.user_attrs["pruned_at_step"] == 2
-        assert list(trial.intermediate_values) == [2]
+        assert list(trial.intermediate_values) == [16]  # step 2 x batch 8
 
 
 def test_median_pruner_prunes_bad_trials_among_good_ones(out_dir):
     # Trials 0-1 score 0.9 at every evaluation, later ones 0.1: the median pruner (2 startup trials, warm-up of
-    # 3 steps) must stop the later ones at their second evaluation (step 4).
+    # 24 samples = 3 steps of batch 8) must stop the later ones at their second evaluation (step 4, 32 samples).
     trainer = None
 
     def scripted(pred):
@@ -141,14 +141,14 @@ def test_median_pruner_prunes_bad_trials_among_good_ones(out_dir):
         out_dir,
         metrics=scripted,
         hp_space=LR_SPACE,
-        pruner={"name": "median", "n_startup_trials": 2, "n_warmup_steps": 3},
+        pruner={"name": "median", "n_startup_trials": 2, "n_warmup_steps": 24},
         max_steps=12,
     )
     trainer.hyperparameter_search(n_trials=4)
     trials = trainer.study.trials
     assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE", "PRUNED", "PRUNED"]
     assert [t.user_attrs["steps"] for t in trials] == [12, 12, 4, 4]
-    assert trials[2].intermediate_values == {2: 0.1, 4: 0.1}
+    assert trials[2].intermediate_values == {16: 0.1, 32: 0.1}
 
 
 def test_none_never_prunes(out_dir):

@@ -1,0 +1,175 @@
+"""Record dense learning curves of real fine-tuning, once, for the pruner replay (benchmarks/replay.py).
+
+Every configuration of a discrete space (learning rate x batch size x weight decay x warm-up: 48) fine-tunes the
+packaged MiniLM on the same seeded SST-2 subset to the end, with an evaluation on the same dev subset after every
+`--eval-samples` training samples, whatever the batch size. Each configuration is trained by plain
+`transformers.Trainer` with the training arguments a trial of that configuration gets, so a live search over the
+same space reproduces these curves (checked by `replay.py --live`).
+
+    python benchmarks/curves.py                      # 48 configurations, written to benchmarks/results/curves.json
+    python benchmarks/curves.py --quick --out /tmp/c # CI: tiny BERT, 4 configurations
+
+The file is written after every configuration (by rename, so a kill loses at most the one in progress) and a rerun
+records only what is missing; settings that differ from the file's are refused rather than mixed into it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import sys
+import tempfile
+import time
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import measure  # noqa: E402
+import tables  # noqa: E402
+import tasks  # noqa: E402
+
+# The discrete space of the table; the replay's searches draw from it with suggest_categorical.
+SPACE: dict[str, list[Any]] = {
+    "learning_rate": [1e-5, 3e-5, 1e-4, 3e-4],
+    "per_device_train_batch_size": [8, 16, 32],
+    "weight_decay": [0.0, 0.1],
+    "warmup_steps": [0, 0.1],  # transformers 5: a float below 1 is a fraction of the training steps
+}
+QUICK_SPACE: dict[str, list[Any]] = {
+    "learning_rate": [1e-4, 1e-3],
+    "per_device_train_batch_size": [8, 16],
+    "weight_decay": [0.0],
+    "warmup_steps": [0],
+}
+
+
+def settings(quick: bool) -> dict[str, Any]:
+    if quick:
+        return dict(model="tiny-bert", layers=None, n_train=128, n_dev=64, eval_samples=32, seed=0, space=QUICK_SPACE)
+    return dict(model="minilm", layers=None, n_train=2048, n_dev=436, eval_samples=128, seed=0, space=SPACE)
+
+
+def configurations(space: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    names = list(space)
+    return [dict(zip(names, values, strict=True)) for values in itertools.product(*(space[n] for n in names))]
+
+
+def config_key(config: dict[str, Any]) -> str:
+    return json.dumps(config, sort_keys=True)
+
+
+def training_arguments(s: dict[str, Any], config: dict[str, Any], output_dir: str) -> Any:
+    """The arguments of one configuration: one epoch over the subset, an evaluation every `eval_samples` samples."""
+    from transformers import TrainingArguments
+
+    batch = config["per_device_train_batch_size"]
+    if s["eval_samples"] % batch or s["n_train"] % batch:
+        raise ValueError(f"eval_samples {s['eval_samples']} and n_train {s['n_train']} must be multiples of {batch}")
+    return TrainingArguments(
+        output_dir=output_dir,
+        max_steps=s["n_train"] // batch,
+        eval_strategy="steps",
+        eval_steps=s["eval_samples"] // batch,
+        per_device_eval_batch_size=128,
+        save_strategy="no",
+        logging_strategy="no",
+        report_to=[],
+        disable_tqdm=True,
+        use_cpu=True,
+        seed=s["seed"],
+        **config,
+    )
+
+
+def record_one(task: tasks.Task, s: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+    from transformers import PrinterCallback, Trainer, TrainerCallback
+
+    points: list[dict[str, float]] = []
+
+    class Recorder(TrainerCallback):
+        def on_evaluate(self, args: Any, state: Any, control: Any, metrics: Any = None, **kwargs: Any) -> None:
+            samples = state.global_step * args.per_device_train_batch_size * args.gradient_accumulation_steps
+            points.append(
+                {
+                    "samples": samples,
+                    "step": state.global_step,
+                    "accuracy": metrics["eval_accuracy"],
+                    "loss": metrics["eval_loss"],
+                }
+            )
+
+    with tempfile.TemporaryDirectory() as out:
+        args = training_arguments(s, config, out)
+        trainer = Trainer(
+            args=args,
+            model_init=task.model_init,
+            train_dataset=task.train,
+            eval_dataset=task.dev,
+            data_collator=task.collator,
+            compute_metrics=tasks.compute_metrics,
+            callbacks=[Recorder()],
+        )
+        trainer.remove_callback(PrinterCallback)  # disable_tqdm's replacement prints every evaluation
+        start = time.perf_counter()
+        trainer.train()
+        seconds = time.perf_counter() - start
+    return {"config": config, "points": points, "seconds": round(seconds, 2)}
+
+
+def load(path: str) -> dict[str, Any] | None:
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def save(path: str, table: dict[str, Any]) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(table, f, indent=1)
+    os.replace(tmp, path)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--data", default=tasks.DEFAULT_DATA)
+    parser.add_argument("--out", default=tables.DEFAULT_OUT)
+    parser.add_argument("--limit", type=int, default=None, help="record at most this many new configurations")
+    a = parser.parse_args()
+    s = settings(a.quick)
+    os.makedirs(a.out, exist_ok=True)
+    path = os.path.join(a.out, "curves_quick.json" if a.quick else "curves.json")
+    task = tasks.make_task(s["model"], a.data, s["n_train"], s["n_dev"], seed=s["seed"], layers=s["layers"])
+    meta = {
+        "settings": s,
+        "data": task.source,
+        "model": task.model_name,
+        "command": tables.command_line(),
+        "machine": measure.machine(),
+    }
+    table = load(path) or {"meta": meta, "curves": []}
+    if table["meta"]["settings"] != s or table["meta"]["data"] != task.source:
+        raise SystemExit(f"{path} was recorded with other settings or data; move it away to record these")
+    done = {config_key(c["config"]) for c in table["curves"]}
+    todo = [c for c in configurations(s["space"]) if config_key(c) not in done][: a.limit]
+    print(
+        f"{len(done)} configurations on record, {len(todo)} to record ({task.source}; {task.model_name})", flush=True
+    )
+    for i, config in enumerate(todo, 1):
+        curve = record_one(task, s, config)
+        table["curves"].append(curve)
+        save(path, table)
+        final = curve["points"][-1]
+        print(
+            f"[{i}/{len(todo)}] {config}: final accuracy {final['accuracy']:.4f}, loss {final['loss']:.4f}, "
+            f"{curve['seconds']:.1f} s",
+            flush=True,
+        )
+    print(f"wrote {path}: {len(table['curves'])} configurations")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

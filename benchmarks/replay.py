@@ -1,0 +1,367 @@
+"""Replay searches over recorded learning curves: which pruner saves most training at equal accuracy.
+
+Reads the curves `curves.py` recorded (every configuration of a discrete space trained to the end, evaluated at
+equal sample counts) and replays, in seconds, searches with Optuna's own samplers and pruners: each trial asks the
+sampler for a configuration (`suggest_categorical` over the table's space), reports that configuration's recorded
+evaluations one by one to the pruner, and stops where the pruner says. No model is trained.
+
+Every row scores a completed trial by its final accuracy (the accuracy at the end of its training), so rows differ
+by their pruning alone. Per row, over the seeds: training samples saved against no pruning (same sampler, same
+seed; median and spread), the best final accuracy found against no pruning (median and worst difference, in points)
+and how often the table's best configuration was pruned when the search drew it.
+
+    python benchmarks/replay.py                         # benchmarks/results/curves.json, 20 seeds, 30 trials
+    python benchmarks/replay.py --live 2                # and check the replay against 2 live searches
+    python benchmarks/replay.py --quick                 # CI: the --quick curves (records them if missing)
+
+`--live K` runs K real searches (OptunaTrainer, the same model, data and space, a few trials each) and compares
+them trial by trial with the replay of the same sampler, pruner and seed: the configurations drawn, the states, where
+each pruned trial stopped, and the final accuracies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import curves as recorder  # noqa: E402
+import tables  # noqa: E402
+import tasks  # noqa: E402
+
+NAME = "pruning_curves"
+TARGET_SAVED = 50.0  # % of training samples saved against no pruning (median over seeds)
+TARGET_POINTS = 0.5  # median best accuracy within this many points of no pruning
+
+COLUMNS = [
+    "sampler",
+    "pruner",
+    "pruned on",
+    "samples saved % (median [min, max])",
+    "best accuracy vs none, points (median / worst)",
+    "best config pruned (runs)",
+    "target met",
+]
+
+
+@dataclass(frozen=True)
+class Row:
+    """One pruner setting of the table."""
+
+    label: str
+    spec: Any  # the pruner as a user writes it in OptunaTrainingArguments
+    signal: str = "accuracy"  # "accuracy" or "loss" (prune_metric)
+    budget: str = "samples"  # "samples" or "steps" (prune_budget)
+
+
+def rows() -> list[Row]:
+    median_steps = "median (defaults), optimizer-step keys"
+    return [
+        Row("none", "none"),
+        Row(f"transformers' default setting: {median_steps}", "median", "accuracy", "steps"),
+        Row("median (defaults)", "median"),
+        Row("median (defaults)", "median", "loss"),
+        Row("percentile 25 (defaults)", {"name": "percentile", "percentile": 25.0}),
+        Row("percentile 25 (defaults)", {"name": "percentile", "percentile": 25.0}, "loss"),
+        Row("successive halving (defaults)", "successive_halving"),
+        Row("successive halving (defaults)", "successive_halving", "loss"),
+        Row("hyperband (defaults)", "hyperband"),
+        Row("hyperband (defaults)", "hyperband", "loss"),
+        Row(
+            "successive halving, min_resource=256 samples",
+            {"name": "successive_halving", "min_resource": 256},
+            "loss",
+        ),
+        Row(
+            "hyperband, min_resource=128 samples, reduction_factor=3",
+            {"name": "hyperband", "min_resource": 128, "reduction_factor": 3},
+            "loss",
+        ),
+    ]
+
+
+def load_table(path: str) -> dict[str, Any]:
+    with open(path, encoding="utf-8") as f:
+        table = json.load(f)
+    space = table["meta"]["settings"]["space"]
+    expected = len(recorder.configurations(space))
+    if len(table["curves"]) != expected:
+        raise SystemExit(f"{path} holds {len(table['curves'])} of the space's {expected} configurations; finish it")
+    return table
+
+
+def replay_search(
+    table: dict[str, Any], row: Row, sampler_name: str, seed: int, n_trials: int
+) -> list[dict[str, Any]]:
+    """One search over the table: per trial its configuration, state, samples seen and final accuracy."""
+    import optuna
+
+    from optuna_trainer.pruners import build_pruner
+    from optuna_trainer.samplers import build_sampler
+
+    space = table["meta"]["settings"]["space"]
+    by_config = {recorder.config_key(c["config"]): c for c in table["curves"]}
+    study = optuna.create_study(
+        direction="maximize",
+        sampler=build_sampler({"name": sampler_name, "seed": seed}),
+        pruner=build_pruner(row.spec),
+        study_name=f"replay-{seed}",
+    )
+    out = []
+    for _ in range(n_trials):
+        trial = study.ask()
+        config = {name: trial.suggest_categorical(name, choices) for name, choices in space.items()}
+        points = by_config[recorder.config_key(config)]["points"]
+        seen, stopped = 0, False
+        for p in points:
+            seen = p["samples"]
+            value = p["accuracy"] if row.signal == "accuracy" else -p["loss"]  # oriented: the study maximizes
+            trial.report(value, p["samples"] if row.budget == "samples" else p["step"])
+            if trial.should_prune():
+                stopped = True
+                break
+        final = points[-1]["accuracy"]
+        if stopped:
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        else:
+            study.tell(trial, final)
+        best = max(p["accuracy"] for p in points)
+        out.append(
+            {
+                "config": config,
+                "pruned": stopped,
+                "samples": seen,
+                "final": None if stopped else final,
+                "best": None if stopped else best,
+            }
+        )
+    return out
+
+
+def summarize(table: dict[str, Any], n_seeds: int, n_trials: int, samplers: list[str]) -> list[dict[str, Any]]:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    best_config = max(table["curves"], key=lambda c: c["points"][-1]["accuracy"])["config"]
+    results = []
+    for sampler_name in samplers:
+        base: dict[int, tuple[int, float]] = {}
+        for row in rows():
+            saved, points, best_pruned, best_drawn = [], [], 0, 0
+            for seed in range(n_seeds):
+                trials = replay_search(table, row, sampler_name, seed, n_trials)
+                samples = sum(t["samples"] for t in trials)
+                best = max((t["final"] for t in trials if t["final"] is not None), default=float("nan"))
+                if row.spec == "none":
+                    base[seed] = (samples, best)
+                none_samples, none_best = base[seed]
+                saved.append(100.0 * (1 - samples / none_samples))
+                points.append(100.0 * (best - none_best))
+                drawn = [t for t in trials if t["config"] == best_config]
+                best_drawn += bool(drawn)
+                best_pruned += any(t["pruned"] for t in drawn)
+            finite = [p for p in points if p == p]
+            median_points = statistics.median(finite) if finite else float("nan")
+            median_saved = statistics.median(saved)
+            met = median_saved >= TARGET_SAVED and median_points >= -TARGET_POINTS
+            results.append(
+                {
+                    "sampler": sampler_name,
+                    "pruner": row.label,
+                    "spec": row.spec,
+                    "pruned on": f"{row.signal} at {row.budget}",
+                    "signal": row.signal,
+                    "budget": row.budget,
+                    "saved median": median_saved,
+                    "saved min": min(saved),
+                    "saved max": max(saved),
+                    "points median": median_points,
+                    "points worst": min(finite) if finite else float("nan"),
+                    "samples saved % (median [min, max])": f"{median_saved:.1f} [{min(saved):.1f}, {max(saved):.1f}]",
+                    "best accuracy vs none, points (median / worst)": (
+                        f"{median_points:+.2f} / {min(finite) if finite else float('nan'):+.2f}"
+                    ),
+                    "best config pruned (runs)": f"{best_pruned}/{best_drawn} runs that drew it",
+                    "target met": "yes" if met and row.spec != "none" else ("-" if row.spec == "none" else "no"),
+                }
+            )
+    return results
+
+
+# ---- live check --------------------------------------------------------------------------------------------------
+
+
+def live_search(
+    table: dict[str, Any], row: Row, sampler_name: str, seed: int, n_trials: int, data: str
+) -> list[dict[str, Any]]:
+    """The same search run for real by OptunaTrainer: per trial its configuration, state, samples and final
+    accuracy (a completed trial's value: its best evaluation)."""
+    from optuna_trainer import OptunaTrainer, OptunaTrainingArguments
+
+    s = table["meta"]["settings"]
+    space = {name: {"type": "categorical", "choices": choices} for name, choices in s["space"].items()}
+    task = tasks.make_task(s["model"], data, s["n_train"], s["n_dev"], seed=s["seed"], layers=s["layers"])
+    base_batch = max(s["space"]["per_device_train_batch_size"])
+    finals: dict[int, float] = {}
+
+    def metrics(pred: Any) -> dict[str, float]:
+        return tasks.compute_metrics(pred)
+
+    with tempfile.TemporaryDirectory() as out:
+        args = OptunaTrainingArguments(
+            output_dir=out,
+            num_train_epochs=1,
+            per_device_train_batch_size=base_batch,
+            eval_strategy="steps",
+            eval_steps=s["eval_samples"] // base_batch,  # at the base batch: every trial evaluates at equal samples
+            per_device_eval_batch_size=128,
+            save_strategy="no",
+            logging_strategy="no",
+            report_to=[],
+            disable_tqdm=True,
+            use_cpu=True,
+            seed=s["seed"],
+            hp_space=space,
+            n_trials=n_trials,
+            sampler={"name": sampler_name, "seed": seed},
+            pruner=row.spec,
+            prune_metric=None if row.signal == "accuracy" else "loss",
+            prune_budget=row.budget,
+            storage="memory",
+            study_name=f"replay-{seed}",
+            save_best_model=False,
+            search_report=False,
+        )
+        trainer = OptunaTrainer(
+            args=args,
+            model_init=task.model_init,
+            train_dataset=task.train,
+            eval_dataset=task.dev,
+            data_collator=task.collator,
+            compute_metrics=metrics,
+        )
+        trainer.hyperparameter_search()
+    for t in trainer.study.trials:
+        finals[t.number] = t.value if t.value is not None else float("nan")
+    return [
+        {
+            "config": {name: t.params[name] for name in s["space"]},
+            "pruned": t.state.name == "PRUNED",
+            "samples": t.user_attrs.get("samples"),
+            "best": None if t.state.name == "PRUNED" else finals[t.number],  # the trial's value: its best evaluation
+        }
+        for t in trainer.study.trials
+    ]
+
+
+LIVE_CASES = [
+    (Row("median (defaults)", "median", "loss"), "random", 3),
+    (Row("hyperband, min_resource=128 samples", {"name": "hyperband", "min_resource": 128}, "loss"), "tpe", 1),
+]
+
+
+def live_check(table: dict[str, Any], k: int, n_trials: int, data: str) -> list[dict[str, Any]]:
+    results = []
+    for row, sampler_name, seed in LIVE_CASES[:k]:
+        start = time.perf_counter()
+        live = live_search(table, row, sampler_name, seed, n_trials, data)
+        seconds = time.perf_counter() - start
+        replayed = replay_search(table, row, sampler_name, seed, n_trials)
+        same_configs = [a["config"] == b["config"] for a, b in zip(live, replayed, strict=True)]
+        same_states = [a["pruned"] == b["pruned"] for a, b in zip(live, replayed, strict=True)]
+        same_samples = [a["samples"] == b["samples"] for a, b in zip(live, replayed, strict=True)]
+        gaps = [
+            abs(a["best"] - b["best"])
+            for a, b in zip(live, replayed, strict=True)
+            if a["best"] is not None and b["best"] is not None
+        ]
+        results.append(
+            {
+                "case": f"{sampler_name} seed {seed}, {row.label} on {row.signal}, {n_trials} trials",
+                "same configurations": f"{sum(same_configs)}/{len(live)}",
+                "same states": f"{sum(same_states)}/{len(live)}",
+                "same samples seen": f"{sum(same_samples)}/{len(live)}",
+                "largest accuracy gap (points)": 100.0 * max(gaps) if gaps else float("nan"),
+                "live seconds": seconds,
+                "live": live,
+                "replay": replayed,
+            }
+        )
+    return results
+
+
+LIVE_COLUMNS = [
+    "case",
+    "same configurations",
+    "same states",
+    "same samples seen",
+    "largest accuracy gap (points)",
+    "live seconds",
+]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--seeds", type=int, default=None)
+    parser.add_argument("--trials", type=int, default=None)
+    parser.add_argument("--live", type=int, default=0, help="check the replay against this many live searches")
+    parser.add_argument("--live-trials", type=int, default=6)
+    parser.add_argument("--data", default=tasks.DEFAULT_DATA)
+    parser.add_argument("--out", default=tables.DEFAULT_OUT)
+    a = parser.parse_args()
+    path = os.path.join(a.out, "curves_quick.json" if a.quick else "curves.json")
+    if a.quick and not os.path.isfile(path):
+        subprocess.run(
+            [sys.executable, os.path.join(os.path.dirname(__file__), "curves.py"), "--quick", "--out", a.out],
+            check=True,
+        )
+    table = load_table(path)
+    n_seeds = a.seeds or (3 if a.quick else 20)
+    n_trials = a.trials or (6 if a.quick else 30)
+    start = time.perf_counter()
+    results = summarize(table, n_seeds, n_trials, ["random", "tpe"])
+    seconds = time.perf_counter() - start
+    meta = {
+        "command": tables.command_line(),
+        "curves": os.path.relpath(path, tables.REPO) if path.startswith(tables.REPO) else path,
+        "curves from": f"{table['meta']['model']}; {table['meta']['data']}; {len(table['curves'])} configurations",
+        "seeds": n_seeds,
+        "trials per search": n_trials,
+        "replay seconds": round(seconds, 1),
+    }
+    notes = [
+        "samples saved: 1 - (training samples the search ran) / (those of the same sampler and seed without pruning)",
+        "best accuracy: the best final accuracy among the search's completed trials, minus that of the same sampler "
+        "and seed without pruning",
+        "best config pruned: of the runs that drew the table's best configuration (by final accuracy), how many "
+        "pruned it at least once",
+        "transformers' default setting: Optuna's MedianPruner() reported at the optimizer step (trials with other "
+        "batch sizes compared at other budgets), on the objective",
+    ]
+    tables.write_table(
+        a.out, NAME + ("_quick" if a.quick else ""), "Pruners on recorded curves", COLUMNS, results, meta, notes
+    )
+    if a.live:
+        live = live_check(table, a.live, a.live_trials, a.data)
+        tables.write_table(
+            a.out,
+            NAME + "_live" + ("_quick" if a.quick else ""),
+            "Replay against live searches",
+            LIVE_COLUMNS,
+            live,
+            {"command": tables.command_line()},
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
