@@ -14,12 +14,31 @@ import os
 import shutil
 from typing import Any
 
+import filelock
 from transformers import Trainer
 
 BEST_MODEL_DIR = "best_model"
 INCOMING = BEST_MODEL_DIR + ".incoming"
 OUTGOING = BEST_MODEL_DIR + ".outgoing"
 RECORD = "trial.json"
+LOCK = BEST_MODEL_DIR + ".lock"
+
+
+def best_model_lock(output_dir: str) -> filelock.FileLock:
+    """The lock every worker sharing `output_dir` takes to compare with and replace `best_model/` (one writer at a
+    time; the OS releases it when a worker dies)."""
+    os.makedirs(output_dir, exist_ok=True)
+    return filelock.FileLock(os.path.join(output_dir, LOCK))
+
+
+def stored_record(output_dir: str) -> dict[str, Any] | None:
+    """The `trial.json` of the current `best_model/`, or None."""
+    try:
+        with open(os.path.join(output_dir, BEST_MODEL_DIR, RECORD), encoding="utf-8") as f:
+            record = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def recover(output_dir: str) -> None:

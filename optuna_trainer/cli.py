@@ -1,6 +1,8 @@
-"""The `optuna-trainer` command: `optuna-trainer report` writes the end-of-search report of a stored study.
+"""The `optuna-trainer` command: `optuna-trainer report` writes the end-of-search report of a stored study;
+`optuna-trainer workers N -- <command>` runs N copies of a training command on one study (launcher.py).
 
     optuna-trainer report --storage sqlite:///out/optuna_study.db --study-name out --output-dir out
+    optuna-trainer workers 4 -- python train.py config.yaml
 
 The arguments are a dataclass parsed by `HfArgumentParser`, like the training arguments, so `--study_name` and
 `--study-name` both work.
@@ -23,7 +25,10 @@ from .storage import mask_url, resolve_storage
 
 logger = logging.getLogger(__name__)
 
-COMMANDS = {"report": "write the report (summary.json, trials.csv, plots) of a stored study"}
+COMMANDS = {
+    "report": "write the report (summary.json, trials.csv, plots) of a stored study",
+    "workers": "run N copies of a training command on one shared study (optuna-trainer workers N -- <command>)",
+}
 
 
 @dataclass
@@ -85,6 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     command, rest = argv[0], argv[1:]
     if command == "report":
         return report(rest)
+    if command == "workers":
+        from .launcher import main as workers
+
+        return workers(rest)
     print(
         f"optuna-trainer: unknown command {command!r}; commands: {', '.join(COMMANDS)}\n\n{_usage()}", file=sys.stderr
     )

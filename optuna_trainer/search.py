@@ -21,7 +21,7 @@ from transformers.trainer_utils import BestRun
 
 from .adapters import Adapters, has_adapter_keys
 from .arguments import output_dir_of
-from .best_model import recover, save_best_model
+from .best_model import best_model_lock, recover, save_best_model, stored_record
 from .checks import check_before_study
 from .claims import local_lock
 from .compatibility import check_continuation
@@ -29,13 +29,15 @@ from .control import StopRules, enqueue_arguments
 from .coordinator import Coordinator
 from .exceptions import NoCompletedTrialError
 from .faults import catch_for
+from .launcher import launch_env
 from .models import InitialModel
 from .progress import TrialProgress
 from .report import write_report
 from .samplers import continued_sampler
 from .settings import SearchSettings, resolve_settings
+from .storage import MAX_RETRY, default_storage_url
 from .trial import TrialRun, apply_arguments, delete_checkpoints
-from .workers import StopRequest, count_finished, run_trials
+from .workers import StopRequest, count_finished, grid_retry_waiting, run_trials
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -156,6 +158,17 @@ class Search:
             stop_rule=self.stop_rules.reason if self.stop_rules.active else None,
         )
 
+    def requeue(self, number: int) -> None:
+        """Queue trial `number` again with its parameters (and grid point), as a heartbeat storage does for a killed
+        worker's trial: the next run continues it from its last checkpoint."""
+        if self.study is None:
+            return
+        frozen = next((t for t in self.study.get_trials(deepcopy=False) if t.number == number), None)
+        if frozen is None:
+            return
+        optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)(self.study, frozen)
+        logger.info(f"Trial {number} is queued again with its parameters: the next run continues it")
+
     def run_trial(self, trial: optuna.trial.BaseTrial) -> Any:
         """The objective: one trial, prepared, run and finished (trial.py)."""
         return TrialRun(self, trial).execute()
@@ -233,14 +246,46 @@ class Search:
             self.best.value = study_best
         if not is_better(value, self.best.value, direction):
             return
+        if self.settings.save_best_model and not self._save_best(run, value, direction):
+            return
         previous = self.best.run_dir
         self.best = BestSoFar(value, run.run_dir)
-        if self.settings.save_best_model:
-            record = {"number": run.trial.number, "value": value, "params": run.values}
-            save_best_model(self.trainer, output_dir_of(self.base_args), record)
         # Only once the new best is in place: until then the previous best's checkpoints may be all there is of it.
         if previous is not None and previous != run.run_dir:
             delete_checkpoints(previous, self.trainer.args.should_save)
+
+    def _save_best(self, run: TrialRun, value: Any, direction: str) -> bool:
+        """Write `run`'s model as `best_model/` unless another worker of the study wrote a better one meanwhile.
+
+        Workers sharing `output_dir` (optuna-trainer workers) compare and replace under one file lock, so that one
+        writes at a time and a worse trial never replaces a better one that is not yet told to the study.
+        """
+        output_dir = output_dir_of(self.base_args)
+        lock = best_model_lock(output_dir) if self.coordinator.is_main and self.trainer.args.should_save else None
+        if lock is not None:
+            lock.acquire()
+        try:
+            stored = stored_record(output_dir) if lock is not None else None
+            on_disk = (
+                stored.get("value")
+                if stored is not None and stored.get("study_name") == self.settings.study_name
+                else None
+            )
+            on_disk = self.coordinator.share(on_disk)
+            if on_disk is not None and not is_better(value, on_disk, direction):
+                self.best.value = on_disk
+                return False
+            record = {
+                "study_name": self.settings.study_name,
+                "number": run.trial.number,
+                "value": value,
+                "params": run.values,
+            }
+            save_best_model(self.trainer, output_dir, record)
+            return True
+        finally:
+            if lock is not None:
+                lock.release()
 
     def best_runs(self) -> BestRun | list[BestRun]:
         """transformers' `BestRun` of the best trial (the Pareto front for several objectives)."""
@@ -273,6 +318,14 @@ def settle(trainer: Trainer, is_main: bool, call: dict[str, Any]) -> tuple[Searc
     study = create_study(settings)
     check_continuation(study, settings)
     continue_sampler(study, settings)
+    launched = launch_env()
+    if launched is not None and settings.storage_url is not None:
+        launched.announce(
+            storage=settings.storage_url or default_storage_url(output_dir_of(trainer.args)),
+            study_name=settings.study_name,
+            output_dir=output_dir_of(trainer.args),
+            n_trials=settings.n_trials,
+        )
     if settings.enqueue_arguments:
         note = enqueue_arguments(study, settings.hp_space, keys, trainer.args, trainer.model)
         if note is not None:
@@ -296,7 +349,12 @@ def continue_sampler(study: optuna.Study, settings: SearchSettings) -> None:
 
 
 def grid_exhausted(study: optuna.Study) -> bool:
-    return isinstance(study.sampler, optuna.samplers.GridSampler) and study.sampler.is_exhausted(study)
+    """Every grid point has run (a failed point counts as run to Optuna: its queued retry does not)."""
+    return (
+        isinstance(study.sampler, optuna.samplers.GridSampler)
+        and study.sampler.is_exhausted(study)
+        and not grid_retry_waiting(study)
+    )
 
 
 def create_study(settings: SearchSettings) -> optuna.Study:

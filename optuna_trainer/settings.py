@@ -19,6 +19,7 @@ from .arguments import (
 )
 from .budget import DEFAULT_BUDGET, describe_budget
 from .claims import ClaimLock
+from .launcher import launch_env
 from .objective import Objective, resolve_objective, resolve_prune_signal
 from .pruners import build_pruner, describe_pruner
 from .samplers import build_sampler, describe_sampler
@@ -94,7 +95,9 @@ class SearchSettings:
     prune_signal: Objective | None = None
     prune_budget: str = DEFAULT_BUDGET
     budget_description: str = ""
-    # Search-level control (stopping.py).
+    # The storage as given (a URL or path; None for a storage object): what the launcher's workers announce.
+    storage_url: str | None = None
+    # Search-level control (control.py).
     enqueue_arguments: bool = False
     target_value: float | None = None
     trials_without_improvement: int | None = None
@@ -247,9 +250,21 @@ def resolve_settings(
     for callback in callbacks:
         if not callable(callback):
             raise TypeError(f"callbacks: expected callables callback(study, trial), got {callback!r}")
-    opened = open_storage(
-        kwargs.get("storage", fields["storage"]), output_dir_of(args), heartbeat_interval=fields["heartbeat_interval"]
-    )
+    storage_spec = kwargs.get("storage", fields["storage"])
+    launched = launch_env()
+    if launched is not None:
+        # Started by `optuna-trainer workers` (launcher.py): every worker on one study that takes concurrent writers.
+        if launched.storage:
+            storage_spec = launched.storage
+        elif storage_spec is None:
+            storage_spec = launched.default_storage(output_dir_of(args))
+        if isinstance(storage_spec, str) and storage_spec.strip().lower() in ("memory", ":memory:"):
+            raise ValueError(
+                "storage: 'memory' cannot be shared by the workers of `optuna-trainer workers`; leave storage unset "
+                "(a journal file under output_dir) or give a file or database URL"
+            )
+        notes.append(f"worker {launched.worker} of {launched.workers} (optuna-trainer workers)")
+    opened = open_storage(storage_spec, output_dir_of(args), heartbeat_interval=fields["heartbeat_interval"])
     notes.extend(opened.notes)
     study_name = kwargs.get("study_name", fields["study_name"]) or default_study_name(output_dir_of(args))
     prune_signal = resolve_prune_signal(fields["prune_metric"], objective)
@@ -288,8 +303,10 @@ def resolve_settings(
         heartbeat_interval=opened.heartbeat_interval,
         claim_lock=opened.make_lock(study_name),
         load_if_exists=kwargs.get("load_if_exists", True),
-        show_progress_bar=kwargs.get("show_progress_bar", True),
+        # Under the launcher, it shows one bar for the whole study and writes the report once.
+        show_progress_bar=kwargs.get("show_progress_bar", True) and launched is None,
         save_best_model=fields["save_best_model"],
-        search_report=fields["search_report"],
+        search_report=fields["search_report"] and launched is None,
+        storage_url=storage_spec if isinstance(storage_spec, str) else None,
         continue_on_oom=fields["continue_on_oom"],
     )

@@ -166,6 +166,8 @@ class TrialRun:
                 self.trial.set_user_attr("stopped_reason", self.pruning.stopped_reason)
             raise
         except (Exception, KeyboardInterrupt) as err:
+            if isinstance(err, KeyboardInterrupt):
+                self.search.requeue(self.trial.number)  # Ctrl-C: the study keeps the trial's place for the next run
             failure = trial_failure(self.trial, err, self.settings.continue_on_oom, catch=self.settings.catch)
             if failure is err:
                 raise

@@ -72,6 +72,13 @@ def stop_requested(study: optuna.Study, stop: StopRequest) -> bool:
     return stop.requested or bool(getattr(study, "_stop_flag", False))
 
 
+def grid_retry_waiting(study: optuna.Study) -> bool:
+    """Whether a grid study holds a queued trial (the retry of a failed grid point)."""
+    return isinstance(study.sampler, optuna.samplers.GridSampler) and bool(
+        study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    )
+
+
 def count_finished(study: optuna.Study) -> int:
     """The trials that count towards `n_trials`: COMPLETE and PRUNED."""
     return len(study.get_trials(deepcopy=False, states=FINISHED))
@@ -206,6 +213,10 @@ def run_trials(
                 lock.release()
         # `Study.stop()` (from a user callback, e.g. MaxTrialsCallback) only ends the current `optimize`.
         if stop_requested(study, stop):
+            if not stop.requested and grid_retry_waiting(study):
+                # GridSampler stops once every point has started; a retry of one whose trial failed (a killed
+                # worker, Ctrl-C) is queued and runs before the search ends.
+                continue
             logger.info(f"Study.stop() was called: no new trial starts (this worker ran {ran})")
             break
     return ran

@@ -338,7 +338,10 @@ class TestNonFinite:
         (trial,) = trainer.study.trials
         assert trial.state == optuna.trial.TrialState.PRUNED
         assert trial.user_attrs["pruned_at_step"] == 6
-        assert sorted(trial.intermediate_values) == [16, 32]  # samples seen at the evaluations before the divergence, all finite
+        assert sorted(trial.intermediate_values) == [
+            16,
+            32,
+        ]  # samples seen at the evaluations before the divergence, all finite
         assert_no_nan_reported(trainer.study)
 
     def test_nan_objective_ends_the_trial_as_pruned(self, tmp_path):

@@ -59,7 +59,9 @@ def test_prunes_at_first_evaluation_and_saves_nothing_after(tmp_path):
     assert trainer.state.global_step == 4
     # checkpoint-2 and checkpoint-4 would both be due; the one at the decision's step is not written
     assert sorted(os.listdir(tmp_path)) == ["checkpoint-2"]
-    assert trial.storage.get_trial(trial._trial_id).intermediate_values == {32: callback.objective.history[0][1]}  # 4 x 8
+    assert trial.storage.get_trial(trial._trial_id).intermediate_values == {
+        32: callback.objective.history[0][1]
+    }  # 4 x 8
     with pytest.raises(optuna.TrialPruned, match=r"pruned at step 4 \(32 samples\)"):
         callback.check_pruned()
 

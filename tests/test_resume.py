@@ -87,7 +87,7 @@ class TestCtrlC:
         with capture_logs() as logs, pytest.raises(KeyboardInterrupt):
             trainer.hyperparameter_search(hp_space=HP)
         study = trainer.study
-        assert _states(study) == ["COMPLETE", "FAIL"]  # nothing left RUNNING
+        assert _states(study) == ["COMPLETE", "FAIL", "WAITING"]  # nothing left RUNNING; trial 1 queued again
         assert study.trials[1].user_attrs["fail_reason"].startswith("KeyboardInterrupt")
         assert "Interrupted: the running trial is marked FAIL" in logs.text
         # The trainer is usable again: its model and arguments were restored.
@@ -96,6 +96,9 @@ class TestCtrlC:
         again = _trainer(out_dir, n_trials=3, save_strategy="steps", save_steps=2)
         again.hyperparameter_search(hp_space=HP)
         assert _states(again.study) == ["COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]
+        # The interrupted trial was queued again: the next run continued it, with its parameters.
+        retry = again.study.trials[2]
+        assert retry.system_attrs["failed_trial"] == 1 and retry.params == again.study.trials[1].params
 
 
 @pytest.mark.parametrize("kind", ["sqlite default", "postgresql"])

@@ -1,0 +1,204 @@
+"""`optuna-trainer workers N -- <command>`: N workers on one study, exact budget, a dead worker, Ctrl-C.
+
+Every launch runs under a hard bound: past it the launcher's whole process tree is killed and the test fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+from optuna_trainer.launcher import ENV_LAUNCH_DIR, LaunchEnv, Launcher, split_devices
+from optuna_trainer.testing import kill_process_tree
+
+BOUND_S = 300
+REPO = Path(__file__).resolve().parents[1]
+
+
+def grid(n: int) -> dict:
+    return {"learning_rate": {"type": "categorical", "choices": [round(1e-3 * (i + 1), 6) for i in range(n)]}}
+
+
+def launch(n_workers: int, spec: dict, log: Path, *extra: str) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    command = [sys.executable, "-m", "tests.search_worker", json.dumps(spec)]
+    return subprocess.Popen(
+        [sys.executable, "-m", "optuna_trainer.cli", "workers", str(n_workers), *extra, "--", *command],
+        cwd=REPO,
+        env=env,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def wait(proc: subprocess.Popen[bytes], log: Path, bound: float = BOUND_S) -> int:
+    try:
+        return proc.wait(timeout=bound)
+    except subprocess.TimeoutExpired:
+        kill_process_tree(proc)
+        pytest.fail(f"the launcher ran past {bound} s; its output:\n{log.read_text()[-4000:]}")
+
+
+def load(out: Path) -> optuna.Study:
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(out / "optuna_journal.log"))
+    )
+    return optuna.load_study(study_name=out.name, storage=storage)
+
+
+@pytest.mark.parametrize("n_workers", [2, 4])
+def test_exact_budget_and_one_report(tmp_path, n_workers):
+    out = tmp_path / "out"
+    n_trials = 2 * n_workers
+    spec = {
+        "output_dir": str(out),
+        "storage": None,
+        "hp_space": grid(n_trials),
+        "sampler": "grid",
+        "n_trials": n_trials,
+    }
+    spec["_test"] = {"trial_sleep": 0.5}  # trials overlap across workers
+    log = tmp_path / "launcher.log"
+    assert wait(launch(n_workers, spec, log), log) == 0, log.read_text()[-4000:]
+    text = log.read_text()
+    study = load(out)  # the default storage under the launcher: a journal file under output_dir
+    trials = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert len(study.trials) == len(trials) == n_trials
+    assert sorted(t.params["learning_rate"] for t in trials) == sorted(grid(n_trials)["learning_rate"]["choices"])
+    workers = {t.user_attrs["worker"] for t in trials}
+    assert len(workers) == n_workers  # every worker ran trials
+    # Workers' lines carry their prefix; the report is printed once, by the launcher.
+    assert all(f"[worker {i}] " in text for i in range(n_workers))
+    assert text.count(f"Optuna search '{out.name}':") == 1
+    assert text.count("Search report written to") == 1
+    assert (out / "report" / "summary.json").is_file()
+    # best_model/ holds the study's best trial, written by whichever worker ran it.
+    record = json.loads((out / "best_model" / "trial.json").read_text())
+    assert record["number"] == study.best_trial.number and record["value"] == study.best_value
+    assert not (out / "best_model.incoming").exists()
+
+
+def test_a_dead_worker_is_reported_and_its_trial_retried(tmp_path):
+    out = tmp_path / "out"
+    marker = tmp_path / "paused"
+    record = tmp_path / "record.jsonl"
+    spec = {
+        "output_dir": str(out),
+        "storage": None,
+        "hp_space": grid(4),
+        "sampler": "grid",
+        "n_trials": 4,
+        "save_strategy": "steps",
+        "save_steps": 2,
+        "_test": {"pause_run": "run-1", "pause_step": 4, "marker": str(marker), "record": str(record)},
+    }
+    log = tmp_path / "launcher.log"
+    proc = launch(2, spec, log)
+    deadline = time.monotonic() + BOUND_S
+    while not marker.exists():
+        if time.monotonic() > deadline or proc.poll() is not None:
+            kill_process_tree(proc)
+            pytest.fail(f"trial 1 never paused; output:\n{log.read_text()[-4000:]}")
+        time.sleep(0.2)
+    paused = next(
+        json.loads(line)["pid"]
+        for line in record.read_text().splitlines()
+        if json.loads(line)["run_dir"].endswith("run-1")
+    )
+    os.kill(paused, signal.SIGKILL)  # the worker dies in the middle of trial 1
+    assert wait(proc, log) == 0, log.read_text()[-4000:]
+    text = log.read_text()
+    assert "died (signal 9); trial(s) [1] marked FAIL and queued again" in text
+    study = load(out)
+    states = [t.state.name for t in study.trials]
+    assert states.count("COMPLETE") == 4 and states.count("FAIL") == 1 and "RUNNING" not in states
+    retry = next(t for t in study.trials if t.system_attrs.get("failed_trial") == 1)
+    assert retry.state.name == "COMPLETE" and retry.params == study.trials[1].params
+    # The retry continued from trial 1's checkpoint (step 4), in its run folder.
+    first_steps = [json.loads(line) for line in record.read_text().splitlines()]
+    assert any(r["run_dir"].endswith("run-1") and r["first_step"] == 5 for r in first_steps)
+
+
+def test_ctrl_c_stops_every_worker_and_leaves_the_study_consistent(tmp_path):
+    out = tmp_path / "out"
+    spec = {
+        "output_dir": str(out),
+        "storage": None,
+        "hp_space": grid(20),
+        "sampler": "grid",
+        "n_trials": 20,
+        "_test": {"trial_sleep": 2},
+    }
+    log = tmp_path / "launcher.log"
+    proc = launch(2, spec, log)
+    deadline = time.monotonic() + BOUND_S
+    while not re.search(r"\[launcher\] [1-9]\d*/20 trials finished", log.read_text() if log.exists() else ""):
+        if time.monotonic() > deadline or proc.poll() is not None:
+            kill_process_tree(proc)
+            pytest.fail(f"no trial finished; output:\n{log.read_text()[-4000:]}")
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in a terminal reaches the launcher's whole process group
+    assert wait(proc, log, bound=120) == 130, log.read_text()[-4000:]
+    study = load(out)
+    states = [t.state.name for t in study.trials]
+    assert "RUNNING" not in states and "COMPLETE" in states and len(states) < 20
+    # The same command continues the study to its budget.
+    spec["_test"] = {}
+    log2 = tmp_path / "launcher2.log"
+    assert wait(launch(2, spec, log2), log2) == 0, log2.read_text()[-4000:]
+    study = load(out)
+    finished = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
+    assert len(finished) == 20
+    assert len({t.params["learning_rate"] for t in finished}) == 20  # each grid point once
+
+
+def test_devices_are_split_and_packed():
+    assert split_devices(4, 2, ["0", "1", "2", "3", "4", "5", "6", "7"]) == [
+        ["0", "1"],
+        ["2", "3"],
+        ["4", "5"],
+        ["6", "7"],
+    ]
+    assert split_devices(4, 1, ["0"]) == [["0"]] * 4  # four workers packed on one GPU
+    assert split_devices(2, 1, []) == [[], []]
+
+
+def test_cpu_workers_split_the_threads(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    launcher = Launcher(["true"], 2)
+    cores = len(os.sched_getaffinity(0))
+    threads = [int(w.env["OMP_NUM_THREADS"]) for w in launcher.workers]
+    assert threads == [max(1, cores // 2)] * 2 and sum(threads) <= max(cores, 2)
+    ports = {w.env["MASTER_PORT"] for w in launcher.workers}
+    assert len(ports) == 2  # a worker that is itself `accelerate launch` gets its own rendezvous port
+    assert all(w.env[ENV_LAUNCH_DIR] == launcher.launch_dir for w in launcher.workers)
+
+
+def test_a_worker_announces_its_study_in_a_private_file(tmp_path):
+    env = LaunchEnv(worker=1, workers=2, launch_dir=str(tmp_path), storage=None)
+    env.announce(storage="postgresql+psycopg://u:secret@h/db", study_name="s", output_dir="out", n_trials=3)
+    path = tmp_path / "worker-1.json"
+    assert json.loads(path.read_text())["study_name"] == "s"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600  # the URL may hold a password
+
+
+def test_memory_storage_cannot_be_shared_by_workers(tmp_path, monkeypatch):
+    from optuna_trainer import OptunaTrainingArguments
+    from optuna_trainer.settings import resolve_settings
+
+    monkeypatch.setenv(ENV_LAUNCH_DIR, str(tmp_path))
+    args = OptunaTrainingArguments(output_dir=str(tmp_path / "out"), storage="memory", use_cpu=True)
+    with pytest.raises(ValueError, match=r"storage: 'memory' cannot be shared by the workers"):
+        resolve_settings(args)
