@@ -36,6 +36,7 @@ from .report import write_report
 from .samplers import continued_sampler
 from .settings import SearchSettings, resolve_settings
 from .storage import MAX_RETRY, default_storage_url
+from .trackers import TrialTrackers
 from .trial import TrialRun, apply_arguments, delete_checkpoints
 from .workers import StopRequest, count_finished, grid_retry_waiting, run_trials
 
@@ -88,6 +89,7 @@ class Search:
         self._pre_search_model: torch.nn.Module | None = None
         self._initial_model: InitialModel | None = None
         self.adapters: Adapters | None = None  # with peft.<field> keys
+        self.trackers: TrialTrackers | None = None  # per-trial MLflow / W&B runs (report_to)
 
     @classmethod
     def prepare(cls, trainer: Trainer, coordinator: Coordinator, **call: Any) -> Search:
@@ -132,15 +134,22 @@ class Search:
             recover(output_dir_of(self.base_args))  # a previous run killed in the middle of saving the best model
         self.best = BestSoFar(*self.coordinator.share(self._stored_best() if self.coordinator.is_main else None))
         self._take_trainer()
+        self.trackers = TrialTrackers(self.trainer, self.study, self.settings.study_name, self.coordinator.is_main)
+        interrupted = False
         try:
+            if self.trackers.active:
+                self.trackers.start()
             self.coordinator.optimize(self.study, self.run_trial, drive=self.drive, stop=self.stop)
         except KeyboardInterrupt:
+            interrupted = True
             logger.warning(
                 f"Interrupted: the running trial is marked FAIL and study {self.settings.study_name!r} is consistent; "
                 "run the same command again to continue it"
             )
             raise
         finally:
+            if self.trackers.active:
+                self.trackers.end(interrupted=interrupted)
             self._give_trainer_back()
 
     def drive(self, study: optuna.Study, objective: Callable[[optuna.trial.BaseTrial], Any]) -> None:
@@ -153,7 +162,11 @@ class Search:
             heartbeat_interval=self.settings.heartbeat_interval,
             timeout=self.settings.timeout,
             catch=catch_for(self.settings.catch, self.settings.continue_on_oom),
-            callbacks=[*([self.progress] if self.progress is not None else []), *self.settings.callbacks],
+            callbacks=[
+                *([self.progress] if self.progress is not None else []),
+                *([self.trackers] if self.trackers is not None and self.trackers.active else []),
+                *self.settings.callbacks,
+            ],
             stop=self.stop,
             stop_rule=self.stop_rules.reason if self.stop_rules.active else None,
         )

@@ -329,3 +329,55 @@ def wait_for_file(path: Path, proc: subprocess.Popen[bytes], log: Path, timeout:
                 f"{path.name} not written (worker exit code {proc.returncode}); its output:\n{log_tail(log)}"
             )
         time.sleep(0.2)
+
+
+# ---- trackers --------------------------------------------------------------------------------------------------
+
+
+def read_wandb_offline_run(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Name, group, history rows, summary and exit code of an offline W&B run file (`run-<id>.wandb`).
+
+    The file is W&B's transaction log: a 7-byte header (`:W&B`, magic, version), then LevelDB log records (32 KiB
+    blocks; each record a 4-byte checksum, 2-byte length, 1-byte type: full, first, middle, last) holding
+    `wandb_internal_pb2.Record` protobufs. wandb 0.31 has no Python reader of its own any more.
+    """
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = Path(path).read_bytes()
+    if data[:4] != b":W&B":
+        raise ValueError(f"{path} is not a W&B run file")
+    pos, block, chunks, pending = 7, 32768, [], b""
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        length, kind = int.from_bytes(data[pos + 4 : pos + 6], "little"), data[pos + 6]
+        if left < 7 or kind == 0:  # a block's zero-filled tail
+            pos += left
+            continue
+        chunk = data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind == 1:
+            chunks.append(chunk)
+        elif kind == 2:
+            pending = chunk
+        elif kind == 3:
+            pending += chunk
+        elif kind == 4:
+            chunks.append(pending + chunk)
+            pending = b""
+    run: dict[str, Any] = {"history": [], "summary": {}, "exit_code": None}
+    for raw in chunks:
+        record = pb.Record()
+        record.ParseFromString(raw)
+        kind = record.WhichOneof("record_type")
+        if kind == "run":
+            run["name"], run["group"] = record.run.display_name, record.run.run_group
+        elif kind == "history":
+            run["history"].append(
+                {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in record.history.item}
+            )
+        elif kind == "summary":
+            for item in record.summary.update:
+                run["summary"][item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
+        elif kind == "exit":
+            run["exit_code"] = record.exit.exit_code
+    return run

@@ -243,6 +243,8 @@ class TrialRun:
             every_step=self.coordinator.world_size == 1,
         )
         self.trainer.add_callback(self.guard)
+        if self.search.trackers is not None and self.search.trackers.active:
+            self.search.trackers.before_trial(self.trial.number)
 
     def name_run(self) -> None:
         """Name the run directory again once the model is built: a `model_init(trial)` that suggests values itself
@@ -329,6 +331,8 @@ class TrialRun:
                 self.trainer.remove_callback(callback)
         if self.guard is not None:
             self.guard.close()
+        if self.search.trackers is not None:
+            self.search.trackers.after_trial()
         if self.search.adapters is not None:
             self.search.adapters.release()  # the adapter off the shared base, before its memory goes
         release_trial_memory(self.trainer)
