@@ -10,6 +10,11 @@ PostgreSQL does not answer, an SQLite file is used instead and the table says so
 
     python benchmarks/parallel_workers.py            # default: BERT (4 layers, hidden 128) from a config, N = 8
     python benchmarks/parallel_workers.py --quick    # CI: tiny BERT, N = 3
+    python benchmarks/parallel_workers.py --launcher # the same through `optuna-trainer workers N` (figure 9)
+
+With `--launcher` the workers are started by `optuna-trainer workers 1` and `optuna-trainer workers 2` instead of by
+hand: the launcher picks the storage (a journal file under the shared output_dir) and the threads (cores / N per
+worker: 2 for one worker on this machine, 1 each for two), everything else is the same.
 """
 
 from __future__ import annotations
@@ -51,15 +56,27 @@ def settings(quick: bool, model: str | None) -> dict[str, Any]:
     return dict(model=model or "small-bert", n_train=256, n_dev=64, steps=20, n_trials=8, batch=16)
 
 
-def worker(s: dict[str, Any], data: str, storage: str, study_name: str, n_trials: int, seed: int) -> None:
+def worker(
+    s: dict[str, Any],
+    data: str,
+    storage: str | None,
+    study_name: str,
+    n_trials: int,
+    seed: int,
+    output_dir: str | None = None,
+) -> None:
+    import contextlib
+
     import torch
 
-    torch.set_num_threads(1)
+    if output_dir is None:
+        torch.set_num_threads(1)  # by hand; the launcher sets OMP_NUM_THREADS itself
     sides.quiet()
     from optuna_trainer import OptunaTrainer, OptunaTrainingArguments
 
     task = tasks.make_task(s["model"], data, s["n_train"], s["n_dev"])
-    with tempfile.TemporaryDirectory() as out:
+    place = contextlib.nullcontext(output_dir) if output_dir else tempfile.TemporaryDirectory()
+    with place as out:
         args = OptunaTrainingArguments(
             **tasks.train_args(out, max_steps=s["steps"], per_device_train_batch_size=s["batch"], eval_strategy="no"),
             hp_space=tasks.SPACE,
@@ -150,11 +167,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--study-name", default=None, help="(worker) the shared study")
     p.add_argument("--n-trials", type=int, default=None, help="(worker) the study's n_trials")
     p.add_argument("--seed", type=int, default=0, help="(worker) sampler seed")
+    p.add_argument("--output-dir", default=None, help="(worker) a shared output_dir (under the launcher)")
+    p.add_argument("--launcher", action="store_true", help="start the workers with optuna-trainer workers N")
     a = p.parse_args(argv)
     s = settings(a.quick, a.model)
     if a.side == "worker":
-        worker(s, a.data, a.storage, a.study_name, a.n_trials, a.seed)
+        worker(s, a.data, a.storage, a.study_name, a.n_trials, a.seed, a.output_dir)
         return {}
+    if a.launcher:
+        return main_launcher(a, s)
     import optuna
 
     tmp = tempfile.mkdtemp(prefix="parallel-workers-")
@@ -194,6 +215,80 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "loadavg after": load_after,
     }
     tables.write_table(a.out, NAME, "Parallel workers on one study: finished trials per minute", COLUMNS, rows, meta)
+    return {"rows": rows, "speed-up": speedup}
+
+
+def run_launcher(n_workers: int, s: dict[str, Any], a: Any, out: str, study_name: str) -> dict[str, Any]:
+    """One `optuna-trainer workers N` run on a fresh study in `out` (its default storage: a journal file)."""
+    import optuna
+
+    total = s["n_trials"] * n_workers
+    worker_cmd = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--side",
+        "worker",
+        "--output-dir",
+        out,
+        "--study-name",
+        study_name,
+        "--n-trials",
+        str(total),
+        "--data",
+        a.data,
+        *(["--quick"] if a.quick else []),
+        *(["--model", a.model] if a.model else []),
+    ]
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    env["PYTHONPATH"] = tables.REPO + os.pathsep + os.environ.get("PYTHONPATH", "")
+    cmd = [sys.executable, "-m", "optuna_trainer.cli", "workers", str(n_workers), "--no-progress", "--", *worker_cmd]
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL)
+    try:
+        rc = proc.wait(timeout=900)
+    except subprocess.TimeoutExpired:
+        kill_process_tree(proc)
+        raise RuntimeError(f"optuna-trainer workers {n_workers} did not finish within 900 s") from None
+    if rc != 0:
+        raise RuntimeError(f"optuna-trainer workers {n_workers} exited with {rc}")
+    wall = time.perf_counter() - start
+    journal = optuna.storages.journal.JournalFileBackend(os.path.join(out, "optuna_journal.log"))
+    study = optuna.load_study(study_name=study_name, storage=optuna.storages.JournalStorage(journal))
+    finished = [t for t in study.trials if t.state.is_finished() and t.datetime_complete is not None]
+    span = (max(t.datetime_complete for t in finished) - min(t.datetime_start for t in finished)).total_seconds()
+    return {
+        "finished trials": len(finished),
+        "trial span seconds": span,
+        "trials per minute": 60.0 * len(finished) / span,
+        "wall seconds": wall,
+        "threads per worker": measure.machine()["nproc"] // n_workers,
+    }
+
+
+def main_launcher(a: Any, s: dict[str, Any]) -> dict[str, Any]:
+    load_before = measure.loadavg()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="launcher-bench-") as tmp:
+        for n in (1, 2):
+            out = os.path.join(tmp, f"{n}w")
+            row = run_launcher(n, s, a, out, f"{n}w")
+            rows.append({"workers": n, **row, "storage": "journal file (the launcher's default)"})
+            print(rows[-1], flush=True)
+    speedup = rows[1]["trials per minute"] / rows[0]["trials per minute"]
+    rows[0]["speed-up"], rows[1]["speed-up"] = 1.0, speedup
+    meta = {
+        "command": tables.command_line(),
+        "model": tasks.model_label(s["model"]),
+        "data": tasks.load_sentences(a.data, s["n_train"], s["n_dev"])[2],
+        "settings": {**s, "space": tasks.SPACE, "pruner": "none"},
+        "target": f"speed-up >= {TARGET}",
+        "target met": speedup >= TARGET,
+        "loadavg before": load_before,
+        "loadavg after": measure.loadavg(),
+    }
+    columns = [*COLUMNS[:-1], "threads per worker", "storage"]
+    title = "optuna-trainer workers N: finished trials per minute"
+    tables.write_table(a.out, NAME + "_launcher", title, columns, rows, meta)
     return {"rows": rows, "speed-up": speedup}
 
 
