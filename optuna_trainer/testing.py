@@ -366,7 +366,7 @@ def read_wandb_offline_run(path: str | os.PathLike[str]) -> dict[str, Any]:
             pending = b""
     run: dict[str, Any] = {"history": [], "summary": {}, "exit_code": None}
     for raw in chunks:
-        record = pb.Record()
+        record = pb.Record()  # type: ignore[attr-defined]  # generated protobuf module
         record.ParseFromString(raw)
         kind = record.WhichOneof("record_type")
         if kind == "run":
