@@ -107,6 +107,22 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def with_port(command: list[str], port: int) -> list[str]:
+    """The command with a rendezvous port of its own where it is an `accelerate launch` that names none.
+
+    torchrun reads `PET_MASTER_PORT`; `accelerate launch` reads no variable and defaults to 29500, so that two
+    workers of K processes each would collide: its `--main_process_port` is added to the command instead.
+    """
+    if any(arg == "--main_process_port" or arg.startswith("--main_process_port=") for arg in command):
+        return command
+    for i, arg in enumerate(command[:-1]):
+        accelerate = os.path.basename(arg) == "accelerate" and command[i + 1] == "launch"
+        if accelerate or (arg == "accelerate.commands.launch" and i > 0 and command[i - 1] == "-m"):
+            at = i + 2 if accelerate else i + 1
+            return [*command[:at], "--main_process_port", str(port), *command[at:]]
+    return command
+
+
 def visible_devices() -> list[str]:
     """The GPUs this machine shows (`CUDA_VISIBLE_DEVICES` when set), as the ids to hand out."""
     given = os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -137,6 +153,7 @@ class Worker:
     index: int
     devices: list[str]
     env: dict[str, str]
+    command: list[str] = field(default_factory=list)
     proc: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     last_code: int | None = None
@@ -198,7 +215,7 @@ class Launcher:
             else:
                 env.setdefault("OMP_NUM_THREADS", str(threads))
                 env.setdefault("MKL_NUM_THREADS", env["OMP_NUM_THREADS"])
-            self.workers.append(Worker(i, worker_devices, env))
+            self.workers.append(Worker(i, worker_devices, env, command=with_port(command, int(port))))
         self.threads = threads
         self.devices = devices
         self.stopping = False
@@ -230,7 +247,7 @@ class Launcher:
 
     def start(self, worker: Worker) -> None:
         worker.proc = subprocess.Popen(
-            self.command,
+            worker.command,
             env=worker.env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -460,4 +477,4 @@ def main(argv: list[str]) -> int:
     return launcher.run()
 
 
-__all__ = ["LaunchEnv", "Launcher", "launch_env", "main", "split_devices"]
+__all__ = ["LaunchEnv", "Launcher", "launch_env", "main", "split_devices", "with_port"]

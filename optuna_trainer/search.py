@@ -323,6 +323,8 @@ def settle(trainer: Trainer, is_main: bool, call: dict[str, Any]) -> tuple[Searc
     if not is_main:
         # Only the main process opens the storage; the others check everything else the same way.
         call = {**call, "storage": "memory"}
+    elif launch_env() is not None:
+        call = {**call, "storage": launched_storage(trainer.args, call)}
     settings = resolve_settings(trainer.args, has_compute_metrics=trainer.compute_metrics is not None, **call)
     keys = check_before_study(trainer, settings)
     settings.adapters = has_adapter_keys(keys)
@@ -345,6 +347,21 @@ def settle(trainer: Trainer, is_main: bool, call: dict[str, Any]) -> tuple[Searc
             settings.notes.append(note)
     settings.log()
     return settings, study
+
+
+def launched_storage(args: TrainingArguments, call: dict[str, Any]) -> Any:
+    """The storage of a worker of `optuna-trainer workers` (launcher.py): the launcher's `--storage`, else the
+    search's own, else a journal file under output_dir (it takes concurrent writers; the SQLite default does not)."""
+    launched = launch_env()
+    assert launched is not None
+    given = call.get("storage", getattr(args, "storage", None))
+    storage = launched.storage or given or launched.default_storage(output_dir_of(args))
+    if isinstance(storage, str) and storage.strip().lower() in ("memory", ":memory:"):
+        raise ValueError(
+            "storage: 'memory' cannot be shared by the workers of `optuna-trainer workers`; leave storage unset "
+            "(a journal file under output_dir) or give a file or database URL"
+        )
+    return storage
 
 
 def continue_sampler(study: optuna.Study, settings: SearchSettings) -> None:

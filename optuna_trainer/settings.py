@@ -253,16 +253,6 @@ def resolve_settings(
     storage_spec = kwargs.get("storage", fields["storage"])
     launched = launch_env()
     if launched is not None:
-        # Started by `optuna-trainer workers` (launcher.py): every worker on one study that takes concurrent writers.
-        if launched.storage:
-            storage_spec = launched.storage
-        elif storage_spec is None:
-            storage_spec = launched.default_storage(output_dir_of(args))
-        if isinstance(storage_spec, str) and storage_spec.strip().lower() in ("memory", ":memory:"):
-            raise ValueError(
-                "storage: 'memory' cannot be shared by the workers of `optuna-trainer workers`; leave storage unset "
-                "(a journal file under output_dir) or give a file or database URL"
-            )
         notes.append(f"worker {launched.worker} of {launched.workers} (optuna-trainer workers)")
     opened = open_storage(storage_spec, output_dir_of(args), heartbeat_interval=fields["heartbeat_interval"])
     notes.extend(opened.notes)

@@ -18,7 +18,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from optuna_trainer.launcher import ENV_LAUNCH_DIR, LaunchEnv, Launcher, split_devices
+from optuna_trainer.launcher import ENV_LAUNCH_DIR, LaunchEnv, Launcher, split_devices, with_port
 from optuna_trainer.testing import kill_process_tree
 
 BOUND_S = 300
@@ -195,10 +195,67 @@ def test_a_worker_announces_its_study_in_a_private_file(tmp_path):
 
 
 def test_memory_storage_cannot_be_shared_by_workers(tmp_path, monkeypatch):
-    from optuna_trainer import OptunaTrainingArguments
-    from optuna_trainer.settings import resolve_settings
+    from optuna_trainer import OptunaTrainer, OptunaTrainingArguments
+    from optuna_trainer.testing import base_args, make_dataset, tiny_model
 
     monkeypatch.setenv(ENV_LAUNCH_DIR, str(tmp_path))
-    args = OptunaTrainingArguments(output_dir=str(tmp_path / "out"), storage="memory", use_cpu=True)
+    args = OptunaTrainingArguments(**base_args(tmp_path / "out", storage="memory"))
+    trainer = OptunaTrainer(
+        model_init=tiny_model, args=args, train_dataset=make_dataset(16), eval_dataset=make_dataset(8)
+    )
     with pytest.raises(ValueError, match=r"storage: 'memory' cannot be shared by the workers"):
-        resolve_settings(args)
+        trainer.hyperparameter_search()
+
+
+def test_an_accelerate_worker_gets_its_own_port():
+    assert with_port(["accelerate", "launch", "train.py"], 1234) == [
+        "accelerate",
+        "launch",
+        "--main_process_port",
+        "1234",
+        "train.py",
+    ]
+    python = ["python", "-m", "accelerate.commands.launch", "--num_processes", "2", "t.py"]
+    assert with_port(python, 7)[:5] == ["python", "-m", "accelerate.commands.launch", "--main_process_port", "7"]
+    given = ["accelerate", "launch", "--main_process_port", "5", "t.py"]
+    assert with_port(given, 7) == given
+    assert with_port(["python", "train.py"], 7) == ["python", "train.py"]  # torchrun and python read the env
+
+
+def test_each_worker_may_be_an_accelerate_launch_of_two_processes(tmp_path):
+    out = tmp_path / "out"
+    accelerate = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        str(REPO / "tests" / "distributed" / "search_script.py"),
+        "--scenario",
+        "launcher",
+        "--out",
+        str(out),
+    ]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    log = tmp_path / "launcher.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "optuna_trainer.cli", "workers", "2", "--", *accelerate],
+        cwd=REPO,
+        env=env,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    assert wait(proc, log) == 0, log.read_text()[-4000:]
+    study = load(out)
+    finished = [t for t in study.trials if t.state.name == "COMPLETE"]
+    assert len(study.trials) == len(finished) == 4
+    assert sorted(t.params["learning_rate"] for t in finished) == [1e-3, 2e-3, 3e-3, 4e-3]
+    assert len({t.user_attrs["worker"] for t in finished}) == 2  # two launches of two processes each

@@ -68,7 +68,7 @@ class Recorder(TrainerCallback):
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument(
-        "--scenario", choices=["prune", "fail", "fail_nocatch", "timeout", "rank_mismatch"], required=True
+        "--scenario", choices=["prune", "fail", "fail_nocatch", "timeout", "rank_mismatch", "launcher"], required=True
     )
     parser.add_argument("--out", required=True)
     cli = parser.parse_args()
@@ -77,7 +77,7 @@ def main() -> None:
 
     def model_init(trial: Any = None) -> BertForSequenceClassification:
         dropout = 0.1
-        if trial is not None:
+        if trial is not None and cli.scenario != "launcher":  # (a grid has no such key)
             # A parameter that only model_init suggests: every rank must get rank 0's value.
             dropout = trial.suggest_float("model_init_dropout", 0.0, 0.3)
             record["model_init"][str(trial.number)] = dropout.hex()
@@ -104,6 +104,10 @@ def main() -> None:
             return values
 
         extra = dict(n_trials=1, pruner="none", hp_space=per_process_space)
+    elif cli.scenario == "launcher":
+        # One of the workers of `optuna-trainer workers`: the launcher's storage (a journal file under --out).
+        grid = {"learning_rate": {"type": "categorical", "choices": [1e-3, 2e-3, 3e-3, 4e-3]}}
+        extra = dict(n_trials=4, pruner="none", hp_space=grid, sampler="grid", storage=None)
     args = OptunaTrainingArguments(
         **base_args(
             cli.out,
@@ -115,10 +119,13 @@ def main() -> None:
                     "per_device_train_batch_size": {"type": "categorical", "choices": [4, 8]},
                     "model.attention_probs_dropout_prob": {"type": "float", "low": 0.0, "high": 0.3},
                 },
-                **extra,
+                **{k: v for k, v in extra.items() if k not in ("sampler", "storage")},
             },
-            sampler={"name": "tpe", "seed": 0},
-            storage="sqlite:///" + os.path.join(cli.out, "study.db"),
+            **{
+                "sampler": {"name": "tpe", "seed": 0},
+                "storage": "sqlite:///" + os.path.join(cli.out, "study.db"),
+                **{k: v for k, v in extra.items() if k in ("sampler", "storage")},
+            },
         )
     )
     rank = args.process_index
