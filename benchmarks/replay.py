@@ -321,7 +321,11 @@ def main() -> int:
     path = os.path.join(a.out, "curves_quick.json" if a.quick else "curves.json")
     if a.quick and not os.path.isfile(path):
         subprocess.run(
-            [sys.executable, os.path.join(os.path.dirname(__file__), "curves.py"), "--quick", "--out", a.out],
+            [
+                sys.executable,
+                os.path.join(os.path.dirname(__file__), "curves.py"),
+                *("--quick", "--out", a.out, "--data", a.data),
+            ],
             check=True,
         )
     table = load_table(path)
@@ -354,7 +358,7 @@ def main() -> int:
         live = live_check(table, a.live, a.live_trials, a.data)
         tables.write_table(
             a.out,
-            NAME + "_live" + ("_quick" if a.quick else ""),
+            NAME + "_live",
             "Replay against live searches",
             LIVE_COLUMNS,
             live,

@@ -124,6 +124,27 @@ def test_pruning(tmp_path):
             assert math.isfinite(row["best dev accuracy"])
 
 
+def test_pruning_curves_replay(tmp_path):
+    # --quick records 4 tiny-BERT curves (the generated task), replays every row, and checks one live search.
+    extra = ("--data", str(tmp_path / "no-sst2"), "--live", "1", "--live-trials", "3")
+    table = run_quick("replay", tmp_path, extra=extra)
+    rows = table["rows"]
+    assert {r["sampler"] for r in rows} == {"random", "tpe"}
+    assert [r["pruner"] for r in rows[:2]] == [
+        "none",
+        "transformers' default setting: median (defaults), optimizer-step keys",
+    ]
+    for row in rows:
+        assert row["saved min"] <= row["saved median"] <= row["saved max"] <= 100.0
+        if row["spec"] == "none":
+            assert row["saved median"] == 0.0 and row["points median"] == 0.0
+    live = json.loads((tmp_path / "pruning_curves_live.json").read_text())["rows"]
+    (case,) = live
+    # The live search drew the same configurations, stopped the same trials at the same samples, as the replay.
+    assert case["same configurations"] == case["same states"] == case["same samples seen"] == "3/3"
+    assert case["largest accuracy gap (points)"] == 0.0
+
+
 def test_memory(tmp_path):
     table = run_quick("memory", tmp_path)
     numbers(
