@@ -351,9 +351,7 @@ def main() -> int:
         "transformers' default setting: Optuna's MedianPruner() reported at the optimizer step (trials with other "
         "batch sizes compared at other budgets), on the objective",
     ]
-    tables.write_table(
-        a.out, NAME + ("_quick" if a.quick else ""), "Pruners on recorded curves", COLUMNS, results, meta, notes
-    )
+    tables.write_table(a.out, NAME, "Pruners on recorded curves", COLUMNS, results, meta, notes)
     if a.live:
         live = live_check(table, a.live, a.live_trials, a.data)
         tables.write_table(

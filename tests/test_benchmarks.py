@@ -29,6 +29,7 @@ pytestmark = pytest.mark.slow  # several interpreters start per script: about a 
 def load(name: str) -> Any:
     spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCHMARKS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     sys.path.insert(0, str(BENCHMARKS))
     try:
         spec.loader.exec_module(module)
