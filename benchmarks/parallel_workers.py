@@ -150,7 +150,11 @@ def run_workers(n_workers: int, s: dict[str, Any], a: Any, storage: str, study_n
         if rc != 0:
             raise RuntimeError(f"a worker exited with {rc}")
     wall = time.perf_counter() - start
-    study = optuna.load_study(study_name=study_name, storage=storage)
+    return throughput(optuna.load_study(study_name=study_name, storage=storage), wall)
+
+
+def throughput(study: Any, wall: float) -> dict[str, Any]:
+    """Finished trials per minute over the span from the first trial's start to the last trial's end."""
     finished = [t for t in study.trials if t.state.is_finished() and t.datetime_complete is not None]
     span = (max(t.datetime_complete for t in finished) - min(t.datetime_start for t in finished)).total_seconds()
     return {
@@ -254,15 +258,7 @@ def run_launcher(n_workers: int, s: dict[str, Any], a: Any, out: str, study_name
     wall = time.perf_counter() - start
     journal = optuna.storages.journal.JournalFileBackend(os.path.join(out, "optuna_journal.log"))
     study = optuna.load_study(study_name=study_name, storage=optuna.storages.JournalStorage(journal))
-    finished = [t for t in study.trials if t.state.is_finished() and t.datetime_complete is not None]
-    span = (max(t.datetime_complete for t in finished) - min(t.datetime_start for t in finished)).total_seconds()
-    return {
-        "finished trials": len(finished),
-        "trial span seconds": span,
-        "trials per minute": 60.0 * len(finished) / span,
-        "wall seconds": wall,
-        "threads per worker": measure.machine()["nproc"] // n_workers,
-    }
+    return {**throughput(study, wall), "threads per worker": measure.machine()["nproc"] // n_workers}
 
 
 def main_launcher(a: Any, s: dict[str, Any]) -> dict[str, Any]:
