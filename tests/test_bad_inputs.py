@@ -902,9 +902,9 @@ class TestObjectiveMetricAbsentAtFirstEvaluation:
         assert "'eval_acc'" in message and "set objective_metric (or metric_for_best_model) to one of them" in message
         study = optuna.load_study(study_name="s", storage=storage)
         (trial,) = study.trials
-        # Trained up to the first evaluation only (at 16 samples: eval_steps=2 at batch 8; fewer steps for a larger
-        # batch), then stopped the search: the error would repeat in every trial.
-        assert recorder.steps == trial.user_attrs["steps"] <= args.eval_steps
+        # Trained up to the first evaluation only (at 16 samples: eval_steps=2 at batch 8, 4 at batch 4, 1 at batch
+        # 16 or more), then stopped the search: the error would repeat in every trial.
+        assert recorder.steps == trial.user_attrs["steps"] >= 1
         assert (
             trial.user_attrs["samples"] >= 16
             and trial.user_attrs["samples"] - trial.user_attrs["samples_per_step"] < 16
