@@ -17,3 +17,9 @@ for name in head_to_head pruning memory multi_process parallel_workers adapters;
 done
 # What other pruner settings would have saved on the curves pruning.py just recorded (no training: seconds).
 run pruning --replay "$out/pruning.json"
+# Figure 9: the same workers through `optuna-trainer workers N`.
+run parallel_workers --launcher
+# Figure 10: pruners replayed on the recorded learning curves (benchmarks/results/curves.json; seconds), on 20 seeds
+# and on 20 held-out seeds. Recording the curves again is `python benchmarks/curves.py` (about 75 min, not run here).
+run replay
+run replay --first-seed 20

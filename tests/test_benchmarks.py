@@ -38,8 +38,14 @@ def load(name: str) -> Any:
     return module
 
 
-def run_quick(name: str, out: Path, timeout: float = 420, extra: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Run `benchmarks/<name>.py --quick --out out`, kill its process group on timeout, return the JSON table."""
+def run_quick(
+    name: str, out: Path, timeout: float = 420, extra: tuple[str, ...] = (), table: str | None = None
+) -> dict[str, Any]:
+    """Run `benchmarks/<name>.py --quick --out out`, kill its process group on timeout, return the JSON table.
+
+    `table`: the name of the table the run writes, where it is not the module's `NAME` (its columns are then checked
+    against the JSON's own list).
+    """
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(
         [sys.executable, str(BENCHMARKS / f"{name}.py"), "--quick", "--out", str(out), *extra],
@@ -58,16 +64,18 @@ def run_quick(name: str, out: Path, timeout: float = 420, extra: tuple[str, ...]
         pytest.fail(f"benchmarks/{name}.py --quick did not finish within {timeout} s")
     assert proc.returncode == 0, output[-4000:]
     module = load(name)
-    md, js = out / f"{module.NAME}.md", out / f"{module.NAME}.json"
+    table_name = table or module.NAME
+    md, js = out / f"{table_name}.md", out / f"{table_name}.json"
     assert md.is_file() and js.is_file()
-    table = json.loads(js.read_text())
-    assert table["columns"] == module.COLUMNS
-    header = "| " + " | ".join(module.COLUMNS) + " |"
+    result = json.loads(js.read_text())
+    if table is None:
+        assert result["columns"] == module.COLUMNS
+    header = "| " + " | ".join(result["columns"]) + " |"
     assert header in md.read_text()  # the Markdown table has the same columns
     assert header in output  # and it was printed
-    assert table["meta"]["command"].startswith(f"python benchmarks/{name}.py --quick")
-    assert table["meta"]["machine"]["nproc"] >= 1
-    return table
+    assert result["meta"]["command"].startswith(f"python benchmarks/{name}.py --quick")
+    assert result["meta"]["machine"]["nproc"] >= 1
+    return result
 
 
 def numbers(table: dict[str, Any], *columns: str) -> None:
@@ -193,6 +201,23 @@ def test_parallel_workers(tmp_path):
 
         names = optuna.get_all_study_names("postgresql+psycopg://postgres@127.0.0.1:5432/test")
         assert not set(table["meta"]["studies deleted"]) & set(names)
+
+
+def test_parallel_workers_launcher(tmp_path):
+    """Figure 9: one worker on one thread, one on the launcher's split, two workers; ratios against both baselines."""
+    table = run_quick("parallel_workers", tmp_path, extra=("--launcher",), table="parallel_workers_launcher")
+    numbers(table, "trials per minute", "speed-up", "vs 1 worker on every core")
+    one_thread, all_cores, two = table["rows"]
+    assert [r["workers"] for r in table["rows"]] == [1, 1, 2]
+    # exact budget through the launcher: every run finished exactly its n_trials
+    assert (one_thread["finished trials"], all_cores["finished trials"], two["finished trials"]) == (3, 3, 6)
+    cores = table["meta"]["machine"]["nproc"]
+    assert one_thread["threads per worker"] == 1  # OMP_NUM_THREADS=1 set by the user is kept by the launcher
+    assert all_cores["threads per worker"] == cores and two["threads per worker"] == max(1, cores // 2)
+    assert one_thread["speed-up"] == 1 and all_cores["vs 1 worker on every core"] == 1
+    ratio = two["trials per minute"] / one_thread["trials per minute"]
+    assert two["speed-up"] == pytest.approx(ratio)
+    assert table["meta"]["target met"] == (ratio >= 1.8)
 
 
 def test_adapters(tmp_path):
