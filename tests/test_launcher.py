@@ -89,6 +89,33 @@ def test_exact_budget_and_one_report(tmp_path, n_workers):
     assert not (out / "best_model.incoming").exists()
 
 
+def test_a_given_postgresql_storage_is_used_by_every_worker(tmp_path):
+    """`--storage <PostgreSQL URL>`: the workers share that study (no journal file), with the exact budget."""
+    import uuid
+
+    from optuna_trainer.testing import require_service
+
+    require_service("PostgreSQL", "127.0.0.1", 5432)
+    url = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+    out = tmp_path / f"launcher-pg-{uuid.uuid4().hex[:8]}"  # the study is named after output_dir
+    spec = {"output_dir": str(out), "storage": None, "hp_space": grid(4), "sampler": "grid", "n_trials": 4}
+    spec["_test"] = {"trial_sleep": 0.5}
+    log = tmp_path / "launcher.log"
+    try:
+        assert wait(launch(2, spec, log, "--storage", url), log) == 0, log.read_text()[-4000:]
+        study = optuna.load_study(study_name=out.name, storage=url)
+        finished = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+        assert len(study.trials) == len(finished) == 4
+        assert sorted(t.params["learning_rate"] for t in finished) == grid(4)["learning_rate"]["choices"]
+        assert len({t.user_attrs["worker"] for t in finished}) == 2
+        assert not (out / "optuna_journal.log").exists() and not (out / "optuna_study.db").exists()
+    finally:
+        try:
+            optuna.delete_study(study_name=out.name, storage=url)
+        except KeyError:
+            pass
+
+
 def test_a_dead_worker_is_reported_and_its_trial_retried(tmp_path):
     out = tmp_path / "out"
     marker = tmp_path / "paused"
