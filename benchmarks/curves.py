@@ -59,6 +59,18 @@ def config_key(config: dict[str, Any]) -> str:
     return json.dumps(config, sort_keys=True)
 
 
+# What every recorded run and every live replay trial share besides the schedule: evaluation batch, nothing saved or
+# logged, no bar, CPU.
+QUIET: dict[str, Any] = dict(
+    per_device_eval_batch_size=128,
+    save_strategy="no",
+    logging_strategy="no",
+    report_to=[],
+    disable_tqdm=True,
+    use_cpu=True,
+)
+
+
 def training_arguments(s: dict[str, Any], config: dict[str, Any], output_dir: str) -> Any:
     """The arguments of one configuration: one epoch over the subset, an evaluation every `eval_samples` samples."""
     from transformers import TrainingArguments
@@ -71,13 +83,8 @@ def training_arguments(s: dict[str, Any], config: dict[str, Any], output_dir: st
         max_steps=s["n_train"] // batch,
         eval_strategy="steps",
         eval_steps=s["eval_samples"] // batch,
-        per_device_eval_batch_size=128,
-        save_strategy="no",
-        logging_strategy="no",
-        report_to=[],
-        disable_tqdm=True,
-        use_cpu=True,
         seed=s["seed"],
+        **QUIET,
         **config,
     )
 

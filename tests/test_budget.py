@@ -69,6 +69,33 @@ def test_evaluations_fall_at_equal_samples_whatever_the_batch(out_dir):
     assert trainer.args.eval_steps == 2  # the user's arguments are untouched
 
 
+def test_gradient_accumulation_counts_in_the_samples(out_dir):
+    """Accumulation searched at batch 4: 2 accumulated batches are one step of 8 samples, evaluated every 8 samples
+    like the arguments' own (batch 4, no accumulation, eval_steps=2)."""
+    trainer = None
+
+    def metrics(pred):
+        return {"accuracy": samples_seen(trainer) / 64}
+
+    trainer = make_trainer(
+        out_dir,
+        metrics,
+        per_device_train_batch_size=4,
+        hp_space={"gradient_accumulation_steps": {"type": "categorical", "choices": [1, 2]}},
+        sampler="grid",
+        pruner="none",
+        n_trials=2,
+    )
+    trainer.hyperparameter_search()
+    trials = {t.params["gradient_accumulation_steps"]: t for t in trainer.study.trials}
+    points = {8 * i: i / 8 for i in range(1, 9)}
+    for accumulation, steps in ((1, 16), (2, 8)):
+        t = trials[accumulation]
+        assert t.user_attrs["samples_per_step"] == 4 * accumulation
+        assert t.user_attrs["steps"] == steps and t.user_attrs["samples"] == 64
+        assert t.intermediate_values == points
+
+
 @pytest.mark.parametrize("budget", ["steps", "samples"])
 def test_median_compares_a_small_batch_at_equal_samples(out_dir, budget):
     # Accuracy grows with the samples seen, the same for every batch size. At equal optimizer steps the batch-4 trial

@@ -154,6 +154,7 @@ def main() -> None:
                     "value": t.value,
                     "params": {k: _hex(v) for k, v in t.params.items()},
                     "user_attrs": t.user_attrs,
+                    "intermediate": sorted(t.intermediate_values),
                 }
                 for t in trainer.study.trials
             ]

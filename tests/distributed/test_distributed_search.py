@@ -134,6 +134,15 @@ def test_pruned_trials_stop_every_rank_at_the_same_step(tmp_path: Path) -> None:
             assert stopped == trial["user_attrs"]["pruned_at_step"] < 8
         else:
             assert stopped == 8
+        # Two processes: an optimizer step consumes batch x 2 samples, the unit of the pruning step.
+        batch = trial["params"]["per_device_train_batch_size"]
+        assert trial["user_attrs"]["samples_per_step"] == 2 * batch
+        assert trial["user_attrs"]["samples"] == stopped * 2 * batch
+    # Evaluations at equal samples whatever the batch: every 2 steps of the arguments' batch 8 on 2 processes, i.e.
+    # every 32 samples (a batch-4 trial evaluates every 4 steps), so each trial's keys start the same sequence.
+    for trial in run.trials:
+        assert trial["intermediate"] == [32 * (i + 1) for i in range(len(trial["intermediate"]))], trial
+    assert {t["params"]["per_device_train_batch_size"] for t in run.trials if t["intermediate"]} == {4, 8}
     assert_same_on_both_ranks(run)
     # The same BestRun on both ranks; only rank 0 holds the study.
     assert rank0["best"] == rank1["best"]
