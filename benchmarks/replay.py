@@ -12,6 +12,7 @@ and how often the table's best configuration was pruned when the search drew it.
 
     python benchmarks/replay.py                         # benchmarks/results/curves.json, 20 seeds, 30 trials
     python benchmarks/replay.py --first-seed 20         # the same rows on 20 other seeds (a held-out check)
+    python benchmarks/replay.py --grid --seeds 40       # more settings near the default, on 40 seeds at once
     python benchmarks/replay.py --live 2                # and check the replay against 2 live searches
     python benchmarks/replay.py --quick                 # CI: the --quick curves (records them if missing)
 
@@ -90,6 +91,38 @@ def rows() -> list[Row]:
     ]
 
 
+def grid_rows() -> list[Row]:
+    """The second grid of figure 10 (`--grid`): start-up trials, percentile and warm-up around the default, against
+    transformers' row."""
+    median = "median, n_startup_trials="
+    return [
+        Row("none", "none"),
+        Row("transformers' default setting: median (defaults), optimizer-step keys", "median", "accuracy", "steps"),
+        Row("project's default: median (defaults)", "median"),
+        *(Row(f"{median}{n}", {"name": "median", "n_startup_trials": n}) for n in (3, 4, 8)),
+        Row("median, n_min_trials=3", {"name": "median", "n_min_trials": 3}),
+        Row(
+            f"{median}3, n_warmup_steps=128 samples", {"name": "median", "n_startup_trials": 3, "n_warmup_steps": 128}
+        ),
+        Row(
+            f"{median}3, n_warmup_steps=256 samples", {"name": "median", "n_startup_trials": 3, "n_warmup_steps": 256}
+        ),
+        Row("percentile 40 (defaults)", {"name": "percentile", "percentile": 40.0}),
+        Row("percentile 40, n_startup_trials=8", {"name": "percentile", "percentile": 40.0, "n_startup_trials": 8}),
+        Row("percentile 45 (defaults)", {"name": "percentile", "percentile": 45.0}),
+        *(
+            Row(
+                f"percentile 45, n_startup_trials={n}",
+                {"name": "percentile", "percentile": 45.0, "n_startup_trials": n},
+            )
+            for n in (3, 4)
+        ),
+        Row("patient (patience 1) over median", {"name": "patient", "patience": 1, "wrapped": {"name": "median"}}),
+        Row(f"{median}3", {"name": "median", "n_startup_trials": 3}, "loss"),
+        Row("percentile 40 (defaults)", {"name": "percentile", "percentile": 40.0}, "loss"),
+    ]
+
+
 def load_table(path: str) -> dict[str, Any]:
     with open(path, encoding="utf-8") as f:
         table = json.load(f)
@@ -149,7 +182,12 @@ def replay_search(
 
 
 def summarize(
-    table: dict[str, Any], n_seeds: int, n_trials: int, samplers: list[str], first_seed: int = 0
+    table: dict[str, Any],
+    n_seeds: int,
+    n_trials: int,
+    samplers: list[str],
+    first_seed: int = 0,
+    settings: list[Row] | None = None,
 ) -> list[dict[str, Any]]:
     import optuna
 
@@ -158,7 +196,7 @@ def summarize(
     results = []
     for sampler_name in samplers:
         base: dict[int, tuple[int, float]] = {}
-        for row in rows():
+        for row in settings or rows():
             saved, points, best_pruned, best_drawn = [], [], 0, 0
             for seed in range(first_seed, first_seed + n_seeds):
                 trials = replay_search(table, row, sampler_name, seed, n_trials)
@@ -315,6 +353,9 @@ def main() -> int:
     parser.add_argument(
         "--first-seed", type=int, default=0, help="seeds first-seed .. first-seed+seeds-1 (20: a held-out check)"
     )
+    parser.add_argument(
+        "--grid", action="store_true", help="the second grid's rows (grid_rows) instead of the table's"
+    )
     parser.add_argument("--live", type=int, default=0, help="check the replay against this many live searches")
     parser.add_argument("--live-trials", type=int, default=6)
     parser.add_argument("--data", default=tasks.DEFAULT_DATA)
@@ -334,7 +375,7 @@ def main() -> int:
     n_seeds = a.seeds or (3 if a.quick else 20)
     n_trials = a.trials or (6 if a.quick else 30)
     start = time.perf_counter()
-    results = summarize(table, n_seeds, n_trials, ["random", "tpe"], a.first_seed)
+    results = summarize(table, n_seeds, n_trials, ["random", "tpe"], a.first_seed, grid_rows() if a.grid else None)
     seconds = time.perf_counter() - start
     meta = {
         "command": tables.command_line(),
@@ -353,7 +394,7 @@ def main() -> int:
         "transformers' default setting: Optuna's MedianPruner() reported at the optimizer step (trials with other "
         "batch sizes compared at other budgets), on the objective",
     ]
-    name = NAME if a.first_seed == 0 else f"{NAME}_seeds{a.first_seed}"
+    name = NAME + ("_grid" if a.grid else "") + (f"_seeds{a.first_seed}" if a.first_seed else "")
     tables.write_table(a.out, name, "Pruners on recorded curves", COLUMNS, results, meta, notes)
     if a.live:
         live = live_check(table, a.live, a.live_trials, a.data)
