@@ -152,6 +152,12 @@ def test_pruning_curves_replay(tmp_path):
     # The live search drew the same configurations, stopped the same trials at the same samples, as the replay.
     assert case["same configurations"] == case["same states"] == case["same samples seen"] == "3/3"
     assert case["largest accuracy gap (points)"] == 0.0
+    # --grid: the second grid's settings on the same curves, every one a real pruner that the replay can run.
+    replay = load("replay")
+    curves = replay.load_table(str(tmp_path / "curves_quick.json"))
+    grid = replay.summarize(curves, 1, 4, ["random"], first_seed=5, settings=replay.grid_rows())
+    assert [r["pruner"] for r in grid] == [r.label for r in replay.grid_rows()]
+    assert grid[0]["spec"] == "none" and grid[0]["saved median"] == 0.0
 
 
 def test_memory(tmp_path):
