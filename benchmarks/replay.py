@@ -191,7 +191,23 @@ def summarize(
 ) -> list[dict[str, Any]]:
     import optuna
 
+    # Thousands of in-memory studies would each log "A new study created"; the caller's verbosity comes back after.
+    verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
+    try:
+        return _summarize(table, n_seeds, n_trials, samplers, first_seed, settings)
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+
+
+def _summarize(
+    table: dict[str, Any],
+    n_seeds: int,
+    n_trials: int,
+    samplers: list[str],
+    first_seed: int,
+    settings: list[Row] | None,
+) -> list[dict[str, Any]]:
     best_config = max(table["curves"], key=lambda c: c["points"][-1]["accuracy"])["config"]
     results = []
     for sampler_name in samplers:

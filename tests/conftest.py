@@ -1,13 +1,24 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
+import optuna
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("WANDB_DISABLED", "true")
+
+
+@pytest.fixture(autouse=True)
+def _optuna_verbosity() -> Iterator[None]:
+    # Benchmarks and probes lower Optuna's verbosity in-process; a test that reads Optuna's log (a failed trial's
+    # traceback) must not depend on which test ran before it.
+    verbosity = optuna.logging.get_verbosity()
+    yield
+    optuna.logging.set_verbosity(verbosity)
 
 
 @pytest.fixture
