@@ -44,7 +44,9 @@ def batch_space(first: int, rest: int):
     return space
 
 
-def test_evaluations_fall_at_equal_samples_whatever_the_batch(out_dir):
+def search_counting_samples(out_dir, key: str, choices: list[int], **kwargs) -> dict[int, optuna.trial.FrozenTrial]:
+    """A 2-point grid over `key` whose accuracy is the share of the 64 training samples seen: each intermediate value
+    says where its evaluation fell. The trials by their value of `key`."""
     trainer = None
 
     def metrics(pred):
@@ -53,41 +55,31 @@ def test_evaluations_fall_at_equal_samples_whatever_the_batch(out_dir):
     trainer = make_trainer(
         out_dir,
         metrics,
-        hp_space={"per_device_train_batch_size": {"type": "categorical", "choices": [4, 8]}},
+        hp_space={key: {"type": "categorical", "choices": choices}},
         sampler="grid",
         pruner="none",
         n_trials=2,
+        **kwargs,
     )
     trainer.hyperparameter_search()
-    trials = {t.params["per_device_train_batch_size"]: t for t in trainer.study.trials}
+    assert trainer.args.eval_steps == 2  # the user's arguments are untouched
+    return {t.params[key]: t for t in trainer.study.trials}
+
+
+def test_evaluations_fall_at_equal_samples_whatever_the_batch(out_dir):
+    trials = search_counting_samples(out_dir, "per_device_train_batch_size", [4, 8])
     for batch, steps in ((4, 16), (8, 8)):
         t = trials[batch]
         # Batch 4 evaluates every 4 steps (eval_steps=2 was given at batch 8): the same 16-sample points.
         assert t.intermediate_values == {16: 0.25, 32: 0.5, 48: 0.75, 64: 1.0}
         assert t.user_attrs["steps"] == steps and t.user_attrs["samples"] == 64
         assert t.user_attrs["samples_per_step"] == batch
-    assert trainer.args.eval_steps == 2  # the user's arguments are untouched
 
 
 def test_gradient_accumulation_counts_in_the_samples(out_dir):
     """Accumulation searched at batch 4: 2 accumulated batches are one step of 8 samples, evaluated every 8 samples
     like the arguments' own (batch 4, no accumulation, eval_steps=2)."""
-    trainer = None
-
-    def metrics(pred):
-        return {"accuracy": samples_seen(trainer) / 64}
-
-    trainer = make_trainer(
-        out_dir,
-        metrics,
-        per_device_train_batch_size=4,
-        hp_space={"gradient_accumulation_steps": {"type": "categorical", "choices": [1, 2]}},
-        sampler="grid",
-        pruner="none",
-        n_trials=2,
-    )
-    trainer.hyperparameter_search()
-    trials = {t.params["gradient_accumulation_steps"]: t for t in trainer.study.trials}
+    trials = search_counting_samples(out_dir, "gradient_accumulation_steps", [1, 2], per_device_train_batch_size=4)
     points = {8 * i: i / 8 for i in range(1, 9)}
     for accumulation, steps in ((1, 16), (2, 8)):
         t = trials[accumulation]

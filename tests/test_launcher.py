@@ -83,6 +83,10 @@ def test_exact_budget_and_one_report(tmp_path, n_workers):
     assert text.count(f"Optuna search '{out.name}':") == 1
     assert text.count("Search report written to") == 1
     assert (out / "report" / "summary.json").is_file()
+    # One progress view over the whole study (in a log: a line per change), none from the workers.
+    shown = [int(m) for m in re.findall(rf"\[launcher\] (\d+)/{n_trials} trials finished", text)]
+    assert shown and shown == sorted(set(shown)) and shown[-1] == n_trials
+    assert not re.search(r"\[worker \d+\] .*(trials|steps):", text)
     # best_model/ holds the study's best trial, written by whichever worker ran it.
     record = json.loads((out / "best_model" / "trial.json").read_text())
     assert record["number"] == study.best_trial.number and record["value"] == study.best_value
