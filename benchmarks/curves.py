@@ -8,6 +8,7 @@ same space reproduces these curves (checked by `replay.py --live`).
 
     python benchmarks/curves.py                      # 48 configurations, written to benchmarks/results/curves.json
     python benchmarks/curves.py --quick --out /tmp/c # CI: tiny BERT, 4 configurations
+    python benchmarks/curves.py --n-train 1024 --seed 1  # a second table: curves_n1024_seed1.json
 
 The file is written after every configuration (by rename, so a kill loses at most the one in progress) and a rerun
 records only what is missing; settings that differ from the file's are refused rather than mixed into it.
@@ -44,10 +45,30 @@ QUICK_SPACE: dict[str, list[Any]] = {
 }
 
 
-def settings(quick: bool) -> dict[str, Any]:
+def settings(quick: bool, n_train: int | None = None, seed: int = 0) -> dict[str, Any]:
+    """The table's settings: `n_train` and `seed` (the subsets drawn and the training seed) make another table of the
+    same space, to check that a pruner setting chosen on one table holds on another."""
     if quick:
-        return dict(model="tiny-bert", layers=None, n_train=128, n_dev=64, eval_samples=32, seed=0, space=QUICK_SPACE)
-    return dict(model="minilm", layers=None, n_train=2048, n_dev=436, eval_samples=128, seed=0, space=SPACE)
+        return dict(
+            model="tiny-bert",
+            layers=None,
+            n_train=n_train or 128,
+            n_dev=64,
+            eval_samples=32,
+            seed=seed,
+            space=QUICK_SPACE,
+        )
+    return dict(
+        model="minilm", layers=None, n_train=n_train or 2048, n_dev=436, eval_samples=128, seed=seed, space=SPACE
+    )
+
+
+def table_file(quick: bool, n_train: int | None = None, seed: int = 0) -> str:
+    """`curves.json` for the default settings (figure 10), `curves_n1024_seed1.json` for another table."""
+    suffix = "".join(
+        part for part, given in ((f"_n{n_train}", n_train is not None), (f"_seed{seed}", seed != 0)) if given
+    )
+    return f"curves{'_quick' if quick else ''}{suffix}.json"
 
 
 def configurations(space: dict[str, list[Any]]) -> list[dict[str, Any]]:
@@ -144,10 +165,12 @@ def main() -> int:
     parser.add_argument("--data", default=tasks.DEFAULT_DATA)
     parser.add_argument("--out", default=tables.DEFAULT_OUT)
     parser.add_argument("--limit", type=int, default=None, help="record at most this many new configurations")
+    parser.add_argument("--n-train", type=int, default=None, help="training sentences (another table: 2048 default)")
+    parser.add_argument("--seed", type=int, default=0, help="subsets and training seed (another table: 0 default)")
     a = parser.parse_args()
-    s = settings(a.quick)
+    s = settings(a.quick, a.n_train, a.seed)
     os.makedirs(a.out, exist_ok=True)
-    path = os.path.join(a.out, "curves_quick.json" if a.quick else "curves.json")
+    path = os.path.join(a.out, table_file(a.quick, a.n_train, a.seed))
     task = tasks.make_task(s["model"], a.data, s["n_train"], s["n_dev"], seed=s["seed"], layers=s["layers"])
     meta = {
         "settings": s,

@@ -374,16 +374,20 @@ def main() -> int:
     )
     parser.add_argument("--live", type=int, default=0, help="check the replay against this many live searches")
     parser.add_argument("--live-trials", type=int, default=6)
+    parser.add_argument("--n-train", type=int, default=None, help="replay the table curves.py recorded with this")
+    parser.add_argument("--seed", type=int, default=0, help="replay the table curves.py recorded with this seed")
     parser.add_argument("--data", default=tasks.DEFAULT_DATA)
     parser.add_argument("--out", default=tables.DEFAULT_OUT)
     a = parser.parse_args()
-    path = os.path.join(a.out, "curves_quick.json" if a.quick else "curves.json")
+    curves_file = recorder.table_file(a.quick, a.n_train, a.seed)
+    path = os.path.join(a.out, curves_file)
     if a.quick and not os.path.isfile(path):
         subprocess.run(
             [
                 sys.executable,
                 os.path.join(os.path.dirname(__file__), "curves.py"),
-                *("--quick", "--out", a.out, "--data", a.data),
+                *("--quick", "--out", a.out, "--data", a.data, "--seed", str(a.seed)),
+                *(("--n-train", str(a.n_train)) if a.n_train else ()),
             ],
             check=True,
         )
@@ -410,13 +414,14 @@ def main() -> int:
         "transformers' default setting: Optuna's MedianPruner() reported at the optimizer step (trials with other "
         "batch sizes compared at other budgets), on the objective",
     ]
-    name = NAME + ("_grid" if a.grid else "") + (f"_seeds{a.first_seed}" if a.first_seed else "")
+    table_suffix = curves_file.removeprefix("curves").removeprefix("_quick").removesuffix(".json")
+    name = NAME + table_suffix + ("_grid" if a.grid else "") + (f"_seeds{a.first_seed}" if a.first_seed else "")
     tables.write_table(a.out, name, "Pruners on recorded curves", COLUMNS, results, meta, notes)
     if a.live:
         live = live_check(table, a.live, a.live_trials, a.data)
         tables.write_table(
             a.out,
-            NAME + "_live",
+            NAME + table_suffix + "_live",
             "Replay against live searches",
             LIVE_COLUMNS,
             live,

@@ -160,6 +160,27 @@ def test_pruning_curves_replay(tmp_path):
     assert grid[0]["spec"] == "none" and grid[0]["saved median"] == 0.0
 
 
+def test_a_second_curve_table_is_its_own_file(tmp_path):
+    # Another subset seed is another table: its own file beside the first, never mixed into it, and the replay of a
+    # table that is not finished is refused with what to do.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    common = ("--quick", "--out", str(tmp_path), "--data", str(tmp_path / "no-sst2"), "--seed", "1")
+    record = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "curves.py"), *common, "--limit", "1"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert record.returncode == 0, record.stdout[-2000:] + record.stderr[-2000:]
+    table = json.loads((tmp_path / "curves_quick_seed1.json").read_text())
+    assert table["meta"]["settings"]["seed"] == 1 and len(table["curves"]) == 1
+    assert not (tmp_path / "curves_quick.json").exists()
+    replay = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "replay.py"), *common],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert replay.returncode != 0
+    assert "curves_quick_seed1.json holds 1 of the space's 4 configurations; finish it" in replay.stderr
+
+
 def test_memory(tmp_path):
     table = run_quick("memory", tmp_path)
     numbers(
