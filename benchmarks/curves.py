@@ -63,12 +63,14 @@ def settings(quick: bool, n_train: int | None = None, seed: int = 0) -> dict[str
     )
 
 
+def table_suffix(n_train: int | None = None, seed: int = 0) -> str:
+    """What names another table's files: "" for the default settings, `_n1024_seed1` for another."""
+    return (f"_n{n_train}" if n_train is not None else "") + (f"_seed{seed}" if seed else "")
+
+
 def table_file(quick: bool, n_train: int | None = None, seed: int = 0) -> str:
     """`curves.json` for the default settings (figure 10), `curves_n1024_seed1.json` for another table."""
-    suffix = "".join(
-        part for part, given in ((f"_n{n_train}", n_train is not None), (f"_seed{seed}", seed != 0)) if given
-    )
-    return f"curves{'_quick' if quick else ''}{suffix}.json"
+    return f"curves{'_quick' if quick else ''}{table_suffix(n_train, seed)}.json"
 
 
 def configurations(space: dict[str, list[Any]]) -> list[dict[str, Any]]:

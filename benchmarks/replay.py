@@ -379,15 +379,14 @@ def main() -> int:
     parser.add_argument("--data", default=tasks.DEFAULT_DATA)
     parser.add_argument("--out", default=tables.DEFAULT_OUT)
     a = parser.parse_args()
-    curves_file = recorder.table_file(a.quick, a.n_train, a.seed)
-    path = os.path.join(a.out, curves_file)
+    path = os.path.join(a.out, recorder.table_file(a.quick, a.n_train, a.seed))
     if a.quick and not os.path.isfile(path):
         subprocess.run(
             [
                 sys.executable,
                 os.path.join(os.path.dirname(__file__), "curves.py"),
                 *("--quick", "--out", a.out, "--data", a.data, "--seed", str(a.seed)),
-                *(("--n-train", str(a.n_train)) if a.n_train else ()),
+                *(("--n-train", str(a.n_train)) if a.n_train is not None else ()),
             ],
             check=True,
         )
@@ -414,7 +413,7 @@ def main() -> int:
         "transformers' default setting: Optuna's MedianPruner() reported at the optimizer step (trials with other "
         "batch sizes compared at other budgets), on the objective",
     ]
-    table_suffix = curves_file.removeprefix("curves").removeprefix("_quick").removesuffix(".json")
+    table_suffix = recorder.table_suffix(a.n_train, a.seed)
     name = NAME + table_suffix + ("_grid" if a.grid else "") + (f"_seeds{a.first_seed}" if a.first_seed else "")
     tables.write_table(a.out, name, "Pruners on recorded curves", COLUMNS, results, meta, notes)
     if a.live:
