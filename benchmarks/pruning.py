@@ -155,9 +155,17 @@ def replay(path: str, out: str) -> dict[str, Any]:
     """
     import optuna
 
+    from optuna_trainer.log import optuna_verbosity
+
+    with optuna_verbosity(optuna.logging.ERROR):  # a study per replayed setting
+        return _replay(path, out)
+
+
+def _replay(path: str, out: str) -> dict[str, Any]:
+    import optuna
+
     from optuna_trainer.pruners import build_pruner
 
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
     table = json.load(open(path, encoding="utf-8"))
     s = table["meta"]["settings"]
     none = next(r for r in table["rows"] if r["spec"] == "none")

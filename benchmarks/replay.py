@@ -191,13 +191,10 @@ def summarize(
 ) -> list[dict[str, Any]]:
     import optuna
 
-    # Thousands of in-memory studies would each log "A new study created"; the caller's verbosity comes back after.
-    verbosity = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    try:
+    from optuna_trainer.log import optuna_verbosity
+
+    with optuna_verbosity(optuna.logging.ERROR):  # thousands of in-memory studies
         return _summarize(table, n_seeds, n_trials, samplers, first_seed, settings)
-    finally:
-        optuna.logging.set_verbosity(verbosity)
 
 
 def _summarize(

@@ -15,6 +15,7 @@ import optuna
 
 from .adapters import check_adapter_values, split_peft
 from .arguments import output_dir_of, trial_arguments
+from .log import optuna_verbosity
 from .models import check_model_values
 from .search_space import SearchSpace, check_aliases, check_key, check_model_keys, split_params
 
@@ -95,13 +96,9 @@ def probe_hp_space(hp_space: Any, args_class: type, config: Any) -> dict[str, An
     The scratch study never touches the search's storage; its random sample exercises every `suggest_*` call the
     space makes, so a misspelt key or a value of the wrong type fails here rather than in the first trial.
     """
-    verbosity = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created in memory" line for the probe
-    try:
+    with optuna_verbosity(optuna.logging.WARNING):  # no "A new study created in memory" line for the probe
         scratch = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
         trial = scratch.ask()
-    finally:
-        optuna.logging.set_verbosity(verbosity)
     values = hp_space(trial)
     if not isinstance(values, dict):
         raise TypeError(

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import optuna
 
 _ROOT = "optuna_trainer"
 
@@ -23,6 +27,18 @@ def _root() -> logging.Logger:
 def set_verbosity(level: int) -> None:
     """Set the level of every `optuna_trainer` logger (e.g. `logging.WARNING` to quiet the search)."""
     _root().setLevel(level)
+
+
+@contextmanager
+def optuna_verbosity(level: int) -> Iterator[None]:
+    """Optuna's verbosity at `level` inside the block and the caller's again after it, also when the block raises:
+    scratch studies (a space probe, a replay's thousands) then log no "A new study created" line."""
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(level)
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(verbosity)
 
 
 _root()
