@@ -112,8 +112,26 @@ def training_arguments(s: dict[str, Any], config: dict[str, Any], output_dir: st
     )
 
 
+def quiet_trainer(trainer_class: Any, task: tasks.Task, args: Any, **kwargs: Any) -> Any:
+    """A trainer (`Trainer`, `OptunaTrainer`) of the table's task: its model, subsets, collator and accuracy, printing
+    nothing per evaluation. The recorder, the live replay and transformers' live search all train through it."""
+    from transformers import PrinterCallback
+
+    kwargs.setdefault("compute_metrics", tasks.compute_metrics)
+    trainer = trainer_class(
+        args=args,
+        model_init=task.model_init,
+        train_dataset=task.train,
+        eval_dataset=task.dev,
+        data_collator=task.collator,
+        **kwargs,
+    )
+    trainer.remove_callback(PrinterCallback)  # disable_tqdm's replacement prints every evaluation
+    return trainer
+
+
 def record_one(task: tasks.Task, s: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
-    from transformers import PrinterCallback, Trainer, TrainerCallback
+    from transformers import Trainer, TrainerCallback
 
     points: list[dict[str, float]] = []
 
@@ -131,16 +149,7 @@ def record_one(task: tasks.Task, s: dict[str, Any], config: dict[str, Any]) -> d
 
     with tempfile.TemporaryDirectory() as out:
         args = training_arguments(s, config, out)
-        trainer = Trainer(
-            args=args,
-            model_init=task.model_init,
-            train_dataset=task.train,
-            eval_dataset=task.dev,
-            data_collator=task.collator,
-            compute_metrics=tasks.compute_metrics,
-            callbacks=[Recorder()],
-        )
-        trainer.remove_callback(PrinterCallback)  # disable_tqdm's replacement prints every evaluation
+        trainer = quiet_trainer(Trainer, task, args, callbacks=[Recorder()])
         start = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - start

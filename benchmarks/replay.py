@@ -62,13 +62,50 @@ class Row:
     spec: Any  # the pruner as a user writes it in OptunaTrainingArguments
     signal: str = "accuracy"  # "accuracy" or "loss" (prune_metric)
     budget: str = "samples"  # "samples" or "steps" (prune_budget)
+    # "samples": every trial evaluates at the table's equal sample counts (what OptunaTrainer does with its
+    # arguments' eval_steps). "fixed steps": every trial evaluates every `fixed_eval_steps(table)` optimizer steps
+    # whatever its batch, as transformers' search does with an integer eval_steps (its default: logging_steps), so
+    # a larger batch evaluates at more samples and less often.
+    schedule: str = "samples"
+
+
+# transformers' search with an integer eval_steps, its default: the same steps for every trial, keyed by step.
+TRANSFORMERS_DEFAULT = (
+    "transformers' default setting: median (defaults), eval_steps fixed in optimizer steps, step keys"
+)
+# The same pruner and keys with evaluations moved to equal samples (transformers does that only when eval_steps is
+# a fraction of training): isolates what the step keys alone do.
+TRANSFORMERS_EQUAL_SAMPLES = "transformers' median (defaults), step keys, evaluations at equal samples"
+
+
+def transformers_rows() -> list[Row]:
+    return [
+        Row(TRANSFORMERS_DEFAULT, "median", "accuracy", "steps", "fixed steps"),
+        Row(TRANSFORMERS_EQUAL_SAMPLES, "median", "accuracy", "steps"),
+    ]
+
+
+def fixed_eval_steps(table: dict[str, Any]) -> int:
+    """transformers' evaluation interval on this table: the table's sample spacing at the smallest batch (eval_steps=16
+    for batch 8 at 128 samples), the one fixed interval whose evaluations the table holds for every batch (a batch-32
+    trial then evaluates every 512 samples)."""
+    s = table["meta"]["settings"]
+    return int(s["eval_samples"]) // min(s["space"]["per_device_train_batch_size"])
+
+
+def evaluations(table: dict[str, Any], points: list[dict[str, Any]], row: Row) -> list[dict[str, Any]]:
+    """The recorded evaluations a trial of this row gets: all of them, or (fixed steps) those at multiples of the
+    fixed interval, and the end of training."""
+    if row.schedule == "samples":
+        return points
+    every = fixed_eval_steps(table)
+    return [p for i, p in enumerate(points) if p["step"] % every == 0 or i == len(points) - 1]
 
 
 def rows() -> list[Row]:
-    median_steps = "median (defaults), optimizer-step keys"
     return [
         Row("none", "none"),
-        Row(f"transformers' default setting: {median_steps}", "median", "accuracy", "steps"),
+        *transformers_rows(),
         Row("project's default: median (defaults)", "median"),
         Row("median (defaults)", "median", "loss"),
         Row("percentile 40 (defaults)", {"name": "percentile", "percentile": 40.0}),
@@ -97,7 +134,7 @@ def grid_rows() -> list[Row]:
     median = "median, n_startup_trials="
     return [
         Row("none", "none"),
-        Row("transformers' default setting: median (defaults), optimizer-step keys", "median", "accuracy", "steps"),
+        *transformers_rows(),
         Row("project's default: median (defaults)", "median"),
         *(Row(f"{median}{n}", {"name": "median", "n_startup_trials": n}) for n in (3, 4, 8)),
         Row("median, n_min_trials=3", {"name": "median", "n_min_trials": 3}),
@@ -155,11 +192,12 @@ def replay_search(
         trial = study.ask()
         config = {name: trial.suggest_categorical(name, choices) for name, choices in space.items()}
         points = by_config[recorder.config_key(config)]["points"]
-        seen, stopped = 0, False
-        for p in points:
+        seen, stopped, reported = 0, False, []
+        for p in evaluations(table, points, row):
             seen = p["samples"]
             value = p["accuracy"] if row.signal == "accuracy" else -p["loss"]  # oriented: the study maximizes
-            trial.report(value, p["samples"] if row.budget == "samples" else p["step"])
+            reported.append(p["samples"] if row.budget == "samples" else p["step"])
+            trial.report(value, reported[-1])
             if trial.should_prune():
                 stopped = True
                 break
@@ -174,6 +212,7 @@ def replay_search(
                 "config": config,
                 "pruned": stopped,
                 "samples": seen,
+                "reported at": reported,
                 "final": None if stopped else final,
                 "best": None if stopped else best,
             }
@@ -290,14 +329,7 @@ def live_search(
             save_best_model=False,
             search_report=False,
         )
-        trainer = OptunaTrainer(
-            args=args,
-            model_init=task.model_init,
-            train_dataset=task.train,
-            eval_dataset=task.dev,
-            data_collator=task.collator,
-            compute_metrics=metrics,
-        )
+        trainer = recorder.quiet_trainer(OptunaTrainer, task, args, compute_metrics=metrics)
         trainer.hyperparameter_search()
     for t in trainer.study.trials:
         finals[t.number] = t.value if t.value is not None else float("nan")
@@ -312,19 +344,81 @@ def live_search(
     ]
 
 
+def transformers_live_search(
+    table: dict[str, Any], row: Row, sampler_name: str, seed: int, n_trials: int, data: str
+) -> list[dict[str, Any]]:
+    """transformers' own search on the table's task (`Trainer.hyperparameter_search(backend="optuna")`, its
+    default pruner) with an integer eval_steps: per trial its configuration, state, samples and final accuracy."""
+    import optuna
+    from transformers import Trainer, TrainingArguments
+
+    from optuna_trainer.samplers import build_sampler
+
+    if row.spec != "median" or row.budget != "steps":
+        raise ValueError(f"{row.label}: transformers' search runs only its default (median, step keys)")
+    s = table["meta"]["settings"]
+    task = tasks.make_task(s["model"], data, s["n_train"], s["n_dev"], seed=s["seed"], layers=s["layers"])
+    # transformers keeps none of its study: it is created in a storage of ours, to read the trials back.
+    storage, study_name = optuna.storages.InMemoryStorage(), f"transformers-{seed}"
+
+    def hp_space(trial: Any) -> dict[str, Any]:
+        return {name: trial.suggest_categorical(name, choices) for name, choices in s["space"].items()}
+
+    with tempfile.TemporaryDirectory() as out:
+        args = TrainingArguments(
+            output_dir=out,
+            num_train_epochs=1,
+            per_device_train_batch_size=min(s["space"]["per_device_train_batch_size"]),
+            eval_strategy="steps",
+            eval_steps=fixed_eval_steps(table),  # the same optimizer steps for every trial, as transformers keeps it
+            # transformers casts each drawn value to the type of the argument's current value: an int 0 here would
+            # turn a warm-up ratio of 0.1 into 0 steps.
+            warmup_steps=0.0,
+            seed=s["seed"],
+            **recorder.QUIET,
+        )
+        trainer = recorder.quiet_trainer(Trainer, task, args)
+        trainer.hyperparameter_search(
+            direction="maximize",
+            backend="optuna",
+            n_trials=n_trials,
+            hp_space=hp_space,
+            compute_objective=lambda metrics: metrics["eval_accuracy"],
+            sampler=build_sampler({"name": sampler_name, "seed": seed}),
+            storage=storage,
+            study_name=study_name,
+        )
+    trials = optuna.load_study(study_name=study_name, storage=storage).trials
+    return [
+        {
+            "config": {name: t.params[name] for name in s["space"]},
+            "pruned": t.state.name == "PRUNED",
+            "samples": max(t.intermediate_values) * t.params["per_device_train_batch_size"],
+            "best": None if t.state.name == "PRUNED" else t.value,  # transformers' value: the last evaluation
+        }
+        for t in trials
+    ]
+
+
 LIVE_CASES = [
     (Row("median (defaults)", "median", "loss"), "random", 3),
     (Row("hyperband, min_resource=128 samples", {"name": "hyperband", "min_resource": 128}, "loss"), "tpe", 1),
+    (transformers_rows()[0], "random", 0),
 ]
 
 
-def live_check(table: dict[str, Any], k: int, n_trials: int, data: str) -> list[dict[str, Any]]:
+def live_check(table: dict[str, Any], cases: list[int], n_trials: int, data: str) -> list[dict[str, Any]]:
+    """Run LIVE_CASES[i] for each i in `cases` for real and compare it, trial by trial, with its replay."""
     results = []
-    for row, sampler_name, seed in LIVE_CASES[:k]:
+    for row, sampler_name, seed in (LIVE_CASES[i] for i in cases):
         start = time.perf_counter()
-        live = live_search(table, row, sampler_name, seed, n_trials, data)
+        search = transformers_live_search if row.schedule == "fixed steps" else live_search
+        live = search(table, row, sampler_name, seed, n_trials, data)
         seconds = time.perf_counter() - start
-        replayed = replay_search(table, row, sampler_name, seed, n_trials)
+        replayed = [
+            {**t, "best": t["final"] if row.schedule == "fixed steps" else t["best"]}  # what that search scores
+            for t in replay_search(table, row, sampler_name, seed, n_trials)
+        ]
         same_configs = [a["config"] == b["config"] for a, b in zip(live, replayed, strict=True)]
         same_states = [a["pruned"] == b["pruned"] for a, b in zip(live, replayed, strict=True)]
         same_samples = [a["samples"] == b["samples"] for a, b in zip(live, replayed, strict=True)]
@@ -335,7 +429,8 @@ def live_check(table: dict[str, Any], k: int, n_trials: int, data: str) -> list[
         ]
         results.append(
             {
-                "case": f"{sampler_name} seed {seed}, {row.label} on {row.signal}, {n_trials} trials",
+                "case": f"{sampler_name} seed {seed}, {row.label} on {row.signal}, {n_trials} trials"
+                + (" (transformers' own search)" if row.schedule == "fixed steps" else " (OptunaTrainer)"),
                 "same configurations": f"{sum(same_configs)}/{len(live)}",
                 "same states": f"{sum(same_states)}/{len(live)}",
                 "same samples seen": f"{sum(same_samples)}/{len(live)}",
@@ -369,7 +464,14 @@ def main() -> int:
     parser.add_argument(
         "--grid", action="store_true", help="the second grid's rows (grid_rows) instead of the table's"
     )
-    parser.add_argument("--live", type=int, default=0, help="check the replay against this many live searches")
+    parser.add_argument("--live", type=int, default=0, help="check the replay against the first K live cases")
+    parser.add_argument(
+        "--live-case",
+        type=int,
+        action="append",
+        default=None,
+        help="check the replay against this live case (index into LIVE_CASES; 2: transformers' own search)",
+    )
     parser.add_argument("--live-trials", type=int, default=6)
     parser.add_argument("--n-train", type=int, default=None, help="replay the table curves.py recorded with this")
     parser.add_argument("--seed", type=int, default=0, help="replay the table curves.py recorded with this seed")
@@ -407,14 +509,19 @@ def main() -> int:
         "and seed without pruning",
         "best config pruned: of the runs that drew the table's best configuration (by final accuracy), how many "
         "pruned it at least once",
-        "transformers' default setting: Optuna's MedianPruner() reported at the optimizer step (trials with other "
-        "batch sizes compared at other budgets), on the objective",
+        "transformers' default setting: what Trainer.hyperparameter_search(backend='optuna') does with an integer "
+        "eval_steps (its default): Optuna's MedianPruner() on the objective, every trial evaluated every "
+        f"{fixed_eval_steps(table)} optimizer steps whatever its batch and reported at the step, so trials with other "
+        "batch sizes are compared at other budgets and a larger batch is judged less often",
+        "transformers' median, step keys, evaluations at equal samples: the same pruner and keys with evaluations at "
+        "the table's equal sample counts (transformers with eval_steps as a fraction of training): the step keys alone",
     ]
     table_suffix = recorder.table_suffix(a.n_train, a.seed)
     name = NAME + table_suffix + ("_grid" if a.grid else "") + (f"_seeds{a.first_seed}" if a.first_seed else "")
     tables.write_table(a.out, name, "Pruners on recorded curves", COLUMNS, results, meta, notes)
-    if a.live:
-        live = live_check(table, a.live, a.live_trials, a.data)
+    cases = sorted(set(range(a.live)) | set(a.live_case or ()))
+    if cases:
+        live = live_check(table, cases, a.live_trials, a.data)
         tables.write_table(
             a.out,
             NAME + table_suffix + "_live",

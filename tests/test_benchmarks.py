@@ -135,29 +135,82 @@ def test_pruning(tmp_path):
 
 def test_pruning_curves_replay(tmp_path):
     # --quick records 4 tiny-BERT curves (the generated task), replays every row, and checks one live search.
-    extra = ("--data", str(tmp_path / "no-sst2"), "--live", "1", "--live-trials", "3")
+    extra = ("--data", str(tmp_path / "no-sst2"), "--live", "1", "--live-case", "2", "--live-trials", "3")
     table = run_quick("replay", tmp_path, extra=extra)
     rows = table["rows"]
     assert {r["sampler"] for r in rows} == {"random", "tpe"}
-    assert [r["pruner"] for r in rows[:2]] == [
+    assert [r["pruner"] for r in rows[:3]] == [
         "none",
-        "transformers' default setting: median (defaults), optimizer-step keys",
+        "transformers' default setting: median (defaults), eval_steps fixed in optimizer steps, step keys",
+        "transformers' median (defaults), step keys, evaluations at equal samples",
     ]
     for row in rows:
         assert row["saved min"] <= row["saved median"] <= row["saved max"] <= 100.0
         if row["spec"] == "none":
             assert row["saved median"] == 0.0 and row["points median"] == 0.0
     live = json.loads((tmp_path / "pruning_curves_live.json").read_text())["rows"]
-    (case,) = live
-    # The live search drew the same configurations, stopped the same trials at the same samples, as the replay.
-    assert case["same configurations"] == case["same states"] == case["same samples seen"] == "3/3"
-    assert case["largest accuracy gap (points)"] == 0.0
+    ours, theirs = live
+    assert ours["case"].endswith("(OptunaTrainer)") and theirs["case"].endswith("(transformers' own search)")
+    for case in live:
+        # The live search (OptunaTrainer's, and transformers' own for its row) drew the same configurations and
+        # stopped the same trials at the same samples as the replay.
+        assert case["same configurations"] == case["same states"] == case["same samples seen"] == "3/3"
+    # OptunaTrainer evaluates where the curves were recorded, so it also ends at the same accuracies. (transformers'
+    # trials of a larger batch evaluate less often than the recording, and every evaluation draws from torch's global
+    # generator: their dropout masks, and so their accuracies, may differ from the recorded ones.)
+    assert ours["largest accuracy gap (points)"] == 0.0
     # --grid: the second grid's settings on the same curves, every one a real pruner that the replay can run.
     replay = load("replay")
     curves = replay.load_table(str(tmp_path / "curves_quick.json"))
     grid = replay.summarize(curves, 1, 4, ["random"], first_seed=5, settings=replay.grid_rows())
     assert [r["pruner"] for r in grid] == [r.label for r in replay.grid_rows()]
     assert grid[0]["spec"] == "none" and grid[0]["saved median"] == 0.0
+
+
+def synthetic_table(values: dict[int, list[float]]) -> dict[str, Any]:
+    """A curve table of batch sizes 8 and 16 (one configuration each), an evaluation every 32 samples up to 128;
+    `values[batch]` the accuracy at each."""
+    curves = [
+        {
+            "config": {"per_device_train_batch_size": batch},
+            "points": [
+                {"samples": 32 * (i + 1), "step": 32 * (i + 1) // batch, "accuracy": v, "loss": 1.0 - v}
+                for i, v in enumerate(accuracies)
+            ],
+        }
+        for batch, accuracies in values.items()
+    ]
+    space = {"per_device_train_batch_size": list(values)}
+    return {"meta": {"settings": {"eval_samples": 32, "space": space}}, "curves": curves}
+
+
+def test_transformers_default_row_evaluates_at_fixed_steps():
+    # transformers keeps an integer eval_steps for every trial: 4 steps (32 samples at batch 8) is 64 samples at
+    # batch 16, so a batch-16 trial is evaluated, reported and can be stopped only every 64 samples, keyed by step.
+    replay = load("replay")
+    table = synthetic_table({8: [0.5, 0.6, 0.7, 0.8], 16: [0.1, 0.1, 0.1, 0.1]})
+    default, equal_samples = replay.transformers_rows()
+    assert replay.fixed_eval_steps(table) == 4
+    batch8, batch16 = (c["points"] for c in table["curves"])
+    assert [p["samples"] for p in replay.evaluations(table, batch16, default)] == [64, 128]
+    assert [p["samples"] for p in replay.evaluations(table, batch8, default)] == [32, 64, 96, 128]
+    assert replay.evaluations(table, batch16, equal_samples) == batch16
+    # Once five trials have completed, every batch-16 trial is judged against them and pruned at its first report
+    # that meets a batch-8 value at the same key: at 32 samples keyed by samples (the project's default), at its
+    # first evaluation (64 samples, step 4) with transformers' fixed steps, and at step 4 also when evaluated at
+    # equal samples, since step 2 (32 samples) of batch 16 meets no batch-8 evaluation.
+    project = replay.Row("project's default", "median")
+    for row, reported in ((default, [4]), (equal_samples, [2, 4]), (project, [32])):
+        trials = replay.replay_search(table, row, "random", seed=0, n_trials=20)
+        judged = [
+            t
+            for i, t in enumerate(trials)
+            if t["config"]["per_device_train_batch_size"] == 16 and sum(not u["pruned"] for u in trials[:i]) >= 5
+        ]
+        assert len(judged) >= 3, row.label
+        for t in judged:
+            assert t["pruned"] and t["reported at"] == reported, row.label
+            assert t["samples"] == (reported[-1] if row.budget == "samples" else reported[-1] * 16), row.label
 
 
 def test_a_second_curve_table_is_its_own_file(tmp_path):
