@@ -155,9 +155,9 @@ def test_pruning_curves_replay(tmp_path):
         # The live search (OptunaTrainer's, and transformers' own for its row) drew the same configurations and
         # stopped the same trials at the same samples as the replay.
         assert case["same configurations"] == case["same states"] == case["same samples seen"] == "3/3"
-    # OptunaTrainer evaluates where the curves were recorded, so it also ends at the same accuracies. (transformers'
-    # trials of a larger batch evaluate less often than the recording, and every evaluation draws from torch's global
-    # generator: their dropout masks, and so their accuracies, may differ from the recorded ones.)
+    # OptunaTrainer trains as the curves were recorded, so it also ends at the same accuracies. (transformers' search
+    # may not: its larger batches evaluate less often than the recording, every evaluation draws from torch's global
+    # generator, and it reuses one Trainer across trials; docs/benchmarks.md figure 10.)
     assert ours["largest accuracy gap (points)"] == 0.0
     # --grid: the second grid's settings on the same curves, every one a real pruner that the replay can run.
     replay = load("replay")
