@@ -414,12 +414,12 @@ def live_check(table: dict[str, Any], cases: list[int], n_trials: int, data: str
     """Run LIVE_CASES[i] for each i in `cases` for real and compare it, trial by trial, with its replay."""
     results = []
     for row, sampler_name, seed in (LIVE_CASES[i] for i in cases):
+        theirs = row.schedule == "fixed steps"  # transformers' row: its own search, which scores the last evaluation
         start = time.perf_counter()
-        search = transformers_live_search if row.schedule == "fixed steps" else live_search
-        live = search(table, row, sampler_name, seed, n_trials, data)
+        live = (transformers_live_search if theirs else live_search)(table, row, sampler_name, seed, n_trials, data)
         seconds = time.perf_counter() - start
         replayed = [
-            {**t, "best": t["final"] if row.schedule == "fixed steps" else t["best"]}  # what that search scores
+            {**t, "best": t["final"] if theirs else t["best"]}
             for t in replay_search(table, row, sampler_name, seed, n_trials)
         ]
         same_configs = [a["config"] == b["config"] for a, b in zip(live, replayed, strict=True)]
@@ -433,7 +433,7 @@ def live_check(table: dict[str, Any], cases: list[int], n_trials: int, data: str
         results.append(
             {
                 "case": f"{sampler_name} seed {seed}, {row.label} on {row.signal}, {n_trials} trials"
-                + (" (transformers' own search)" if row.schedule == "fixed steps" else " (OptunaTrainer)"),
+                + (" (transformers' own search)" if theirs else " (OptunaTrainer)"),
                 "same configurations": f"{sum(same_configs)}/{len(live)}",
                 "same states": f"{sum(same_states)}/{len(live)}",
                 "same samples seen": f"{sum(same_samples)}/{len(live)}",

@@ -134,7 +134,8 @@ def test_pruning(tmp_path):
 
 
 def test_pruning_curves_replay(tmp_path):
-    # --quick records 4 tiny-BERT curves (the generated task), replays every row, and checks one live search.
+    # --quick records 4 tiny-BERT curves (the generated task), replays every row, and checks two live searches:
+    # OptunaTrainer's (case 0) and transformers' own (case 2).
     extra = ("--data", str(tmp_path / "no-sst2"), "--live", "1", "--live-case", "2", "--live-trials", "3")
     table = run_quick("replay", tmp_path, extra=extra)
     rows = table["rows"]
