@@ -63,3 +63,10 @@ def machine() -> dict[str, Any]:
         "optuna": optuna.__version__,
         "torch_threads": torch.get_num_threads(),
     }
+
+
+def folder_bytes(path: str) -> int:
+    """The bytes of every file under `path`."""
+    import os
+
+    return sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(path) for f in files)

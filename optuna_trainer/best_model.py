@@ -4,7 +4,11 @@ A new best is written beside the current one (`best_model.incoming/`: weights, c
 then swapped in by two renames (the current one to `best_model.outgoing/`, the new one to `best_model/`). A kill at any
 point leaves either the old or the new best complete, with its own `trial.json`: before the first rename
 `best_model/` is untouched, and between the two renames `recover()` (run before every save and at every search start)
-puts `best_model.outgoing/` back. Leftovers of an interrupted save are removed there too.
+puts `best_model.outgoing/` back. Leftovers of an interrupted save are removed there too. A save that fails (a full
+disk) removes its own `best_model.incoming/` before the error goes on.
+
+Workers sharing `output_dir` write, and clean up, under one file lock (`best_model_lock`): a worker that starts (or
+restarts) while another is in the middle of a save must not take that save's `best_model.incoming/` for a leftover.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ def stored_record(output_dir: str) -> dict[str, Any] | None:
 
 def recover(output_dir: str) -> None:
     """Undo what an interrupted save left: put the previous best back if the swap was cut between its two renames,
-    and remove the half-written new one."""
+    and remove the half-written new one. Call it holding `best_model_lock(output_dir)`."""
     best, incoming, outgoing = (os.path.join(output_dir, name) for name in (BEST_MODEL_DIR, INCOMING, OUTGOING))
     if not os.path.isdir(best) and os.path.isdir(outgoing):
         os.rename(outgoing, best)
@@ -60,14 +64,20 @@ def save_best_model(trainer: Trainer, output_dir: str, record: dict[str, Any]) -
     if should_save:
         recover(output_dir)
     incoming = os.path.join(output_dir, INCOMING)
-    trainer.save_model(incoming)
     best = os.path.join(output_dir, BEST_MODEL_DIR)
-    if not should_save:
-        return best
-    with open(os.path.join(incoming, RECORD), "w", encoding="utf-8") as f:
-        json.dump(record, f, indent=2, default=str)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        trainer.save_model(incoming)
+        if not should_save:
+            return best
+        with open(os.path.join(incoming, RECORD), "w", encoding="utf-8") as f:
+            json.dump(record, f, indent=2, default=str)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        # A full disk (or any error) mid-write: the previous best_model/ is untouched; no half-written copy stays.
+        if should_save:
+            shutil.rmtree(incoming, ignore_errors=True)
+        raise
     outgoing = os.path.join(output_dir, OUTGOING)
     if os.path.isdir(best):
         os.rename(best, outgoing)

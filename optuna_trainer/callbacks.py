@@ -10,9 +10,10 @@ at the same step (see distributed.py).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import optuna
@@ -110,7 +111,11 @@ class OptunaPruningCallback(TrainerCallback):
     def _judge(self, args: TrainingArguments, state: TrainerState, metrics: dict[str, float]) -> str | None:
         """Record the value and return why the trial stops here, or None to go on."""
         self.last_metrics = dict(metrics)
-        value = self.objective(metrics)
+        if self.objective.compute_objective is not None:
+            with current_best_metric(args, state, metrics):
+                value = self.objective(metrics)
+        else:
+            value = self.objective(metrics)
         self.objective.record(state.global_step, value)
         if not is_finite(value):
             # A NaN/inf objective would poison the sampler; the trial ends here and is recorded as pruned.
@@ -171,6 +176,29 @@ class OptunaPruningCallback(TrainerCallback):
     def best(self) -> ObjectiveValue | None:
         """The best objective over this trial's evaluations."""
         return self.objective.best()
+
+
+@contextlib.contextmanager
+def current_best_metric(args: TrainingArguments, state: TrainerState, metrics: dict[str, float]) -> Iterator[None]:
+    """`state.best_metric` as it stands once this evaluation counts, for as long as a user objective reads it.
+
+    `Trainer` updates `best_metric` only after the evaluation callbacks have run (`Trainer._determine_best_metric`,
+    transformers 5.x): an objective that reads it (the seed note's `best_metric if not None else eval_accuracy`)
+    would see the best of the evaluations before this one, and the trial would credit this evaluation's weights with
+    another evaluation's value (best_weights.py keeps the weights of the evaluation whose value is best). The same
+    rule as transformers' (`metric_for_best_model`, `greater_is_better`) is applied to a view that is undone
+    afterwards, so that transformers' own update runs unchanged.
+    """
+    previous = state.best_metric
+    name = args.metric_for_best_model
+    value = metrics.get(name if name.startswith("eval_") else f"eval_{name}") if name else None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if previous is None or (value > previous if args.greater_is_better else value < previous):
+            state.best_metric = float(value)
+    try:
+        yield
+    finally:
+        state.best_metric = previous
 
 
 class NonFiniteLossCallback(TrainerCallback):
@@ -296,4 +324,11 @@ class TrialStepsProgressCallback(ProgressCallback):
         self.current_step = 0
 
 
-__all__ = ["Decide", "NonFiniteLossCallback", "OptunaPruningCallback", "TrialStepsProgressCallback", "same_decision"]
+__all__ = [
+    "Decide",
+    "NonFiniteLossCallback",
+    "OptunaPruningCallback",
+    "TrialStepsProgressCallback",
+    "current_best_metric",
+    "same_decision",
+]

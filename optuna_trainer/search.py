@@ -11,17 +11,18 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 import optuna
 import torch
-from transformers import Trainer, TrainingArguments
+from transformers import PreTrainedModel, Trainer, TrainingArguments
 from transformers.trainer_utils import BestRun
 
 from .adapters import Adapters, has_adapter_keys
 from .arguments import output_dir_of
-from .best_model import best_model_lock, recover, save_best_model, stored_record
+from .best_model import BEST_MODEL_DIR, best_model_lock, recover, save_best_model, stored_record
 from .checks import check_before_study
 from .claims import local_lock
 from .compatibility import check_continuation
@@ -120,6 +121,8 @@ class Search:
             self.run_trials()
         if self.settings.search_report and self.study is not None and self.trainer.is_world_process_zero():
             write_report(self.study, output_dir_of(self.base_args), settings=self.settings)
+        if self.base_args.load_best_model_at_end:
+            self._load_best_model()
         return self.coordinator.finish_search(self.best_runs)
 
     def _remaining(self) -> int:
@@ -131,7 +134,10 @@ class Search:
 
     def run_trials(self) -> None:
         if self.trainer.args.should_save and self.settings.save_best_model:
-            recover(output_dir_of(self.base_args))  # a previous run killed in the middle of saving the best model
+            # A previous run killed in the middle of saving the best model; under the lock, so that another worker's
+            # save in progress is not taken for a leftover.
+            with best_model_lock(output_dir_of(self.base_args)):
+                recover(output_dir_of(self.base_args))
         self.best = BestSoFar(*self.coordinator.share(self._stored_best() if self.coordinator.is_main else None))
         self._take_trainer()
         self.trackers = TrialTrackers(self.trainer, self.study, self.settings.study_name, self.coordinator.is_main)
@@ -243,6 +249,30 @@ class Search:
 
     # ---- the best trial --------------------------------------------------------------------------------------
 
+    def _load_best_model(self) -> None:
+        """`load_best_model_at_end=True`: after the search, `trainer.model` is `best_model/` (the best trial's best
+        weights, with its config), loaded as a new object; the model the user passed in stays as it was."""
+        output_dir = output_dir_of(self.base_args)
+        # Every process reads what the main one wrote; sharing its record is also the wait for its last save.
+        record = self.coordinator.share(stored_record(output_dir) if self.coordinator.is_main else None)
+        model = self.trainer.model
+        if record is None or record.get("study_name") != self.settings.study_name:
+            logger.warning(f"load_best_model_at_end: no best_model/ of study {self.settings.study_name!r} to load")
+            return
+        if self.settings.adapters or not isinstance(model, PreTrainedModel):
+            logger.warning(
+                f"load_best_model_at_end: trainer.model stays the model before the search; load "
+                f"{os.path.join(output_dir, BEST_MODEL_DIR)} yourself (a PEFT adapter: PeftModel.from_pretrained(base, "
+                "that folder))"
+            )
+            return
+        best: torch.nn.Module = type(model).from_pretrained(os.path.join(output_dir, BEST_MODEL_DIR))
+        if self.trainer.place_model_on_device:
+            best = best.to(self.trainer.args.device)
+        trainer: Any = self.trainer  # transformers types model narrower than the models it accepts
+        trainer.model = trainer.model_wrapped = best
+        logger.info(f"load_best_model_at_end: trainer.model is trial {record.get('number')}'s best_model/")
+
     def _stored_best(self) -> tuple[Any, str | None]:
         assert self.study is not None
         value = best_value(self.study)
@@ -288,12 +318,18 @@ class Search:
             if on_disk is not None and not is_better(value, on_disk, direction):
                 self.best.value = on_disk
                 return False
-            record = {
+            record: dict[str, Any] = {
                 "study_name": self.settings.study_name,
                 "number": run.trial.number,
                 "value": value,
                 "params": run.values,
             }
+            if run.best_weights is not None and run.best_weights.held is not None:
+                # The weights of the evaluation the value comes from, not those of the last step (best_weights.py).
+                run.best_weights.restore()
+                step = run.best_weights.held.step
+                per_step = run.trial.user_attrs.get("samples_per_step")
+                record.update(step=step, samples=step * per_step if per_step else None)
             save_best_model(self.trainer, output_dir, record)
             return True
         finally:

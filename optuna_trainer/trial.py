@@ -28,6 +28,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, number_of_argument
 
 from .adapters import split_peft
 from .arguments import output_dir_of, trial_arguments
+from .best_weights import BestWeightsCallback
 from .budget import align_evaluations, samples_per_step
 from .callbacks import NonFiniteLossCallback, OptunaPruningCallback
 from .faults import trial_failure
@@ -154,7 +155,9 @@ class TrialRun:
         self.objective: Objective = dataclasses.replace(search.settings.objective, history=[])
         self.pruning: OptunaPruningCallback | None = None
         self.guard: NonFiniteLossCallback | None = None
+        self.best_weights: BestWeightsCallback | None = None
         self.finished = False
+        self.requeued = False  # interrupted and queued again: its checkpoints are where the next run resumes
 
     def execute(self) -> Any:
         try:
@@ -168,6 +171,7 @@ class TrialRun:
         except (Exception, KeyboardInterrupt) as err:
             if isinstance(err, KeyboardInterrupt):
                 self.search.requeue(self.trial.number)  # Ctrl-C: the study keeps the trial's place for the next run
+                self.requeued = True
             failure = trial_failure(self.trial, err, self.settings.continue_on_oom, catch=self.settings.catch)
             if failure is err:
                 raise
@@ -243,6 +247,11 @@ class TrialRun:
             every_step=self.coordinator.world_size == 1,
         )
         self.trainer.add_callback(self.guard)
+        if self.settings.save_best_model and not self.objective.multi:
+            # best_model/ must hold the weights of the evaluation the trial's value comes from (best_weights.py);
+            # added after the pruning callback, which records each evaluation's value first.
+            self.best_weights = BestWeightsCallback(self.objective, self.current_model)
+            self.trainer.add_callback(self.best_weights)
         if self.search.trackers is not None and self.search.trackers.active:
             self.search.trackers.before_trial(self.trial.number)
 
@@ -300,16 +309,33 @@ class TrialRun:
         return value
 
     def score(self) -> ObjectiveValue | None:
-        """The trial's value: the best objective over its evaluations."""
+        """The trial's value: the best objective over its evaluations whose weights are kept (best_weights.py)."""
         assert self.pruning is not None
         metrics = self.pruning.last_metrics
         if self.objective.compute_objective is not None and metrics is not None:
-            # A user objective may read trainer.state (the seed's `best_metric if not None else eval_accuracy`),
-            # which Trainer updates only after the evaluation callbacks ran: read it once more now that it is final.
+            # A user objective may read trainer.state beyond the metrics: read it once more now that it is final.
             value = self.objective(metrics)
             if is_finite(value):
                 self.objective.record(self.trainer.state.global_step, value)
-        return self.objective.best()
+        best = self.objective.best()
+        held = self.best_weights.held if self.best_weights is not None else None
+        if held is None or best == held.value:
+            return best
+        # A value no kept weights re-evaluate to is not handed back: the trial's value is what best_model/ holds.
+        assert self.best_weights is not None
+        unbacked = self.best_weights.best_unbacked()
+        why = (
+            f"its evaluation at step {unbacked[0]} ({unbacked[1]}) came before the checkpoint it resumed from, whose "
+            "weights are all that is left of that run"
+            if unbacked is not None
+            else f"compute_objective gave {best} after training, which no evaluation's weights re-evaluate to (it "
+            "reads trainer.state beyond the metrics)"
+        )
+        logger.warning(
+            f"Trial {self.trial.number}: {why}; its value is {held.value}, the best evaluation whose weights are kept "
+            f"(step {held.step})"
+        )
+        return held.value
 
     # ---- finish ----------------------------------------------------------------------------------------------
 
@@ -326,11 +352,13 @@ class TrialRun:
             self.trial.set_user_attr("samples", state.global_step * per_step)
             if state.max_steps:
                 self.trial.set_user_attr("max_samples", state.max_steps * per_step)
-        for callback in (self.pruning, self.guard):
+        for callback in (self.pruning, self.guard, self.best_weights):
             if callback is not None:
                 self.trainer.remove_callback(callback)
         if self.guard is not None:
             self.guard.close()
+        if self.best_weights is not None:
+            self.best_weights.release()
         if self.search.trackers is not None:
             self.search.trackers.after_trial()
         if self.search.adapters is not None:
@@ -338,7 +366,8 @@ class TrialRun:
         release_trial_memory(self.trainer)
         if self.settings.gc_after_trial:
             gc.collect()
-        if self.run_dir and not (self.finished and self.search.best.run_dir == self.run_dir):
+        keep = self.requeued or (self.finished and self.search.best.run_dir == self.run_dir)
+        if self.run_dir and not keep:
             delete_checkpoints(self.run_dir, self.trainer.args.should_save)
 
 

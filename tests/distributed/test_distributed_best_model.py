@@ -1,0 +1,73 @@
+"""Under DDP, best_model/ is the gathered weights of the best trial's best evaluation (2 gloo processes on the CPU)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+from transformers import BertForSequenceClassification
+
+from optuna_trainer.best_model import BEST_MODEL_DIR
+from optuna_trainer.testing import kill_process_tree, weights_hash
+
+from .test_distributed_search import BOUND_S, ROOT, _free_port
+
+SCRIPT = Path(__file__).with_name("best_model_script.py")
+
+pytestmark = [pytest.mark.distributed, pytest.mark.timeout(BOUND_S + 60)]
+
+
+def test_best_model_is_the_best_evaluations_gathered_weights(tmp_path: Path) -> None:
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(_free_port()),
+        str(SCRIPT),
+        "--out",
+        str(tmp_path),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
+    try:
+        output, _ = proc.communicate(timeout=BOUND_S)
+    except subprocess.TimeoutExpired:
+        kill_process_tree(proc)
+        output, _ = proc.communicate()
+        pytest.fail(f"still running after {BOUND_S}s, killed (a hang)\n{output[-4000:]}")
+    finally:
+        if proc.poll() is None:
+            kill_process_tree(proc)
+    assert proc.returncode == 0, output[-4000:]
+
+    ranks = [json.loads((tmp_path / f"hashes{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["hashes"] == ranks[1]["hashes"]  # replicas in step at every evaluation
+    study = optuna.load_study(study_name=tmp_path.name, storage=f"sqlite:///{tmp_path / 'study.db'}")
+    best = study.best_trial
+    record = json.loads((tmp_path / BEST_MODEL_DIR / "trial.json").read_text())
+    assert record["number"] == best.number and record["value"] == best.value
+    # The step of the best evaluation (intermediate values are keyed by samples: 8 per process x 2 processes).
+    values = sorted(best.intermediate_values.items())
+    best_at = next(at for at, v in values if v == min(v for _, v in values))
+    assert record["step"] == best_at // 16 < 8 and record["samples"] == best_at
+    saved = BertForSequenceClassification.from_pretrained(str(tmp_path / BEST_MODEL_DIR))
+    at_eval = ranks[0]["hashes"][best.user_attrs["run_dir"]]
+    assert weights_hash(saved) == at_eval[str(record["step"])]
+    assert weights_hash(saved) != at_eval["8"]  # not the spoiled last step
