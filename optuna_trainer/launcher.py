@@ -17,9 +17,13 @@ Each worker is the user's own command, unchanged, with an environment that the s
 
 A worker that dies is reported, its running trial is marked FAIL and queued again with its parameters (continued from
 its checkpoint by whichever worker takes it), and the worker is started again. Ctrl-C is passed to every worker (each
-marks its running trial FAIL and leaves), so the study is left consistent and the same command continues it. The
-command exits once every worker has left: 0 when the study holds its `n_trials` finished trials (or a stop rule
-ended it), 1 otherwise.
+marks its running trial FAIL, queues it again and leaves), so the study is left consistent and the same command
+continues it; SIGTERM (what Slurm, Kubernetes and spot preemption send) is handled the same way and passed on as
+SIGTERM, which the search turns into the same interrupt (signals.py). The launcher keeps reading the workers' output
+until every process of every worker has left (a worker writing to a closed pipe would fail its trial with a
+`BrokenPipeError` instead), and queues again any trial a worker left RUNNING. The command exits once every worker has
+left: 0 when the study holds its `n_trials` finished trials (or a stop rule ended it), 1 otherwise, 130 after Ctrl-C,
+143 after SIGTERM; 127 when the command does not exist.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import json
 import logging
 import os
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -51,6 +56,13 @@ ENV_STORAGE = "OPTUNA_TRAINER_STORAGE"
 JOURNAL_NAME = "optuna_journal.log"
 MAX_RESTARTS = 3  # per worker slot: a command that dies at once every time is not retried forever
 STOP_GRACE = 60.0  # seconds the workers get to leave after Ctrl-C before they are killed
+# After the kill at the end of STOP_GRACE: how long to wait for the killed groups to be gone (a zombie that nobody
+# reaps, in a container without an init, would otherwise keep the launcher waiting forever).
+KILL_GRACE = 10.0
+# Exit codes as shells report them: 128 + the signal that stopped the launcher; 126/127 for a command that cannot run.
+EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
+EXIT_NOT_EXECUTABLE = 126
+EXIT_NOT_FOUND = 127
 
 
 # ---- the worker's side -------------------------------------------------------------------------------------------
@@ -143,9 +155,50 @@ def split_devices(n_workers: int, per_worker: int, devices: list[str]) -> list[l
     return [[devices[(i * per_worker + j) % len(devices)] for j in range(per_worker)] for i in range(n_workers)]
 
 
+def available_cores() -> int:
+    """The cores this process may run on (its affinity mask: what Slurm and containers grant, not the machine's)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def cpu_threads(n_workers: int, processes_per_worker: int = 1) -> int:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores // max(1, n_workers * processes_per_worker))
+    return max(1, available_cores() // max(1, n_workers * processes_per_worker))
+
+
+class CommandError(ValueError):
+    """The worker command cannot be started (not found, or not executable); `exit_code` as a shell would give."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def check_command(command: list[str]) -> None:
+    """Raise `CommandError` naming the program when `command[0]` cannot be run, before any worker is started."""
+    program = command[0]
+    if shutil.which(program) is not None:
+        return
+    if os.sep in program and os.path.exists(program):
+        raise CommandError(
+            f"workers: {program!r} is not an executable file; make it executable (chmod +x) or run it with its "
+            "interpreter, e.g. -- python train.py",
+            EXIT_NOT_EXECUTABLE,
+        )
+    where = "no such file" if os.sep in program else "not found on PATH"
+    raise CommandError(
+        f"workers: command {program!r} {where}; check the command after --, e.g. -- python train.py config.yaml",
+        EXIT_NOT_FOUND,
+    )
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether any process of the process group `pgid` is left (a worker's children may outlive its first process)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # a process of the group that is not ours any more: it exists
+        return True
+    return True
 
 
 @dataclass
@@ -159,6 +212,7 @@ class Worker:
     last_code: int | None = None
     pids: set[int] = field(default_factory=set)  # the search processes it announced (rank 0 of each run)
     reader: threading.Thread | None = None
+    pgid: int | None = None  # its process group (its own session), kept after its first process has exited
 
 
 class Launcher:
@@ -177,6 +231,7 @@ class Launcher:
             raise ValueError(f"workers: N must be at least 1, got {n_workers}")
         if not command:
             raise ValueError("workers: give the training command after --, e.g. -- python train.py config.yaml")
+        check_command(command)
         self.command = command
         self.n_workers = n_workers
         self.storage = storage
@@ -218,8 +273,11 @@ class Launcher:
             self.workers.append(Worker(i, worker_devices, env, command=with_port(command, int(port))))
         self.threads = threads
         self.devices = devices
+        self.cores = available_cores()
         self.stopping = False
-        self._lock = threading.Lock()
+        self.stop_signal: int | None = None  # the signal that stopped the launcher (SIGINT or SIGTERM)
+        # Reentrant: the signal handler says a line on the main thread, which may be inside say() already.
+        self._lock = threading.RLock()
         self.study: optuna.Study | None = None
         self.record: dict[str, Any] | None = None
 
@@ -246,13 +304,19 @@ class Launcher:
     # ---- workers -----------------------------------------------------------------------------------------------
 
     def start(self, worker: Worker) -> None:
-        worker.proc = subprocess.Popen(
-            worker.command,
-            env=worker.env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: Ctrl-C and kills reach every process of it
-        )
+        try:
+            worker.proc = subprocess.Popen(
+                worker.command,
+                env=worker.env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group: Ctrl-C and kills reach every process of it
+            )
+        except OSError as err:  # checked at start; removed or made unreadable since
+            worker.proc, worker.last_code = None, EXIT_NOT_FOUND
+            self.say(f"[launcher] worker {worker.index}: cannot start {worker.command[0]!r}: {err.strerror}")
+            return
+        worker.pgid = worker.proc.pid  # a new session's process group has the id of its first process
         worker.reader = threading.Thread(target=self._pump, args=(worker, worker.proc.stdout), daemon=True)
         worker.reader.start()
 
@@ -265,6 +329,22 @@ class Launcher:
         )
         storage = "the --storage given" if self.storage else "the command's storage (default: a journal file)"
         return f"{self.n_workers} worker(s) of {shlex.join(self.command)!r} on {where}; study in {storage}"
+
+    def oversubscribed(self) -> str | None:
+        """A warning when the CPU workers' threads exceed the cores (None when they fit, or on GPUs)."""
+        if self.devices:
+            return None  # GPU workers: "packed" in describe() says when they share devices
+        try:
+            threads = max(1, int(self.workers[0].env["OMP_NUM_THREADS"]))  # the user's own value when set
+        except (KeyError, ValueError):
+            threads = self.threads
+        if self.n_workers * threads <= self.cores:
+            return None
+        return (
+            f"[launcher] warning: {self.n_workers} workers x {threads} thread(s) each = {self.n_workers * threads} "
+            f"threads on {self.cores} core(s): the workers compete for the cores and each trial runs slower; "
+            f"use at most {max(1, self.cores // threads)} worker(s) here"
+        )
 
     def _read_record(self) -> None:
         """The study the workers announced (the first one that did), and each worker's search pids."""
@@ -306,12 +386,15 @@ class Launcher:
         owners = {f"{socket.gethostname()}:{pid}" for pid in worker.pids}
         retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
         numbers = []
-        for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if trial.user_attrs.get("worker") not in owners:
+        trials = self.study.get_trials(deepcopy=False)
+        for trial in trials:
+            if trial.state != TrialState.RUNNING or trial.user_attrs.get("worker") not in owners:
                 continue
             # What a heartbeat storage does for a stale trial, done at once (a journal file has no heartbeat).
             self.study.tell(trial.number, state=TrialState.FAIL)
-            retry(self.study, self.study.get_trials(deepcopy=False)[trial.number])
+            # A worker interrupted between queueing its trial again and marking it FAIL left a copy already.
+            if not any(t.system_attrs.get("failed_trial") == trial.number for t in trials):
+                retry(self.study, self.study.get_trials(deepcopy=False)[trial.number])
             numbers.append(trial.number)
         return numbers
 
@@ -319,13 +402,18 @@ class Launcher:
 
     def run(self) -> int:
         self.say(f"optuna-trainer workers: {self.describe()}")
-        previous = signal.signal(signal.SIGINT, self._interrupt)
+        warning = self.oversubscribed()
+        if warning:
+            self.say(warning)
+        previous = {signum: signal.signal(signum, self._interrupt) for signum in EXIT_SIGNAL}
         try:
             for worker in self.workers:
-                self.start(worker)
+                if not self.stopping:  # a signal during the start: the ones not started yet stay so
+                    self.start(worker)
             return self._watch()
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
             if self._bar is not None:
                 self._bar.close()
             import shutil
@@ -333,21 +421,29 @@ class Launcher:
             shutil.rmtree(self.launch_dir, ignore_errors=True)
 
     def _interrupt(self, signum: int, frame: Any) -> None:
+        """SIGINT or SIGTERM: pass it on to every process of every worker, and keep watching them until they leave.
+
+        SIGTERM is passed on as SIGTERM: a cluster that stops a job sends it to every process of it as well, and the
+        search takes a second SIGTERM as the same request (signals.py), where a SIGTERM and a SIGINT would be two."""
         if self.stopping:
             return
         self.stopping = True
+        self.stop_signal = signum
+        name = "Interrupted" if signum == signal.SIGINT else signal.Signals(signum).name
         self.say(
-            "Interrupted: stopping every worker (each marks its running trial FAIL; run the command again to continue)"
+            f"{name}: stopping every worker (each marks its running trial FAIL and queues it again; run the command "
+            "again to continue)"
         )
         for worker in self.workers:
             if worker.proc is not None and worker.proc.poll() is None:
                 try:
-                    os.killpg(worker.proc.pid, signal.SIGINT)
+                    os.killpg(worker.proc.pid, signum)
                 except ProcessLookupError:
                     pass
 
     def _watch(self) -> int:
         stop_deadline: float | None = None
+        swept: set[int] = set()  # workers whose left-over RUNNING trials were queued again after the stop
         while True:
             self._read_record()
             self._show_progress()
@@ -376,13 +472,36 @@ class Launcher:
             if self.stopping:
                 if stop_deadline is None:
                     stop_deadline = time.monotonic() + STOP_GRACE
-                if not alive:
-                    return 130
-                if time.monotonic() > stop_deadline:
-                    for worker in alive:
-                        assert worker.proc is not None
-                        os.killpg(worker.proc.pid, signal.SIGKILL)
-                        self.requeue_trials_of(worker)
+                now = time.monotonic()
+                # A worker has left once every process of its group has: its first process may be a shell or an
+                # `accelerate launch` that exits before the search process under it is done queueing its trial.
+                running = {w.index for w in alive}
+                lingering = [
+                    w for w in self.workers if w.index not in running and w.pgid is not None and _group_alive(w.pgid)
+                ]
+                for worker in self.workers:
+                    if worker.index in running or worker in lingering or worker.index in swept:
+                        continue
+                    swept.add(worker.index)
+                    numbers = self.requeue_trials_of(worker)  # none when the search left as on Ctrl-C
+                    if numbers:
+                        self.say(
+                            f"[launcher] worker {worker.index} left trial(s) {numbers}: marked FAIL, queued again"
+                        )
+                if (not alive and not lingering) or now > stop_deadline + KILL_GRACE:
+                    for worker in self.workers:
+                        if worker.index not in swept:  # killed and not gone yet: nothing will finish its trial
+                            self.requeue_trials_of(worker)
+                        if worker.reader is not None:
+                            worker.reader.join(timeout=5)  # the workers' last lines, up to their pipes' end
+                    return EXIT_SIGNAL.get(signal.Signals(self.stop_signal or signal.SIGINT), 130)
+                if now > stop_deadline:
+                    for worker in [*alive, *lingering]:
+                        assert worker.pgid is not None
+                        try:
+                            os.killpg(worker.pgid, signal.SIGKILL)
+                        except ProcessLookupError:
+                            pass
                 time.sleep(0.2)
                 continue
             if not alive:
@@ -472,9 +591,22 @@ def main(argv: list[str]) -> int:
         launcher = Launcher(
             command, args.n_workers, args.devices_per_worker, args.storage, progress=not args.no_progress
         )
+    except CommandError as err:
+        # One line, as a shell says it: a usage text or a traceback would bury the name that is wrong.
+        print(f"optuna-trainer {err}", file=sys.stderr)
+        return err.exit_code
     except ValueError as err:
         parser.error(str(err))
     return launcher.run()
 
 
-__all__ = ["LaunchEnv", "Launcher", "launch_env", "main", "split_devices", "with_port"]
+__all__ = [
+    "CommandError",
+    "LaunchEnv",
+    "Launcher",
+    "check_command",
+    "launch_env",
+    "main",
+    "split_devices",
+    "with_port",
+]

@@ -36,6 +36,7 @@ from .progress import TrialProgress
 from .report import write_report
 from .samplers import continued_sampler
 from .settings import SearchSettings, resolve_settings
+from .signals import interrupt_on_sigterm
 from .storage import MAX_RETRY, default_storage_url
 from .trackers import TrialTrackers
 from .trial import TrialRun, apply_arguments, delete_checkpoints
@@ -140,12 +141,20 @@ class Search:
                 recover(output_dir_of(self.base_args))
         self.best = BestSoFar(*self.coordinator.share(self._stored_best() if self.coordinator.is_main else None))
         self._take_trainer()
-        self.trackers = TrialTrackers(self.trainer, self.study, self.settings.study_name, self.coordinator.is_main)
+        self.trackers = TrialTrackers(
+            self.trainer,
+            self.study,
+            self.settings.study_name,
+            self.coordinator.is_main,
+            lock=self.settings.claim_lock,  # one parent run per study, across the workers of every machine
+        )
         interrupted = False
         try:
-            if self.trackers.active:
-                self.trackers.start()
-            self.coordinator.optimize(self.study, self.run_trial, drive=self.drive, stop=self.stop)
+            # SIGTERM (Slurm, Kubernetes, spot preemption) stops the search as Ctrl-C does (signals.py).
+            with interrupt_on_sigterm():
+                if self.trackers.active:
+                    self.trackers.start()
+                self.coordinator.optimize(self.study, self.run_trial, drive=self.drive, stop=self.stop)
         except KeyboardInterrupt:
             interrupted = True
             logger.warning(

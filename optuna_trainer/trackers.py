@@ -8,6 +8,13 @@ the run of the trial before (transformers issue 11944). Here every trial is a ru
   and one nested run per trial (transformers' `MLflowCallback`, fresh for each trial, with `MLFLOW_NESTED_RUN`);
 - W&B: one run per trial named `trial-<number>` in a group named after the study (`WANDB_RUN_GROUP`, `WANDB_NAME`);
 
+With several workers on one study (`optuna-trainer workers N`) there is still one MLflow parent run: the first worker
+creates it under a lock that every worker of the study takes (the study's claim lock where the search passes it, else
+a file lock under `output_dir`), and the others reopen it. A new SQLite tracking store (MLflow's default,
+`sqlite:///mlflow.db`) is created by one process at a time: MLflow creates its tables on first open, and two workers
+doing so at once fail with `OperationalError`. A tracking server that cannot be reached fails the search at its
+start, with the tracking URI's password masked (`MLFLOW_TRACKING_URI` may hold one: `http://user:pass@host`).
+
 and once Optuna has told the trial, its run gets the trial's number, state (`optuna.state`: COMPLETE, PRUNED, FAIL),
 value, parameters and intermediate values (`optuna.intermediate` at each pruning step), then it is closed: a
 pruned or failed trial is closed as KILLED / FAILED in MLflow and with exit code 1 (failed) in W&B. A trial that
@@ -16,17 +23,27 @@ failed before training began gets a run all the same. Only the main process logs
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Iterator
 from typing import Any
 
+import filelock
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 from transformers import Trainer, TrainerCallback
 
+from .claims import ClaimLock, file_lock
+from .storage import mask_url
+
 logger = logging.getLogger(__name__)
 
 MLFLOW_PARENT_ATTR = "mlflow_parent_run_id"
+# Beside the study's run folders: the lock under which one worker creates the study's parent run.
+MLFLOW_PARENT_LOCK = "mlflow_parent.lock"
+# How long a worker waits for another that is creating a new SQLite tracking store (a few seconds at most).
+STORE_LOCK_TIMEOUT_S = 120
 _MLFLOW_STATUS = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "KILLED", TrialState.FAIL: "FAILED"}
 
 
@@ -58,11 +75,22 @@ class _TrialRunId(TrainerCallback):
 class TrialTrackers:
     """Starts, groups and closes one tracker run per trial; `__call__` is the Optuna study callback."""
 
-    def __init__(self, trainer: Trainer, study: optuna.Study | None, study_name: str, is_main: bool) -> None:
+    def __init__(
+        self,
+        trainer: Trainer,
+        study: optuna.Study | None,
+        study_name: str,
+        is_main: bool,
+        lock: ClaimLock | None = None,
+    ) -> None:
+        """`lock`: the study's claim lock (claims.py), which every worker of the study shares, across machines too;
+        without it a file lock under `output_dir` serializes the workers of one machine."""
         wanted = _report_to(trainer)
         self.trainer = trainer
         self.study = study
         self.study_name = study_name
+        self.lock = lock
+        self.output_dir = str(trainer.args.output_dir)
         self.is_main = is_main and trainer.is_world_process_zero()
         # Named: as transformers, which fails where the package is missing; "all": the installed ones.
         self.mlflow = "mlflow" in wanted or ("all" in wanted and _available("mlflow"))
@@ -94,20 +122,58 @@ class TrialTrackers:
         tracking = os.environ.get("MLFLOW_TRACKING_URI")
         if tracking:
             mlflow.set_tracking_uri(tracking)
-        if os.environ.get("MLFLOW_EXPERIMENT_NAME"):
-            mlflow.set_experiment(os.environ["MLFLOW_EXPERIMENT_NAME"])
+        uri = mlflow.get_tracking_uri()
+        try:
+            with _store_lock(uri):
+                # The store's first open creates its tables (SQLite): one worker at a time.
+                mlflow.MlflowClient(uri).search_experiments(max_results=1)
+            with self._parent_lock():
+                if os.environ.get("MLFLOW_EXPERIMENT_NAME"):
+                    mlflow.set_experiment(os.environ["MLFLOW_EXPERIMENT_NAME"])  # created by the first worker
+                self.parent_run_id = self._start_parent(mlflow)
+        except (filelock.Timeout, ValueError):
+            raise
+        except Exception as err:  # noqa: BLE001 - any client or server error: one clear line, password masked
+            first_line = mask_url(str(err)).strip().splitlines()[0] if str(err).strip() else ""
+            raise RuntimeError(
+                f"report_to: MLflow at {mask_url(uri)!r} failed at the start of the search "
+                f"({type(err).__name__}: {first_line}); check MLFLOW_TRACKING_URI and that its server answers, or "
+                "leave mlflow out of report_to"
+            ) from None
+
+    @contextlib.contextmanager
+    def _parent_lock(self) -> Iterator[None]:
+        """Held from reading the study's parent run id to storing a new one: N workers, one parent run."""
+        if self.lock is not None:
+            lock = self.lock
+        else:
+            os.makedirs(self.output_dir, exist_ok=True)
+            lock = file_lock(os.path.join(self.output_dir, MLFLOW_PARENT_LOCK))
+        lock.acquire()
+        try:
+            yield
+        finally:
+            lock.release()
+
+    def _start_parent(self, mlflow: Any) -> str:
+        """Reopen the study's parent run (the study continues, or another worker created it), else create it."""
+        # Read under the lock: the attribute another worker stored a moment ago counts.
         previous = self.study.user_attrs.get(MLFLOW_PARENT_ATTR) if self.study is not None else None
         run = None
         if previous:
             try:
-                run = mlflow.start_run(run_id=previous)  # the study continues: its parent run too
-            except Exception:  # noqa: BLE001 - deleted, or another tracking store: start a new parent run
+                run = mlflow.start_run(run_id=previous)
+            except Exception as err:  # noqa: BLE001 - deleted, or another tracking store: start a new parent run
+                logger.info(
+                    f"MLflow: the study's parent run {previous} cannot be reopened ({type(err).__name__}); "
+                    "starting a new one"
+                )
                 run = None
         if run is None:
             run = mlflow.start_run(run_name=self.study_name, tags={"optuna.study_name": self.study_name})
             if self.study is not None:
                 self.study.set_user_attr(MLFLOW_PARENT_ATTR, run.info.run_id)
-        self.parent_run_id = run.info.run_id
+        return str(run.info.run_id)
 
     def end(self, interrupted: bool = False) -> None:
         if self.mlflow and self.is_main and self.parent_run_id is not None:
@@ -243,6 +309,34 @@ def _trial_wandb_callback(number: int, study_name: str) -> TrainerCallback:
             self.setup(args, state, model, **kwargs)
 
     return TrialWandbCallback()
+
+
+@contextlib.contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """A file lock beside a SQLite tracking store while it is opened (nothing for a server or a folder)."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    from sqlalchemy.engine import make_url
+
+    database = make_url(uri).database
+    if not database or database == ":memory:":
+        yield
+        return
+    path = os.path.abspath(database) + ".lock"
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    lock = filelock.FileLock(path, timeout=STORE_LOCK_TIMEOUT_S)
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        raise ValueError(
+            f"report_to: another worker has been creating the MLflow store {database} for over "
+            f"{STORE_LOCK_TIMEOUT_S} s (it holds {path}); wait for it, or remove that file if no search runs"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _available(name: str) -> bool:

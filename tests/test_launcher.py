@@ -290,3 +290,112 @@ def test_each_worker_may_be_an_accelerate_launch_of_two_processes(tmp_path):
     assert len(study.trials) == len(finished) == 4
     assert sorted(t.params["learning_rate"] for t in finished) == [1e-3, 2e-3, 3e-3, 4e-3]
     assert len({t.user_attrs["worker"] for t in finished}) == 2  # two launches of two processes each
+
+
+def _descendants(pid: int) -> list[int]:
+    import psutil
+
+    return [p.pid for p in psutil.Process(pid).children(recursive=True)]
+
+
+def _alive(pids: list[int]) -> list[int]:
+    import psutil
+
+    left = []
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                left.append(pid)
+        except psutil.NoSuchProcess:
+            pass
+    return left
+
+
+def test_sigterm_stops_every_worker_queues_their_trials_again_and_the_same_command_continues(tmp_path):
+    """What Slurm, Kubernetes and spot preemption send: the study is left as after Ctrl-C, with exit code 143."""
+    out = tmp_path / "out"
+    spec = {
+        "output_dir": str(out),
+        "storage": None,
+        "hp_space": grid(12),
+        "sampler": "grid",
+        "n_trials": 12,
+        "_test": {"trial_sleep": 3},  # trials RUNNING when the signal comes
+    }
+    log = tmp_path / "launcher.log"
+    proc = launch(2, spec, log)
+    deadline = time.monotonic() + BOUND_S
+    while not re.search(r"\[launcher\] [1-9]\d*/12 trials finished", log.read_text() if log.exists() else ""):
+        if time.monotonic() > deadline or proc.poll() is not None:
+            kill_process_tree(proc)
+            pytest.fail(f"no trial finished; output:\n{log.read_text()[-4000:]}")
+        time.sleep(0.2)
+    time.sleep(1.0)  # into the next trials' sleep: both workers hold a RUNNING trial
+    running = [t.number for t in load(out).trials if t.state.name == "RUNNING"]
+    children = _descendants(proc.pid)
+    assert running and children
+    os.kill(proc.pid, signal.SIGTERM)  # the launcher only, as `kill <pid>` or a pod's deletion
+    assert wait(proc, log, bound=120) == 143, log.read_text()[-4000:]
+    text = log.read_text()
+    assert _alive(children) == [], f"left running: {_alive(children)}"
+    assert "BrokenPipeError" not in text and "SIGTERM: stopping every worker" in text
+    study = load(out)
+    states = {t.number: t.state.name for t in study.trials}
+    assert "RUNNING" not in states.values()
+    for number in running:  # each interrupted trial: FAIL, and queued again once with its parameters
+        assert states[number] == "FAIL"
+        (copy,) = [t for t in study.trials if t.system_attrs.get("failed_trial") == number]
+        assert copy.state.name == "WAITING" and copy.params == study.trials[number].params
+    # The same command continues the study to its budget, every grid point once.
+    spec["_test"] = {}
+    log2 = tmp_path / "launcher2.log"
+    assert wait(launch(2, spec, log2), log2) == 0, log2.read_text()[-4000:]
+    finished = [t for t in load(out).trials if t.state.name in ("COMPLETE", "PRUNED")]
+    assert len(finished) == 12 and len({t.params["learning_rate"] for t in finished}) == 12
+
+
+def test_a_command_that_does_not_exist_is_one_line(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run(
+        [sys.executable, "-m", "optuna_trainer.cli", "workers", "2", "--", "no-such-cmd-xyz", "train.py"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 127
+    assert done.stdout == ""
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "'no-such-cmd-xyz' not found on PATH" in lines[0], done.stderr
+    assert "Traceback" not in done.stderr
+    script = tmp_path / "train.sh"
+    script.write_text("echo hi\n")  # not executable
+    done = subprocess.run(
+        [sys.executable, "-m", "optuna_trainer.cli", "workers", "1", "--", str(script)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 126 and "is not an executable file" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_more_worker_threads_than_cores_is_said_at_start(monkeypatch):
+    import io
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})  # a 2-core machine
+    out = io.StringIO()
+    assert Launcher(["true"], 5, out=out, progress=False).run() == 1  # `true` starts no search
+    first = out.getvalue().splitlines()[:2]
+    assert "CPU, 1 thread(s) each" in first[0]
+    assert first[1].startswith("[launcher] warning: 5 workers x 1 thread(s) each = 5 threads on 2 core(s)")
+    out = io.StringIO()
+    Launcher(["true"], 2, out=out, progress=False).run()
+    assert "warning" not in out.getvalue()  # 2 workers x 1 thread fit 2 cores
+    monkeypatch.setenv("OMP_NUM_THREADS", "4")  # the user's own value is kept, and counted
+    out = io.StringIO()
+    Launcher(["true"], 2, out=out, progress=False).run()
+    assert "2 workers x 4 thread(s) each = 8 threads on 2 core(s)" in out.getvalue()

@@ -117,3 +117,161 @@ def test_wandb_offline_one_run_per_trial_in_the_studys_group(out_dir, tmp_path, 
         evals = [row for row in run["history"] if "eval/accuracy" in row]
         assert len(evals) == {0: 4, 1: 0, 2: 1}[number]  # no trial's evaluations in another trial's run
     assert by_number[0]["summary"]["optuna/value"] == 0.9
+
+
+def _launch_workers(n_workers: int, spec: dict, log):
+    """`optuna-trainer workers N -- python -m tests.search_worker <spec>`, bounded: past it, killed and failed."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from optuna_trainer.testing import kill_process_tree
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(repo), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    command = [sys.executable, "-m", "tests.search_worker", json.dumps(spec)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "optuna_trainer.cli", "workers", str(n_workers), "--no-progress", "--", *command],
+        cwd=repo,
+        env=env,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        return proc.wait(timeout=300)
+    except subprocess.TimeoutExpired:
+        kill_process_tree(proc)
+        pytest.fail(f"the launcher ran past 300 s; its output:\n{log.read_text()[-4000:]}")
+
+
+def test_mlflow_with_several_workers_one_parent_run_and_a_fresh_sqlite_store(tmp_path, monkeypatch):
+    """N workers starting together on a new SQLite tracking store: none dies, and the study has one parent run."""
+    need("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"  # does not exist yet: the workers create it together
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    out = tmp_path / "out"
+    choices = [1e-3, 2e-3, 3e-3, 4e-3, 5e-3, 6e-3]
+    spec = {
+        "output_dir": str(out),
+        "storage": None,
+        "hp_space": {"learning_rate": {"type": "categorical", "choices": choices}},
+        "sampler": "grid",
+        "n_trials": len(choices),
+        "report_to": ["mlflow"],
+    }
+    log = tmp_path / "launcher.log"
+    assert _launch_workers(3, spec, log) == 0, log.read_text()[-4000:]
+    text = log.read_text()
+    assert "died" not in text and "started again" not in text and "OperationalError" not in text, text[-4000:]
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(out / "optuna_journal.log"))
+    )
+    study = optuna.load_study(study_name=out.name, storage=storage)
+    assert len({t.user_attrs["worker"] for t in study.trials}) > 1  # the trials ran on several workers
+    runs = MlflowClient(uri).search_runs(experiment_ids=["0"])
+    parents = [r for r in runs if r.info.run_name == study.study_name]
+    assert len(parents) == 1, [r.info.run_name for r in runs]
+    (parent,) = parents
+    assert study.user_attrs["mlflow_parent_run_id"] == parent.info.run_id
+    trials = [r for r in runs if r is not parent]
+    assert sorted(int(r.data.tags["optuna.trial_number"]) for r in trials) == list(range(len(choices)))
+    assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in trials)
+
+
+def test_a_password_in_the_mlflow_tracking_uri_is_never_printed(tmp_path, monkeypatch):
+    need("mlflow")
+    import socket
+
+    from optuna_trainer.testing import start_worker
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://alice:s3cr3t-pw@127.0.0.1:{port}")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    spec = {"output_dir": str(tmp_path / "out"), "storage": "memory", "n_trials": 1, "report_to": ["mlflow"]}
+    log = tmp_path / "worker.log"
+    proc = start_worker(spec, log)
+    try:
+        code = proc.wait(timeout=240)
+    except Exception:
+        proc.kill()
+        pytest.fail(f"the worker ran past 240 s:\n{log.read_text()[-4000:]}")
+    text = log.read_text()
+    assert code != 0
+    assert "s3cr3t-pw" not in text, text[-4000:]
+    lines = [line for line in text.splitlines() if "MLflow at " in line]
+    assert lines and f"'http://alice:***@127.0.0.1:{port}'" in lines[-1], text[-4000:]
+
+
+# One worker's start of the search's trackers, at the moment the file `go` appears (after it wrote `ready-<i>`).
+STARTER = """
+import os, sys, time, types
+import optuna
+from optuna_trainer.trackers import TrialTrackers
+out, journal, i = sys.argv[1:4]
+storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(journal))
+study = optuna.load_study(study_name="s", storage=storage)
+args = types.SimpleNamespace(report_to=["mlflow"], output_dir=out)
+trackers = TrialTrackers(types.SimpleNamespace(args=args, is_world_process_zero=lambda: True), study, "s", True)
+import mlflow  # imports and the store opened before the start: the workers reach the study at the same moment
+mlflow.MlflowClient(os.environ["MLFLOW_TRACKING_URI"]).search_experiments()
+open(os.path.join(out, f"ready-{i}"), "w").close()
+while not os.path.exists(os.path.join(out, "go")):
+    time.sleep(0.001)
+trackers.start()
+print("PARENT", trackers.parent_run_id, flush=True)
+trackers.end()
+"""
+
+
+def test_workers_starting_together_share_one_mlflow_parent_run(tmp_path, monkeypatch):
+    """The parent run is created once under a lock: workers that read the study at the same moment all see it."""
+    need("mlflow")
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    MlflowClient(uri).search_experiments()  # the store exists: only the parent run is raced for
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    journal = tmp_path / "journal.log"
+    optuna.create_study(
+        study_name="s",
+        storage=optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal))),
+    )
+    out = tmp_path / "out"
+    out.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", STARTER, str(out), str(journal), str(i)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(3)
+    ]
+    try:
+        deadline = time.monotonic() + 180
+        while not all((out / f"ready-{i}").exists() for i in range(3)):
+            assert time.monotonic() < deadline and all(p.poll() is None for p in procs), "a starter never got ready"
+            time.sleep(0.05)
+        (out / "go").touch()
+        outputs = [p.communicate(timeout=120)[0] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert all(p.returncode == 0 for p in procs), outputs
+    ids = {line.split()[1] for text in outputs for line in text.splitlines() if line.startswith("PARENT ")}
+    runs = MlflowClient(uri).search_runs(experiment_ids=["0"])
+    assert len(ids) == 1 and [r.info.run_id for r in runs] == list(ids), (ids, outputs)
