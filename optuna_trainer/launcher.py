@@ -416,8 +416,6 @@ class Launcher:
                 signal.signal(signum, handler)
             if self._bar is not None:
                 self._bar.close()
-            import shutil
-
             shutil.rmtree(self.launch_dir, ignore_errors=True)
 
     def _interrupt(self, signum: int, frame: Any) -> None:
