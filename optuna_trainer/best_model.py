@@ -55,10 +55,12 @@ def recover(output_dir: str) -> None:
         shutil.rmtree(leftover, ignore_errors=True)
 
 
-def save_best_model(trainer: Trainer, output_dir: str, record: dict[str, Any]) -> str:
+def save_best_model(trainer: Trainer, output_dir: str, record: dict[str, Any], saved: str | None = None) -> str:
     """Write the trainer's model as the new `best_model/` with `record` as its `trial.json`; return its path.
 
     Every process calls it (`save_model` gathers sharded weights); only the one that saves touches the files.
+    `saved`: a folder `save_model` already wrote (the best evaluation of a sharded model, best_weights.py), moved in
+    instead of saving the model as it is now.
     """
     should_save = trainer.args.should_save
     if should_save:
@@ -66,7 +68,10 @@ def save_best_model(trainer: Trainer, output_dir: str, record: dict[str, Any]) -
     incoming = os.path.join(output_dir, INCOMING)
     best = os.path.join(output_dir, BEST_MODEL_DIR)
     try:
-        trainer.save_model(incoming)
+        if saved is None:
+            trainer.save_model(incoming)
+        elif should_save:
+            os.replace(saved, incoming)
         if not should_save:
             return best
         with open(os.path.join(incoming, RECORD), "w", encoding="utf-8") as f:

@@ -11,6 +11,11 @@ buffer; for a PEFT adapter only the adapter and its fully trained modules) costs
 Every process keeps its own copy (under DDP each holds the full replica and judges the same metrics, so all keep the
 same step), and every process puts it back before `save_model` gathers the weights.
 
+Where each process holds only a shard of the weights (DeepSpeed ZeRO-3, FSDP), a copy of the local tensors could not
+be gathered again later; there the best evaluation is written with `save_model` instead (which gathers the shards,
+on every process) to `best-evaluation/` in the trial's run directory, as transformers' `save_strategy="best"` does,
+and that folder becomes `best_model/` (`on_disk`).
+
 A trial resumed from a checkpoint holds, of the evaluations before the checkpoint, only the weights of the
 checkpoint's own step: an earlier evaluation that was better cannot be handed back, so it does not count towards the
 trial's value (`unbacked`; the trial says so in the log).
@@ -20,16 +25,31 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from .objective import Objective
 
 logger = logging.getLogger(__name__)
+
+BEST_EVALUATION_DIR = "best-evaluation"  # in a trial's run directory, where the weights are kept on disk
+
+
+def shards_weights(trainer: Trainer) -> bool:
+    """Whether each process holds only a shard of the weights (DeepSpeed ZeRO-3 or FSDP): then the best evaluation
+    is kept on disk, gathered by `save_model`, instead of as a copy of the local tensors."""
+    if getattr(trainer, "is_fsdp_enabled", False):
+        return True
+    if getattr(trainer, "is_deepspeed_enabled", False):
+        plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
+        return getattr(plugin, "zero_stage", None) == 3
+    return False
 
 
 @dataclass(frozen=True)
@@ -61,11 +81,21 @@ class BestWeightsCallback(TrainerCallback):
     Args:
         objective: the trial's objective (its `history` is what the evaluations recorded).
         model: returns the model the trial trains.
+        save_to: with sharded weights, where to keep the best evaluation (`<run_dir>/best-evaluation`), and
+        save: the trainer's `save_model`, called on every process to write it there.
     """
 
-    def __init__(self, objective: Objective, model: Callable[[], torch.nn.Module | None]) -> None:
+    def __init__(
+        self,
+        objective: Objective,
+        model: Callable[[], torch.nn.Module | None],
+        save_to: str | None = None,
+        save: Callable[[str], None] | None = None,
+    ) -> None:
         self.objective = objective
         self.model = model
+        self.save_to = save_to if save is not None else None
+        self.save = save
         self.direction = objective.directions[0]
         self.held: BestEvaluation | None = None
         self.unbacked: list[tuple[int, float]] = []  # evaluations before a resume point whose weights are gone
@@ -101,6 +131,12 @@ class BestWeightsCallback(TrainerCallback):
         model = self.model()
         if model is None:
             return
+        if self.save_to is not None and self.save is not None:
+            # Gathered by save_model on every process; the previous best evaluation's folder is replaced whole.
+            shutil.rmtree(self.save_to, ignore_errors=True)
+            self.save(self.save_to)
+            self.held = BestEvaluation(step, value)
+            return
         with torch.no_grad():
             tensors = changeable_tensors(model)
             if self._tensors is None or self._tensors.keys() != tensors.keys():
@@ -121,6 +157,11 @@ class BestWeightsCallback(TrainerCallback):
             return None
         return max(better, key=lambda sv: sv[1]) if self.direction == "maximize" else min(better, key=lambda sv: sv[1])
 
+    @property
+    def on_disk(self) -> str | None:
+        """The folder that holds the best evaluation, written by `save_model`, when kept on disk (sharded weights)."""
+        return self.save_to if self.save_to is not None and self.held is not None else None
+
     def restore(self) -> None:
         """Put the best evaluation's weights back into the trial's model (on every process, before saving it)."""
         model = self.model()
@@ -134,8 +175,10 @@ class BestWeightsCallback(TrainerCallback):
                 current[name].copy_(saved)
 
     def release(self) -> None:
-        """Free the copy (the trial is over)."""
+        """Free the copy (the trial is over); a folder on disk not taken as `best_model/` goes too."""
         self._tensors = None
+        if self.save_to is not None and os.path.isdir(self.save_to):
+            shutil.rmtree(self.save_to, ignore_errors=True)
 
 
-__all__ = ["BestEvaluation", "BestWeightsCallback", "changeable_tensors"]
+__all__ = ["BEST_EVALUATION_DIR", "BestEvaluation", "BestWeightsCallback", "changeable_tensors", "shards_weights"]

@@ -333,13 +333,15 @@ class Search:
                 "value": value,
                 "params": run.values,
             }
+            saved = None
             if run.best_weights is not None and run.best_weights.held is not None:
                 # The weights of the evaluation the value comes from, not those of the last step (best_weights.py).
                 run.best_weights.restore()
+                saved = run.best_weights.on_disk
                 step = run.best_weights.held.step
                 per_step = run.trial.user_attrs.get("samples_per_step")
                 record.update(step=step, samples=step * per_step if per_step else None)
-            save_best_model(self.trainer, output_dir, record)
+            save_best_model(self.trainer, output_dir, record, saved=saved)
             return True
         finally:
             if lock is not None:

@@ -28,7 +28,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, number_of_argument
 
 from .adapters import split_peft
 from .arguments import output_dir_of, trial_arguments
-from .best_weights import BestWeightsCallback
+from .best_weights import BEST_EVALUATION_DIR, BestWeightsCallback, shards_weights
 from .budget import align_evaluations, samples_per_step
 from .callbacks import NonFiniteLossCallback, OptunaPruningCallback
 from .faults import trial_failure
@@ -250,7 +250,13 @@ class TrialRun:
         if self.settings.save_best_model and not self.objective.multi:
             # best_model/ must hold the weights of the evaluation the trial's value comes from (best_weights.py);
             # added after the pruning callback, which records each evaluation's value first.
-            self.best_weights = BestWeightsCallback(self.objective, self.current_model)
+            on_disk = shards_weights(self.trainer)
+            self.best_weights = BestWeightsCallback(
+                self.objective,
+                self.current_model,
+                save_to=os.path.join(self.run_dir, BEST_EVALUATION_DIR) if on_disk else None,
+                save=self.trainer.save_model if on_disk else None,
+            )
             self.trainer.add_callback(self.best_weights)
         if self.search.trackers is not None and self.search.trackers.active:
             self.search.trackers.before_trial(self.trial.number)

@@ -77,8 +77,12 @@ def _best_step(trial: optuna.trial.FrozenTrial, samples_per_step: int, direction
 
 
 class TestBestModelIsTheBestEvaluation:
-    def test_best_model_re_evaluates_to_the_studys_value(self, out_dir):
+    @pytest.mark.parametrize("kept", ["in memory", "on disk"])
+    def test_best_model_re_evaluates_to_the_studys_value(self, out_dir, kept, monkeypatch):
         # The case: a high learning rate, an evaluation every step; the best evaluation is mid-training.
+        # "on disk": as for DeepSpeed ZeRO-3 / FSDP, where only save_model can gather the weights.
+        if kept == "on disk":
+            monkeypatch.setattr("optuna_trainer.trial.shards_weights", lambda trainer: True)
         spoil = SpoilLastStep()
         trainer = _search(out_dir, callbacks=[spoil], objective_metric="loss", direction="minimize")
         study = trainer.study
@@ -93,6 +97,7 @@ class TestBestModelIsTheBestEvaluation:
         # and not the weights the trial ended with
         saved = BertForSequenceClassification.from_pretrained(str(out_dir / BEST_MODEL_DIR))
         assert weights_hash(saved) != spoil.final_hashes[best.user_attrs["run_dir"]]
+        assert not list(out_dir.glob("run-*/best-evaluation"))  # the folders of the on-disk kind are gone
 
     def test_accuracy_objective_at_a_high_learning_rate(self, out_dir):
         trainer = _search(
