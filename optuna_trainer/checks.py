@@ -9,6 +9,9 @@ leaves a half-created study (or a FAIL trial) in the storage.
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
+import typing
 from typing import TYPE_CHECKING, Any
 
 import optuna
@@ -17,7 +20,15 @@ from .adapters import check_adapter_values, split_peft
 from .arguments import output_dir_of, trial_arguments
 from .log import optuna_verbosity
 from .models import check_model_values
-from .search_space import SearchSpace, check_aliases, check_key, check_model_keys, split_params
+from .search_space import (
+    SearchSpace,
+    as_list_item,
+    check_aliases,
+    check_key,
+    check_model_keys,
+    split_params,
+    type_name,
+)
 
 if TYPE_CHECKING:
     from transformers import Trainer, TrainingArguments
@@ -50,6 +61,38 @@ def check_before_study(trainer: Trainer, settings: SearchSettings) -> set[str]:
     return set(candidates)
 
 
+def check_output_dir(args: TrainingArguments) -> None:
+    """Raise `ValueError` unless this process can write `output_dir` (create it, or write in it).
+
+    Every search writes there (the trials' runs, the best model, the report) whatever its storage: with
+    `storage="memory"` nothing else touches the folder before the first save, so without this check the first trial
+    trains for steps before its first write fails. Only the process that saves checks (`should_save`): under DDP
+    the others write nothing. The probe writes a nameless temporary file in the folder, or in its nearest existing
+    parent when the folder does not exist yet, so nothing is left behind and no folder is created.
+    """
+    if not args.should_save:
+        return
+    output_dir = os.path.abspath(output_dir_of(args))
+    existing = output_dir
+    while not os.path.lexists(existing) and os.path.dirname(existing) != existing:
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ValueError(
+            f"output_dir: cannot create {output_dir!r}: {existing!r} exists and is not a folder; give a folder path "
+            "the search can write to"
+        )
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as err:
+        where = "" if existing == output_dir else f" in {existing!r}, where it would be created"
+        raise ValueError(
+            f"output_dir: cannot write to {output_dir!r}{where} ({type(err).__name__}: {err.strerror or err}); give a "
+            "folder the search can write to (the trials' runs, the best model and the report go there, whatever the "
+            "storage)"
+        ) from None
+
+
 def check_datasets(trainer: Trainer) -> None:
     """A search trains and scores every trial: both datasets must be there and hold examples."""
     if trainer.train_dataset is None:
@@ -80,13 +123,22 @@ def check_argument_values(args: TrainingArguments, values: dict[str, list[Any]])
     `save_strategy`, `optim` or `lr_scheduler_type` choice, ...): each value is tried alone on the user's arguments,
     as a trial would build them."""
     output_dir = output_dir_of(args)
+    hints = typing.get_type_hints(type(args))
     for key, candidates in values.items():
         for value in candidates:
             try:
-                trial_arguments(args, {key: value}, output_dir=output_dir)
+                built = trial_arguments(args, {key: value}, output_dir=output_dir)
             except Exception as err:  # noqa: BLE001 - whatever __post_init__ refuses, named by its key
                 message = str(err).splitlines()[0] if str(err) else type(err).__name__
                 raise ValueError(f"hp_space[{key!r}]: {type(args).__name__} refuses {value!r}: {message}") from None
+            annotation = hints.get(key, Any)
+            # A list field searched with single items (`DPOConfig.loss_type`): the class must make each a list, as
+            # DPOConfig does; one that keeps "labels" as it is would have the trainer read it letter by letter.
+            if as_list_item(annotation, value) and not isinstance(getattr(built, key, None), list):
+                raise ValueError(
+                    f"hp_space[{key!r}]: {type(args).__name__} keeps the choice {value!r} as it is, and the field's "
+                    f"type is {type_name(annotation)}; search a field that takes single values"
+                )
 
 
 def probe_hp_space(hp_space: Any, args_class: type, config: Any) -> dict[str, Any]:

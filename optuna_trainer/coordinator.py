@@ -51,7 +51,8 @@ class Coordinator(Protocol):
         ...
 
     def finish_search(self, compute: Callable[[], T]) -> T:
-        """The main process's `compute()` (or its error) on every process."""
+        """The main process's `compute()` (or its error) on every process: the search's last exchange, after which
+        the coordinator ends what it made for the search (its process groups)."""
         ...
 
 

@@ -26,10 +26,14 @@ collective leaves the group out of step, every process group is rebuilt on the s
 trial. With NCCL, the NCCL watchdog usually aborts the processes on such a timeout (`TORCH_NCCL_ASYNC_ERROR_HANDLING`),
 which ends the whole job rather than one trial: an error on every rank at once (a bad value, an out-of-memory in the
 same step) or in a callback is caught collectively on either backend.
+
+The search ends what it made: its own groups after a last barrier (`close`), and a default group it re-created at the
+process's exit. A gloo group left to the interpreter's teardown can abort a process whose search has finished.
 """
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import logging
 import pickle
@@ -214,7 +218,16 @@ class DistributedCoordinator:
         # torch 1.x). tests/distributed/test_distributed_search.py fails if it disappears.
         self._store = dist.distributed_c10d._get_default_store()
         self._generation = 0
+        # The default group this coordinator re-created after a failed trial (`_rebuild_groups`), if any.
+        self._made_default: Any = None
+        self.trial_group: Any = None
+        self.control_group: Any = None
         self._make_groups()
+        # A gloo group still alive when the interpreter finalizes can abort the process ("terminate called without an
+        # active exception", SIGABRT) after the search has finished: its worker threads outlive the interpreter
+        # (pytorch/pytorch#190489). `close` ends the groups at the end of a search; this handler ends them on the
+        # paths that never get there (an uncaught error, an interrupt).
+        atexit.register(self._close_at_exit)
 
     # ---- process groups ----------------------------------------------------------------------------------------
 
@@ -240,12 +253,54 @@ class DistributedCoordinator:
                 world_size=self.world_size,
                 timeout=self.timeout,
             )
+            self._made_default = dist.group.WORLD
             self._make_groups()
         except Exception as err:
             raise CoordinationError(
                 f"rank {self.rank}: could not rebuild the process groups after a failed trial: {err}"
             ) from err
         logger.debug(f"rank {self.rank}: process groups rebuilt after a failed trial (generation {self._generation})")
+
+    def close(self) -> None:
+        """End the coordination of this search: once every process is here, destroy the groups this coordinator made.
+
+        Who owns what: the trial and control groups are this coordinator's, made for this search, so they end with it.
+        The default group belongs to whoever initialized it (accelerate, torchrun with the user's script), and user
+        code may still use it after the search (a final `trainer.train()`): it is left alone, except one that this
+        coordinator re-created after a failed trial, which nobody else will destroy: it is destroyed at exit.
+        """
+        try:
+            # No process may close its end of a group while another still talks on it.
+            dist.barrier(group=self.control_group)
+        except Exception as err:
+            raise CoordinationError(
+                f"rank {self.rank}: the processes of the search lost each other at its end ({type(err).__name__}: "
+                f"{err}); another process probably crashed"
+            ) from err
+        self._destroy_own_groups()
+        if self._made_default is None:
+            atexit.unregister(self._close_at_exit)
+
+    def _destroy_own_groups(self) -> None:
+        groups, self.trial_group, self.control_group = (self.trial_group, self.control_group), None, None
+        if not dist.is_initialized():
+            return  # someone destroyed every group already (`destroy_process_group()`)
+        for group in groups:
+            if group is None:
+                continue
+            try:
+                dist.destroy_process_group(group)
+            except ValueError:
+                pass  # already destroyed with the default group (a `destroy_process_group()` and a new init)
+
+    def _close_at_exit(self) -> None:
+        """The `atexit` end: local only (no barrier, the other processes may be gone), while the interpreter is alive."""
+        try:
+            self._destroy_own_groups()
+            if self._made_default is not None and dist.is_initialized() and dist.group.WORLD is self._made_default:
+                dist.destroy_process_group()
+        except Exception as err:  # noqa: BLE001 - at exit, a log line is all that is left to give
+            logger.warning(f"rank {self.rank}: could not destroy the search's process groups at exit: {err}")
 
     # ---- exchanges --------------------------------------------------------------------------------------------
 
@@ -381,8 +436,10 @@ class DistributedCoordinator:
                 pass
 
     def finish_search(self, compute: Callable[[], Any]) -> Any:
-        """Rank 0's result of `compute()` (or its error) on every rank."""
-        return _unwrap(self.share(_outcome(compute) if self.is_main else None))
+        """Rank 0's result of `compute()` (or its error) on every rank; the last exchange of a search (`close`)."""
+        result = self.share(_outcome(compute) if self.is_main else None)
+        self.close()
+        return _unwrap(result)
 
     def setup(self, prepare: Callable[[], Any]) -> Any:
         """Run `prepare()` on every rank; if it fails on any rank, raise that error on all of them.

@@ -23,7 +23,7 @@ from transformers.trainer_utils import BestRun
 from .adapters import Adapters, has_adapter_keys
 from .arguments import output_dir_of
 from .best_model import BEST_MODEL_DIR, best_model_lock, recover, save_best_model, stored_record
-from .checks import check_before_study
+from .checks import check_before_study, check_output_dir
 from .claims import local_lock
 from .compatibility import check_continuation
 from .control import StopRules, enqueue_arguments
@@ -367,6 +367,8 @@ class Search:
 def settle(trainer: Trainer, is_main: bool, call: dict[str, Any]) -> tuple[SearchSettings, optuna.Study | None]:
     """Resolve and check the settings of a `hyperparameter_search(**call)`; on the main process, print them and
     create (or load) the study."""
+    # First: the default storage is a file under output_dir, and every trial writes there whatever the storage.
+    check_output_dir(trainer.args)
     if not is_main:
         # Only the main process opens the storage; the others check everything else the same way.
         call = {**call, "storage": "memory"}

@@ -243,6 +243,37 @@ def _accepted_types(annotation: Any) -> tuple[set[type], bool]:
     return set(), True
 
 
+def _list_items(annotation: Any) -> set[type]:
+    """The plain types of one item of the list types in a field annotation (`list[str]`: {str}).
+
+    A searched value is one choice, and a choice cannot be a list (Optuna's choices are None, bool, int, float and
+    str), so a list field is searched with single items: `DPOConfig.loss_type` (`list[str]`) takes "sigmoid" and
+    makes it ["sigmoid"]. Whether the arguments class does turn the item into a list is checked with the trainer
+    (checks.py: `check_argument_values`).
+    """
+    origin = typing.get_origin(annotation)
+    if origin is Union or origin is types.UnionType:
+        return set().union(*(_list_items(arg) for arg in typing.get_args(annotation)))
+    if origin is list:
+        args = typing.get_args(annotation)
+        if not args:
+            return set()
+        items, anything = _accepted_types(args[0])
+        return set() if anything else items
+    return set()
+
+
+def as_list_item(annotation: Any, value: Any) -> bool:
+    """Whether `value` fits `annotation` only as one item of a list (see `_list_items`)."""
+    accepted, anything = _accepted_types(annotation)
+    return not anything and not _value_fits(value, accepted) and _value_fits(value, _list_items(annotation))
+
+
+def _fits(value: Any, annotation: Any) -> bool:
+    accepted, anything = _accepted_types(annotation)
+    return anything or _value_fits(value, accepted) or _value_fits(value, _list_items(annotation))
+
+
 def _value_fits(value: Any, accepted: set[type]) -> bool:
     if value is None:
         return type(None) in accepted
@@ -261,22 +292,24 @@ def _check_field_type(key: str, dist: BaseDistribution, annotation: Any) -> None
         return
     if isinstance(dist, CategoricalDistribution):
         for choice in dist.choices:
-            if not _value_fits(choice, accepted):
+            if not _fits(choice, annotation):
                 raise ValueError(
                     f"hp_space[{key!r}]: choice {choice!r} ({type(choice).__name__}) does not fit the field's type "
-                    f"{_type_name(annotation)}; use choices of that type"
+                    f"{type_name(annotation)}; use choices of that type"
                 )
         return
     sample = 1 if isinstance(dist, IntDistribution) else 0.5
-    if not _value_fits(sample, accepted):
+    if not _fits(sample, annotation):
         kind = "int" if isinstance(dist, IntDistribution) else "float"
         hint = "type: int" if int in accepted else "type: categorical"
         raise ValueError(
-            f"hp_space[{key!r}]: type {kind} does not fit the field's type {_type_name(annotation)}; use {hint}"
+            f"hp_space[{key!r}]: type {kind} does not fit the field's type {type_name(annotation)}; use {hint}"
         )
 
 
-def _type_name(annotation: Any) -> str:
+def type_name(annotation: Any) -> str:
+    if typing.get_origin(annotation) is not None:  # `list[str]`, not the bare `list` its __name__ says
+        return str(annotation).replace("typing.", "")
     return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
 
 
@@ -328,11 +361,10 @@ def check_key(key: str, args_class: type | None, dist: BaseDistribution | None =
     if dist is not None:
         _check_field_type(key, dist, annotation)
     else:
-        accepted, anything = _accepted_types(annotation)
-        if not anything and not _value_fits(value, accepted):
+        if not _fits(value, annotation):
             raise ValueError(
                 f"hp_space[{key!r}]: value {value!r} ({type(value).__name__}) does not fit the field's type "
-                f"{_type_name(annotation)}"
+                f"{type_name(annotation)}"
             )
 
 

@@ -13,6 +13,7 @@ import glob
 import json
 import os
 import re
+import tempfile
 from typing import Any
 
 import optuna
@@ -20,6 +21,7 @@ import pytest
 from transformers import TrainerCallback
 
 from optuna_trainer import OptunaTrainer, OptunaTrainingArguments
+from optuna_trainer.checks import check_output_dir
 from optuna_trainer.config import parse_config_file
 from optuna_trainer.testing import base_args, compute_metrics, make_dataset, tiny_model
 
@@ -928,3 +930,77 @@ class TestObjectiveMetricAbsentAtFirstEvaluation:
         states = [t.state.name for t in optuna.load_study(study_name="s", storage=storage).trials]
         assert states == ["FAIL", "COMPLETE", "COMPLETE"]
         assert 0.0 <= best.objective <= 1.0
+
+
+# An existing folder that even root cannot write in (tests run as root, for whom chmod does not stop writes).
+READ_ONLY_FOLDER = "/sys/kernel"
+
+
+def _can_write_in(folder: str) -> bool:
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False
+
+
+class TestUnwritableOutputDir:
+    """Every search writes under output_dir (runs, best model, report), whatever its storage: one it cannot write is
+    refused before the first training step, not at the first save."""
+
+    @pytest.mark.parametrize(
+        ("storage", "message"),
+        [
+            (
+                "memory",
+                r"^output_dir: cannot write to '/sys/kernel' \(PermissionError.*give a folder the search can write",
+            ),
+            # The default SQLite file lives under the same folder: output_dir is checked before any storage opens.
+            (
+                None,
+                r"^output_dir: cannot write to '/sys/kernel' \(PermissionError.*give a folder the search can write",
+            ),
+        ],
+        ids=["memory", "default_sqlite"],
+    )
+    def test_an_existing_folder_it_cannot_write_is_refused_before_training(
+        self, storage: str | None, message: str
+    ) -> None:
+        if not os.path.isdir(READ_ONLY_FOLDER) or _can_write_in(READ_ONLY_FOLDER):
+            pytest.skip(f"{READ_ONLY_FOLDER} is not a folder that refuses new files here")
+        recorder = Recorder()
+        built: list[int] = []
+
+        def counted_model() -> Any:
+            built.append(1)
+            return tiny_model()
+
+        trainer = OptunaTrainer(
+            model_init=counted_model,
+            args=OptunaTrainingArguments(**base_args(READ_ONLY_FOLDER, storage=storage, n_trials=2)),
+            train_dataset=make_dataset(32),
+            eval_dataset=make_dataset(16, seed=1),
+            compute_metrics=compute_metrics,
+            callbacks=[recorder],
+        )
+        built.clear()  # the trainer builds one model at construction; each trial would build another
+        with pytest.raises(ValueError, match=message):
+            trainer.hyperparameter_search()
+        assert (recorder.train_begins, recorder.steps, len(built)) == (0, 0, 0)
+        assert trainer.study is None
+
+    def test_a_file_in_the_path_is_refused(self, tmp_path) -> None:
+        # Trainer's __init__ creates output_dir, so this shows only when it changes after (or, under DDP, on the
+        # process that saves); the check itself refuses it.
+        (tmp_path / "a_file").write_text("not a folder", encoding="utf-8")
+        args = OptunaTrainingArguments(**base_args(tmp_path / "out"))
+        args.output_dir = str(tmp_path / "a_file" / "out")
+        with pytest.raises(ValueError, match=r"^output_dir: cannot create .*a_file.* exists and is not a folder"):
+            check_output_dir(args)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
+
+    def test_a_folder_still_to_create_under_a_writable_one_passes_and_is_not_created(self, tmp_path) -> None:
+        args = OptunaTrainingArguments(**base_args(tmp_path / "out"))
+        args.output_dir = str(tmp_path / "new" / "deeper")
+        check_output_dir(args)
+        assert list(tmp_path.iterdir()) == []

@@ -4,6 +4,7 @@ here, and searched keys that TRL reads outside `trainer.args` (SFT's `max_length
 
 from __future__ import annotations
 
+import itertools
 import random
 from typing import Any
 
@@ -157,6 +158,71 @@ def test_dpo_search_trains_with_each_trials_beta(tmp_path):
     assert all(set(t.intermediate_values) == {16, 32} for t in trainer.study.trials)
     assert best.objective == max(t.value for t in trainer.study.trials)
     assert trainer.beta == 0.1  # back to the user's value
+
+
+def test_dpo_searches_loss_type_with_single_loss_names(tmp_path):
+    """`DPOConfig.loss_type` is a list of loss names; a search's choices are single names, which DPOConfig makes
+    lists, and the loss each trial computes follows them (DPOTrainer keeps its own copy, `loss_types`)."""
+    tokenizer = word_tokenizer()
+    rng = random.Random(2)
+    prompts = [f"{rng.choice(WORDS)} {rng.choice(WORDS)}" for _ in range(48)]
+    data = Dataset.from_dict({"prompt": prompts, "chosen": [" red"] * 48, "rejected": [" blue"] * 48})
+    args = OptunaDPOConfig(
+        **common_args(str(tmp_path)),
+        max_length=16,
+        hp_space={"loss_type": {"type": "categorical", "choices": ["sigmoid", "ipo"]}},
+    )
+    computed: list[list[str]] = []
+
+    class Recording(OptunaDPOTrainer):
+        def compute_loss(self, *args: Any, **kwargs: Any) -> Any:
+            computed.append(list(self.loss_types))
+            return super().compute_loss(*args, **kwargs)
+
+    seen = SeenTrials(lambda t: {"loss_types": list(t.loss_types), "loss_weights": list(t.loss_weights)})
+    trainer = Recording(
+        model=tiny_llama(len(tokenizer)),
+        ref_model=tiny_llama(len(tokenizer)),
+        args=args,
+        train_dataset=data.select(range(32)),
+        eval_dataset=data.select(range(32, 48)),
+        processing_class=tokenizer,
+        callbacks=[seen],
+    )
+    seen.trainer = trainer
+    trainer.hyperparameter_search()
+
+    assert sorted(t.params["loss_type"] for t in trainer.study.trials) == ["ipo", "sigmoid"]
+    assert all(t.state.name == "COMPLETE" for t in trainer.study.trials)
+    by_trial = sorted((s["args"].loss_type, s["loss_types"], s["loss_weights"]) for s in seen.seen)
+    assert by_trial == [(["ipo"], ["ipo"], [1.0]), (["sigmoid"], ["sigmoid"], [1.0])]
+    # Each trial's loss was computed with its own loss type: one trial's steps, then the other's.
+    assert sorted(tuple(k) for k, _ in itertools.groupby(computed)) == [("ipo",), ("sigmoid",)]
+    assert trainer.loss_types == ["sigmoid"] and trainer.args.loss_type == ["sigmoid"]  # the user's, back
+
+
+def test_a_list_field_whose_class_keeps_a_single_choice_as_it_is_is_refused(tmp_path):
+    from optuna_trainer import OptunaTrainer, OptunaTrainingArguments
+    from optuna_trainer.testing import base_args, compute_metrics, make_dataset, tiny_model
+
+    # TrainingArguments.label_names is a list[str] and keeps "labels" a str: the trainer would read it letter by letter.
+    args = OptunaTrainingArguments(
+        **base_args(tmp_path, hp_space={"label_names": {"type": "categorical", "choices": ["labels"]}})
+    )
+    trainer = OptunaTrainer(
+        model_init=tiny_model,
+        args=args,
+        train_dataset=make_dataset(16),
+        eval_dataset=make_dataset(8, seed=1),
+        compute_metrics=compute_metrics,
+    )
+    with pytest.raises(ValueError, match=r"hp_space\['label_names'\]: .* keeps the choice 'labels' as it is"):
+        trainer.hyperparameter_search()
+    # A choice of another type than the list's items is refused when the space is read.
+    with pytest.raises(ValueError, match=r"hp_space\['loss_type'\]: choice 1 \(int\) does not fit .*list\[str\]"):
+        OptunaDPOConfig(
+            **common_args(str(tmp_path)), hp_space={"loss_type": {"type": "categorical", "choices": ["ipo", 1]}}
+        )
 
 
 def test_trls_private_dataset_preparation_is_as_called():

@@ -103,13 +103,24 @@ class OptunaSFTTrainer(_PreparedAgain, SFTTrainer):
 
 @dataclass(repr=False)
 class OptunaDPOConfig(OptunaSearchArguments, DPOConfig):
-    """TRL's `DPOConfig` with the search fields of `OptunaSearchArguments` (e.g. search `beta`)."""
+    """TRL's `DPOConfig` with the search fields of `OptunaSearchArguments` (e.g. search `beta`, or `loss_type` with
+    single loss names as choices: `"sigmoid"` trains as `["sigmoid"]`)."""
 
 
 class OptunaDPOTrainer(_PreparedAgain, DPOTrainer):
     """TRL's `DPOTrainer` whose `hyperparameter_search()` runs the Optuna study its arguments declare."""
 
     _dataset_fields = DPO_DATASET_FIELDS
+
+    def use_trial_arguments(self, args: TrainingArguments) -> None:
+        previous = self.args
+        super().use_trial_arguments(args)
+        # DPOTrainer copies `loss_type` in __init__ under another name (`loss_types`, with `loss_weights` derived from
+        # it), which the copies under the same name (trial.py: `follow_arguments`) do not reach; the loss reads them.
+        if changed_fields(previous, args) & {"loss_type", "loss_weights"}:
+            dpo_args = cast(DPOConfig, args)
+            self.loss_types = list(dpo_args.loss_type)
+            self.loss_weights = dpo_args.loss_weights or [1.0] * len(self.loss_types)
 
     def _prepare(self, dataset: Any, args: Any, name: str, eval_set: bool) -> Any:
         return self._prepare_dataset(dataset, cast(Any, self.processing_class), args, name)

@@ -10,6 +10,7 @@ returned `BestRun` or the error, and, on rank 0, the study's trials.
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import sys
@@ -20,6 +21,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, ROOT)
 
 import optuna  # noqa: E402
+import torch.distributed as dist  # noqa: E402
 from transformers import BertForSequenceClassification, TrainerCallback  # noqa: E402
 
 from optuna_trainer import OptunaTrainer, OptunaTrainingArguments  # noqa: E402
@@ -74,6 +76,9 @@ def main() -> None:
     cli = parser.parse_args()
 
     record: dict[str, Any] = {"used": {}, "stopped_at": {}, "model_init": {}}
+    # Registered before the search, so it runs after every exit handler the search registers (atexit is LIFO): it
+    # records which process groups outlived them, the ones that would otherwise end with the interpreter.
+    atexit.register(_record_at_exit, cli.out, int(os.environ.get("RANK", "0")))
 
     def model_init(trial: Any = None) -> BertForSequenceClassification:
         dropout = 0.1
@@ -146,6 +151,7 @@ def main() -> None:
         raise
     finally:
         record["study_is_none"] = trainer.study is None
+        record["groups_after_search"] = _groups_alive()
         if trainer.study is not None:
             record["trials"] = [
                 {
@@ -160,6 +166,17 @@ def main() -> None:
             ]
         with open(os.path.join(cli.out, f"rank{rank}.json"), "w", encoding="utf-8") as f:
             json.dump(record, f, indent=1, default=str)
+
+
+def _groups_alive() -> int:
+    """The process groups alive in this process (the default one included). torch has no public list of them;
+    `_world.pg_map` is where `new_group` and `destroy_process_group` keep it."""
+    return len(dist.distributed_c10d._world.pg_map) if dist.is_initialized() else 0
+
+
+def _record_at_exit(out: str, rank: int) -> None:
+    with open(os.path.join(out, f"rank{rank}.exit.json"), "w", encoding="utf-8") as f:
+        json.dump({"initialized": dist.is_initialized(), "groups": _groups_alive()}, f)
 
 
 def _hex(value: Any) -> Any:

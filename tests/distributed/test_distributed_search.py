@@ -43,6 +43,8 @@ class Run:
         self.seconds = seconds
         self.output = output
         self.ranks = [json.loads((out_dir / f"rank{r}.json").read_text()) for r in (0, 1)]
+        # What each rank's last exit handler saw: the process groups that outlived the search's own handlers.
+        self.at_exit = [json.loads((out_dir / f"rank{r}.exit.json").read_text()) for r in (0, 1)]
 
     @property
     def trials(self) -> list[dict[str, Any]]:
@@ -96,6 +98,22 @@ def launch(scenario: str, out_dir: Path, launcher: str = "accelerate") -> Run:
     return Run(proc.returncode, seconds, output, out_dir)
 
 
+def assert_clean_end(run: Run, *, rebuilt: bool) -> None:
+    """Every rank ended without an abort, and the search left no process group of its own to the interpreter's exit.
+
+    A gloo group alive when the interpreter finalizes can abort its process after the search has finished
+    ("terminate called without an active exception", SIGABRT): the launcher then exits non-zero, or not, depending on
+    timing. So beyond the exit code, each rank records which groups are left: after the search only the default one;
+    at exit the default one only where accelerate made it (`rebuilt=False`); one the search re-created after a failed
+    trial (`rebuilt=True`) is destroyed by the search at exit.
+    """
+    for mark in ("terminate called", "SIGABRT", "Signal 6", "exitcode  : -6", "exitcode: -6"):
+        assert mark not in run.output, run.output[-4000:]
+    for rank, (record, at_exit) in enumerate(zip(run.ranks, run.at_exit, strict=True)):
+        assert record["groups_after_search"] == 1, (rank, record["groups_after_search"])
+        assert at_exit == ({"initialized": False, "groups": 0} if rebuilt else {"initialized": True, "groups": 1})
+
+
 def assert_same_on_both_ranks(run: Run) -> None:
     rank0, rank1 = run.ranks
     # The values each rank trained with (floats as float.hex: bit-identical, not merely close).
@@ -121,6 +139,7 @@ def assert_same_on_both_ranks(run: Run) -> None:
 def test_pruned_trials_stop_every_rank_at_the_same_step(tmp_path: Path) -> None:
     run = launch("prune", tmp_path)
     assert run.returncode == 0, run.output[-4000:]
+    assert_clean_end(run, rebuilt=False)
     assert run.seconds < WELL_WITHIN_S
     states = [t["state"] for t in run.trials]
     assert len(states) == 6
@@ -159,6 +178,7 @@ def test_pruned_trials_stop_every_rank_at_the_same_step(tmp_path: Path) -> None:
 def test_a_trial_failing_on_rank_1_only_fails_on_all_and_the_study_goes_on_with_catch(tmp_path: Path) -> None:
     run = launch("fail", tmp_path)
     assert run.returncode == 0, run.output[-4000:]
+    assert_clean_end(run, rebuilt=True)
     assert run.seconds < WELL_WITHIN_S
     assert [t["state"] for t in run.trials] == ["COMPLETE", "FAIL", "FAIL", "COMPLETE"]
     # Trial 1: rank 1 raised in the middle of training. The cause recorded is rank 1's own error, not rank 0's
@@ -184,12 +204,17 @@ def test_without_catch_every_rank_stops_with_the_error(tmp_path: Path) -> None:
     for rank in run.ranks:
         assert rank["error"] == "ValueError: boom on rank 1 at step 3"
         assert "best" not in rank
+    # An error ends the search before its last exchange: its groups (and the default group it re-created after the
+    # failed trial) end at exit, and no rank aborts there.
+    assert "terminate called" not in run.output, run.output[-4000:]
+    assert run.at_exit == [{"initialized": False, "groups": 0}] * 2
 
 
 def test_timeout_ends_every_rank(tmp_path: Path) -> None:
     # torchrun this time: the same search under the other launcher.
     run = launch("timeout", tmp_path, launcher="torchrun")
     assert run.returncode == 0, run.output[-4000:]
+    assert_clean_end(run, rebuilt=False)
     assert run.seconds < WELL_WITHIN_S
     rank0, rank1 = run.ranks
     # n_trials=1000 with timeout=6s: rank 0 stopped the study early and both ranks ended after the same trials.
@@ -203,6 +228,7 @@ def test_timeout_ends_every_rank(tmp_path: Path) -> None:
 def test_one_trial_means_one_set_of_values_on_every_rank(tmp_path: Path) -> None:
     run = launch("rank_mismatch", tmp_path)
     assert run.returncode == 0, run.output[-4000:]
+    assert_clean_end(run, rebuilt=True)
     assert run.seconds < WELL_WITHIN_S  # an error on both ranks, not a gloo timeout
     assert [t["state"] for t in run.trials] == ["FAIL", "FAIL", "COMPLETE"]
     # Trial 0: hp_space computed weight_decay per process; caught at the trial's start, on every rank.
