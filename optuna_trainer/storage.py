@@ -225,7 +225,7 @@ def open_storage(
                     make_lock=lambda name: redis_lock(url, name),
                     target=mask_url(url),
                 )
-            with _schema_lock(storage):
+            with sqlite_creation_lock(storage):
                 rdb = _rdb_storage(storage, heartbeat_interval)
     except Exception as err:  # noqa: BLE001 - any driver error becomes one clear, masked message
         raise ValueError(
@@ -234,33 +234,37 @@ def open_storage(
     return _wrap_rdb(rdb, mask_url(storage))
 
 
-# How long a search waits for another one that is creating the same SQLite file's tables (a few seconds at most).
-SCHEMA_LOCK_TIMEOUT_S = 120
+# How long a process waits for another one that is creating the same SQLite file's tables (a few seconds at most).
+SQLITE_LOCK_TIMEOUT_S = 120
 
 
 @contextlib.contextmanager
-def _schema_lock(url: str) -> Iterator[None]:
-    """Serialize the opening of one SQLite file across processes: Optuna creates the tables of a new file on first
-    open, and two searches opening the same new file at once (two workers of one command) fail with "table studies
-    already exists" or a UNIQUE constraint error. A file lock beside the database makes the second wait."""
+def sqlite_creation_lock(url: str, field: str = "storage", what: str = "") -> Iterator[None]:
+    """Serialize the opening of one SQLite file across processes: Optuna (and MLflow's tracking store) create the
+    tables of a new file on first open, and two processes opening the same new file at once (two workers of one
+    command) fail with "table already exists", a UNIQUE constraint or an `OperationalError`. A file lock beside the
+    database makes the second wait. Nothing for other URLs (a server, a folder) or an in-memory database.
+
+    `field` and `what` name, in the timeout's error, the setting and the kind of file (`"the MLflow store "`).
+    """
     if _scheme(url) != "sqlite":
         yield
         return
     from sqlalchemy.engine import make_url
 
     database = make_url(url).database
-    if not database:
+    if not database or database == ":memory:":
         yield
         return
     path = os.path.abspath(database) + ".lock"
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    lock = filelock.FileLock(path, timeout=SCHEMA_LOCK_TIMEOUT_S)
+    lock = filelock.FileLock(path, timeout=SQLITE_LOCK_TIMEOUT_S)
     try:
         lock.acquire()
     except filelock.Timeout:
         raise ValueError(
-            f"storage: another search has been creating {database} for over {SCHEMA_LOCK_TIMEOUT_S} s (it holds "
-            f"{path}); wait for it, or remove that file if no search runs"
+            f"{field}: another process has been creating {what}{database} for over {SQLITE_LOCK_TIMEOUT_S} s (it "
+            f"holds {path}); wait for it, or remove that file if no search runs"
         ) from None
     try:
         yield

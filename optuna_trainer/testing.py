@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -273,6 +274,34 @@ def kill_process_tree(proc: subprocess.Popen[Any], sig: int = signal.SIGKILL) ->
                 pass
     if sig == signal.SIGKILL:
         proc.wait()
+
+
+def accelerate_launch(num_processes: int = 2, port: int | None = None) -> list[str]:
+    """`accelerate launch` of a CPU process group (gloo), as the multi-process tests run it: the script and its
+    arguments follow."""
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes"]
+    command += [str(num_processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    return command + (["--main_process_port", str(port)] if port is not None else [])
+
+
+def run_bounded(command: list[str], bound_s: float, **popen: Any) -> tuple[int, str]:
+    """Run `command` in a session of its own, its output captured; past `bound_s` seconds its whole process tree is
+    killed and the test fails (a hang fails, it never blocks the suite). Returns (exit code, output)."""
+    import pytest
+
+    proc = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True, **popen
+    )
+    try:
+        output, _ = proc.communicate(timeout=bound_s)
+    except subprocess.TimeoutExpired:
+        kill_process_tree(proc)
+        output, _ = proc.communicate()
+        pytest.fail(f"{shlex.join(command)}: still running after {bound_s:.0f}s, killed (a hang)\n{output[-4000:]}")
+    finally:
+        if proc.poll() is None:  # interrupted: leave nothing running
+            kill_process_tree(proc)
+    return proc.returncode, output
 
 
 def start_worker(spec: dict[str, Any], log: Path, module: str = "tests.search_worker") -> subprocess.Popen[bytes]:

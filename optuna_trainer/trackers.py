@@ -35,15 +35,13 @@ from optuna.trial import FrozenTrial, TrialState
 from transformers import Trainer, TrainerCallback
 
 from .claims import ClaimLock, file_lock
-from .storage import mask_url
+from .storage import mask_url, sqlite_creation_lock
 
 logger = logging.getLogger(__name__)
 
 MLFLOW_PARENT_ATTR = "mlflow_parent_run_id"
 # Beside the study's run folders: the lock under which one worker creates the study's parent run.
 MLFLOW_PARENT_LOCK = "mlflow_parent.lock"
-# How long a worker waits for another that is creating a new SQLite tracking store (a few seconds at most).
-STORE_LOCK_TIMEOUT_S = 120
 _MLFLOW_STATUS = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "KILLED", TrialState.FAIL: "FAILED"}
 
 
@@ -124,7 +122,7 @@ class TrialTrackers:
             mlflow.set_tracking_uri(tracking)
         uri = mlflow.get_tracking_uri()
         try:
-            with _store_lock(uri):
+            with sqlite_creation_lock(uri, "report_to", "the MLflow store "):
                 # The store's first open creates its tables (SQLite): one worker at a time.
                 mlflow.MlflowClient(uri).search_experiments(max_results=1)
             with self._parent_lock():
@@ -309,34 +307,6 @@ def _trial_wandb_callback(number: int, study_name: str) -> TrainerCallback:
             self.setup(args, state, model, **kwargs)
 
     return TrialWandbCallback()
-
-
-@contextlib.contextmanager
-def _store_lock(uri: str) -> Iterator[None]:
-    """A file lock beside a SQLite tracking store while it is opened (nothing for a server or a folder)."""
-    if not uri.startswith("sqlite:///"):
-        yield
-        return
-    from sqlalchemy.engine import make_url
-
-    database = make_url(uri).database
-    if not database or database == ":memory:":
-        yield
-        return
-    path = os.path.abspath(database) + ".lock"
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    lock = filelock.FileLock(path, timeout=STORE_LOCK_TIMEOUT_S)
-    try:
-        lock.acquire()
-    except filelock.Timeout:
-        raise ValueError(
-            f"report_to: another worker has been creating the MLflow store {database} for over "
-            f"{STORE_LOCK_TIMEOUT_S} s (it holds {path}); wait for it, or remove that file if no search runs"
-        ) from None
-    try:
-        yield
-    finally:
-        lock.release()
 
 
 def _available(name: str) -> bool:

@@ -156,10 +156,15 @@ def test_a_peft_model_given_keeps_its_own_config_and_weights(out_dir):
     ids=["unknown_field", "target_modules", "with_model_keys"],
 )
 def test_bad_adapter_keys_are_refused_before_training(out_dir, space, message):
+    _assert_refused_before_training(out_dir, message, hp_space=space)
+
+
+def _assert_refused_before_training(out_dir, message: str, **overrides) -> None:
+    """The search raises `message` before any trial trains, and no study is created."""
     seen = Seen([])
     trainer = OptunaTrainer(
         model=tiny_model(),
-        args=_trainer(out_dir, hp_space=space),
+        args=_trainer(out_dir, **overrides),
         train_dataset=TRAIN,
         eval_dataset=EVAL,
         compute_metrics=compute_metrics,
@@ -411,18 +416,7 @@ def test_a_peft_model_given_is_bit_identical_after_the_search(out_dir):
     ],
 )
 def test_bad_adapter_values_are_refused_before_training(out_dir, key, spec, message):
-    seen = Seen([])
-    trainer = OptunaTrainer(
-        model=tiny_model(),
-        args=_trainer(out_dir, hp_space={key: spec}, sampler={"name": "random", "seed": 0}),
-        train_dataset=TRAIN,
-        eval_dataset=EVAL,
-        compute_metrics=compute_metrics,
-        callbacks=[seen],
-    )
-    with pytest.raises(ValueError, match=message):
-        trainer.hyperparameter_search()
-    assert seen.trials == [] and trainer.study is None
+    _assert_refused_before_training(out_dir, message, hp_space={key: spec}, sampler={"name": "random", "seed": 0})
 
 
 def test_a_callable_space_with_a_bad_adapter_value_is_refused(out_dir):

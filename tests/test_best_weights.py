@@ -48,7 +48,7 @@ class SpoilLastStep(TrainerCallback):
         self.final_hashes[args.output_dir] = weights_hash(model)
 
 
-def _search(out_dir, callbacks=(), search=None, **overrides) -> OptunaTrainer:
+def _trainer(out_dir, callbacks=(), **overrides) -> OptunaTrainer:
     values = dict(
         n_trials=3,
         pruner="none",
@@ -57,7 +57,7 @@ def _search(out_dir, callbacks=(), search=None, **overrides) -> OptunaTrainer:
         hp_space={"learning_rate": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}},
     )
     values.update(overrides)
-    trainer = OptunaTrainer(
+    return OptunaTrainer(
         model_init=tiny_model,
         args=OptunaTrainingArguments(**base_args(out_dir, **values)),
         train_dataset=make_dataset(),
@@ -65,7 +65,11 @@ def _search(out_dir, callbacks=(), search=None, **overrides) -> OptunaTrainer:
         compute_metrics=compute_metrics,
         callbacks=list(callbacks),
     )
-    trainer.hyperparameter_search(**(search or {}))
+
+
+def _search(out_dir, callbacks=(), **overrides) -> OptunaTrainer:
+    trainer = _trainer(out_dir, callbacks, **overrides)
+    trainer.hyperparameter_search()
     return trainer
 
 
@@ -121,22 +125,7 @@ class TestBestModelIsTheBestEvaluation:
             state = holder["trainer"].state
             return state.best_metric if state.best_metric is not None else metrics["eval_loss"]
 
-        values = dict(
-            n_trials=2,
-            pruner="none",
-            sampler={"name": "random", "seed": 0},
-            eval_steps=1,
-            metric_for_best_model="loss",
-            hp_space={"learning_rate": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}},
-        )
-        trainer = OptunaTrainer(
-            model_init=tiny_model,
-            args=OptunaTrainingArguments(**base_args(out_dir, **values)),
-            train_dataset=make_dataset(),
-            eval_dataset=EVAL,
-            compute_metrics=compute_metrics,
-            callbacks=[spoil],
-        )
+        trainer = _trainer(out_dir, [spoil], n_trials=2, metric_for_best_model="loss")
         holder["trainer"] = trainer
         trainer.hyperparameter_search(direction="minimize", compute_objective=seed_objective)
         best = trainer.study.best_trial
@@ -387,32 +376,17 @@ def test_sentence_transformers_best_model_is_the_best_evaluation(tmp_path):
     from sentence_transformers import SentenceTransformer, losses
     from sentence_transformers.evaluation import EmbeddingSimilarityEvaluator
 
-    from optuna_trainer.integrations.sentence_transformers import (
-        OptunaSentenceTransformerTrainer,
-        OptunaSentenceTransformerTrainingArguments,
-    )
-    from tests.test_integrations_sentence_transformers import pairs
+    from optuna_trainer.integrations.sentence_transformers import OptunaSentenceTransformerTrainer
+    from tests.test_integrations_sentence_transformers import pairs, search_args
 
     model = SentenceTransformer(str(minilm.get_model_path()), device="cpu")
     s1, s2, score = pairs(32, 0)
-    args = OptunaSentenceTransformerTrainingArguments(
-        output_dir=str(tmp_path),
-        report_to="none",
-        use_cpu=True,
+    args = search_args(
+        tmp_path,
         max_steps=3,
-        per_device_train_batch_size=8,
-        eval_strategy="steps",
         eval_steps=1,
-        save_strategy="no",
-        disable_tqdm=True,
         hp_space={"learning_rate": {"type": "categorical", "choices": [1e-4]}},
         n_trials=1,
-        storage="memory",
-        sampler={"name": "grid"},
-        pruner="none",
-        search_report=False,
-        objective_metric="dev_spearman_cosine",
-        direction="maximize",
     )
     spoil = SpoilAndRecord()
     trainer = OptunaSentenceTransformerTrainer(

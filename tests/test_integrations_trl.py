@@ -63,6 +63,13 @@ class SeenTrials(TrainerCallback):
         self.seen.append({"args": args, "start": weights_hash(model), **self.read(self.trainer)})
 
 
+def preference_data(seed: int, n: int = 48) -> Dataset:
+    """Two-word prompts; " red" is always chosen over " blue"."""
+    rng = random.Random(seed)
+    prompts = [f"{rng.choice(WORDS)} {rng.choice(WORDS)}" for _ in range(n)]
+    return Dataset.from_dict({"prompt": prompts, "chosen": [" red"] * n, "rejected": [" blue"] * n})
+
+
 def common_args(output_dir: str) -> dict[str, Any]:
     return dict(
         output_dir=output_dir,
@@ -120,9 +127,7 @@ def test_sft_search_prepares_the_data_with_each_trials_max_length(tmp_path):
 
 def test_dpo_search_trains_with_each_trials_beta(tmp_path):
     tokenizer = word_tokenizer()
-    rng = random.Random(1)
-    prompts = [f"{rng.choice(WORDS)} {rng.choice(WORDS)}" for _ in range(48)]
-    data = Dataset.from_dict({"prompt": prompts, "chosen": [" red"] * 48, "rejected": [" blue"] * 48})
+    data = preference_data(seed=1)
     args = OptunaDPOConfig(
         **common_args(str(tmp_path)),
         beta=0.1,
@@ -164,9 +169,7 @@ def test_dpo_searches_loss_type_with_single_loss_names(tmp_path):
     """`DPOConfig.loss_type` is a list of loss names; a search's choices are single names, which DPOConfig makes
     lists, and the loss each trial computes follows them (DPOTrainer keeps its own copy, `loss_types`)."""
     tokenizer = word_tokenizer()
-    rng = random.Random(2)
-    prompts = [f"{rng.choice(WORDS)} {rng.choice(WORDS)}" for _ in range(48)]
-    data = Dataset.from_dict({"prompt": prompts, "chosen": [" red"] * 48, "rejected": [" blue"] * 48})
+    data = preference_data(seed=2)
     args = OptunaDPOConfig(
         **common_args(str(tmp_path)),
         max_length=16,

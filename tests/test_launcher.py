@@ -19,7 +19,7 @@ import optuna
 import pytest
 
 from optuna_trainer.launcher import ENV_LAUNCH_DIR, LaunchEnv, Launcher, split_devices, with_port
-from optuna_trainer.testing import kill_process_tree
+from optuna_trainer.testing import accelerate_launch, kill_process_tree
 
 BOUND_S = 300
 REPO = Path(__file__).resolve().parents[1]
@@ -256,18 +256,7 @@ def test_an_accelerate_worker_gets_its_own_port():
 def test_each_worker_may_be_an_accelerate_launch_of_two_processes(tmp_path):
     out = tmp_path / "out"
     accelerate = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
+        *accelerate_launch(2),
         str(REPO / "tests" / "distributed" / "search_script.py"),
         "--scenario",
         "launcher",

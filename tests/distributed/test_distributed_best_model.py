@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import optuna
@@ -13,9 +10,9 @@ import pytest
 from transformers import BertForSequenceClassification
 
 from optuna_trainer.best_model import BEST_MODEL_DIR
-from optuna_trainer.testing import kill_process_tree, weights_hash
+from optuna_trainer.testing import accelerate_launch, run_bounded, weights_hash
 
-from .test_distributed_search import BOUND_S, ROOT, _free_port
+from .test_distributed_search import BOUND_S, ROOT, _free_port, launch_env
 
 SCRIPT = Path(__file__).with_name("best_model_script.py")
 
@@ -23,39 +20,9 @@ pytestmark = [pytest.mark.distributed, pytest.mark.timeout(BOUND_S + 60)]
 
 
 def test_best_model_is_the_best_evaluations_gathered_weights(tmp_path: Path) -> None:
-    cmd = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        str(_free_port()),
-        str(SCRIPT),
-        "--out",
-        str(tmp_path),
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen(
-        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
-    )
-    try:
-        output, _ = proc.communicate(timeout=BOUND_S)
-    except subprocess.TimeoutExpired:
-        kill_process_tree(proc)
-        output, _ = proc.communicate()
-        pytest.fail(f"still running after {BOUND_S}s, killed (a hang)\n{output[-4000:]}")
-    finally:
-        if proc.poll() is None:
-            kill_process_tree(proc)
-    assert proc.returncode == 0, output[-4000:]
+    command = [*accelerate_launch(2, _free_port()), str(SCRIPT), "--out", str(tmp_path)]
+    returncode, output = run_bounded(command, BOUND_S, cwd=ROOT, env=launch_env())
+    assert returncode == 0, output[-4000:]
 
     ranks = [json.loads((tmp_path / f"hashes{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0]["hashes"] == ranks[1]["hashes"]  # replicas in step at every evaluation

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -18,8 +17,9 @@ from typing import Any
 
 import pytest
 
-# Kills the launcher's group and every worker below it (torchrun starts each worker in a session of its own).
-from optuna_trainer.testing import kill_process_tree as kill_tree
+# run_bounded kills the launcher's group and every worker below it past the bound (torchrun starts each worker in a
+# session of its own).
+from optuna_trainer.testing import accelerate_launch, run_bounded
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = Path(__file__).with_name("search_script.py")
@@ -52,50 +52,28 @@ class Run:
 
 
 def launch(scenario: str, out_dir: Path, launcher: str = "accelerate") -> Run:
-    port = str(_free_port())
+    port = _free_port()
     if launcher == "accelerate":
-        cmd = [
-            sys.executable,
-            "-m",
-            "accelerate.commands.launch",
-            "--multi_gpu",
-            "--num_processes",
-            "2",
-            "--num_machines",
-            "1",
-            "--mixed_precision",
-            "no",
-            "--dynamo_backend",
-            "no",
-            "--main_process_port",
-            port,
-        ]
+        cmd = accelerate_launch(2, port)
     else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port]
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)]
     cmd += [str(SCRIPT), "--scenario", scenario, "--out", str(out_dir)]
-    env = {
+    start = time.monotonic()
+    returncode, output = run_bounded(cmd, BOUND_S, cwd=ROOT, env=launch_env())
+    seconds = time.monotonic() - start
+    print(f"{scenario} ({launcher}): exit {returncode} after {seconds:.1f}s")
+    return Run(returncode, seconds, output, out_dir)
+
+
+def launch_env() -> dict[str, str]:
+    """One torch thread per process (two processes share two cores), this checkout first on the path, offline."""
+    return {
         **os.environ,
         "OMP_NUM_THREADS": "1",
         "PYTHONPATH": str(ROOT),
         "HF_HUB_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",
     }
-    start = time.monotonic()
-    proc = subprocess.Popen(
-        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
-    )
-    try:
-        output, _ = proc.communicate(timeout=BOUND_S)
-    except subprocess.TimeoutExpired:
-        kill_tree(proc)
-        output, _ = proc.communicate()
-        pytest.fail(f"{scenario}: still running after {BOUND_S}s, killed (a hang)\n{output[-4000:]}")
-    finally:
-        if proc.poll() is None:  # interrupted: leave nothing running
-            kill_tree(proc)
-    seconds = time.monotonic() - start
-    print(f"{scenario} ({launcher}): exit {proc.returncode} after {seconds:.1f}s")
-    return Run(proc.returncode, seconds, output, out_dir)
 
 
 def assert_clean_end(run: Run, *, rebuilt: bool) -> None:
