@@ -26,19 +26,10 @@ import optuna
 from optuna.trial import TrialState
 
 from .claims import ClaimLock
-from .faults import OOM_FAULT
 
 logger = logging.getLogger(__name__)
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-
-# A grid point whose trial fails with an error the search catches runs this many times more, in a trial of its own
-# (a transient failure then still completes the grid); after that, the end of the search names it.
-GRID_RETRIES = 1
-# The system attribute of such a retry: the numbers of the point's failed trials, oldest first. Not Optuna's
-# `failed_trial`/`retry_history`, which mark a killed worker's trial, resumed from its checkpoint (resume.py): a
-# retry after an error starts again from the initial state, as every trial does.
-GRID_RETRY_OF = "optuna_trainer:grid_retry_of"
 
 
 @dataclass
@@ -88,69 +79,34 @@ def grid_retry_waiting(study: optuna.Study) -> bool:
     )
 
 
-def retry_grid_point(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
-    """Queue the grid point of `trial`, which failed with a caught error, for one more trial; return whether it did.
-
-    `GridSampler` counts a failed point as run: without this, a grid whose trial failed once ends with that point
-    missing. Not retried: a point retried `GRID_RETRIES` times already, an out-of-memory failure (the same point
-    runs out of memory again), and one that is queued already (a trial requeued after Ctrl-C).
-    """
-    if not isinstance(study.sampler, optuna.samplers.GridSampler) or trial.state != TrialState.FAIL:
-        return False
-    grid_id = trial.system_attrs.get("grid_id")
-    if grid_id is None or trial.user_attrs.get("fault") == OOM_FAULT:
-        return False
-    failed_before: list[int] = list(trial.system_attrs.get(GRID_RETRY_OF, []))
-    if len(failed_before) >= GRID_RETRIES:
-        return False
-    if any(
-        t.system_attrs.get("grid_id") == grid_id
-        for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-    ):
-        return False
-    system_attrs = {"grid_id": grid_id, GRID_RETRY_OF: [*failed_before, trial.number]}
-    if "search_space" in trial.system_attrs:  # how GridSampler tells its own points from another grid's
-        system_attrs["search_space"] = trial.system_attrs["search_space"]
-    study.add_trial(
-        optuna.trial.create_trial(
-            state=TrialState.WAITING,
-            params=trial.params,
-            distributions=trial.distributions,
-            system_attrs=system_attrs,
-        )
-    )
-    logger.warning(
-        f"Trial {trial.number} failed at grid point {trial.params} ({trial.user_attrs.get('fail_reason', 'see the log')}"
-        f"): the point is queued for one more trial"
-    )
-    return True
-
-
 def grid_points_never_completed(study: optuna.Study) -> list[tuple[dict[str, Any], list[int], bool]]:
     """The grid points whose every trial failed: `(params, failed trial numbers, a retry is queued)` each.
 
-    A point running now or finished (COMPLETE or PRUNED) in any trial is not listed; the params are those the
-    failed trials had (all of the point's, unless a trial failed before suggesting every one).
+    A point is its parameters (a queued retry carries them, not always the grid's id): one that is running now or
+    finished (COMPLETE or PRUNED) in any trial is not listed.
     """
     if not isinstance(study.sampler, optuna.samplers.GridSampler):
         return []
-    by_point: dict[tuple[Any, str], list[optuna.trial.FrozenTrial]] = {}
+    by_point: dict[str, list[optuna.trial.FrozenTrial]] = {}
     for trial in study.get_trials(deepcopy=False):
-        grid_id = trial.system_attrs.get("grid_id")
-        if grid_id is not None:
-            by_point.setdefault((grid_id, repr(trial.system_attrs.get("search_space"))), []).append(trial)
+        params = trial.params or trial.system_attrs.get("fixed_params") or {}
+        if not params:
+            continue  # failed before its first suggestion: no point to name
+        by_point.setdefault(repr(sorted(params.items())), []).append(trial)
     points = []
-    for _, trials in sorted(by_point.items(), key=lambda item: min(t.number for t in item[1])):
+    for trials in by_point.values():
         states = {t.state for t in trials}
         if TrialState.FAIL not in states or states & {*FINISHED, TrialState.RUNNING}:
             continue
         failed = [t for t in trials if t.state == TrialState.FAIL]
-        params = max(failed, key=lambda t: len(t.params)).params
-        points.append((params, [t.number for t in failed], TrialState.WAITING in states))
-    return points
+        points.append((failed[0].params, [t.number for t in failed], TrialState.WAITING in states))
+    return sorted(points, key=lambda point: point[1][0])
 
 
 def log_grid_points_never_completed(study: optuna.Study) -> None:
+    """Name, at the end of a search, the grid points whose trials all failed with a caught error: `GridSampler`
+    counts a failed point as run, so the search ends with it missing. Such a point is not retried: the same
+    parameters usually fail again (a retry after a killed worker or Ctrl-C is queued, and runs first)."""
     for params, numbers, queued in grid_points_never_completed(study):
         trials = ", ".join(str(n) for n in numbers)
         then = (
@@ -225,15 +181,6 @@ def run_trials(
     def record_state(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         last_state[:] = [trial.state]
 
-    def retry_failed_grid_point(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        # Right after the trial ends and under the claim lock: another worker counting the budget sees the point
-        # queued, not run.
-        lock.acquire()
-        try:
-            retry_grid_point(study, trial)
-        finally:
-            lock.release()
-
     waiting_for: tuple[int, int] | None = None
     poll = max(0.5, min(heartbeat_interval / 2, 10.0)) if heartbeat_interval else 0.0
     while True:
@@ -289,7 +236,7 @@ def run_trials(
                 claimed,
                 n_trials=1,
                 catch=tuple(catch),
-                callbacks=[record_state, retry_failed_grid_point, *callbacks],
+                callbacks=[record_state, *callbacks],
                 gc_after_trial=gc_after_trial,
             )
             ran += 1

@@ -16,7 +16,7 @@ from optuna_trainer.claims import local_lock
 from optuna_trainer.faults import OOM_FAULT
 from optuna_trainer.storage import open_storage
 from optuna_trainer.testing import capture_logs, require_service, start_worker, wait_all
-from optuna_trainer.workers import GRID_RETRY_OF, StopRequest, run_trials
+from optuna_trainer.workers import StopRequest, run_trials
 
 PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 REDIS = "redis://127.0.0.1:6379/0"
@@ -286,7 +286,8 @@ class TestRunTrialsLoop:
 
 
 class TestGridPointThatFails:
-    """A grid point whose trial fails (caught) runs once more; one that fails again is named at the end."""
+    """A grid point whose trial fails with a caught error is named at the end of the search (GridSampler counts it
+    as run, so the search would otherwise end with it silently missing)."""
 
     GRID = {"x": [1.0, 2.0, 3.0]}
 
@@ -296,73 +297,52 @@ class TestGridPointThatFails:
             run_trials(study, objective, n_trials=3, lock=local_lock(), catch=(RuntimeError,))
         return study, logs.text
 
-    def test_a_transient_failure_is_retried_and_the_grid_completes(self):
-        failed: list[float] = []
-
-        def fails_once_at_2(trial: optuna.Trial) -> float:
-            x = trial.suggest_float("x", 0, 10)
-            if x == 2.0 and not failed:
-                failed.append(x)
-                raise RuntimeError("transient")
-            return x
-
-        study, logs = self._run(fails_once_at_2)
-        states = [(t.state.name, t.params["x"]) for t in study.trials]
-        assert sorted(states) == [("COMPLETE", 1.0), ("COMPLETE", 2.0), ("COMPLETE", 3.0), ("FAIL", 2.0)]
-        first, retry = [t for t in study.trials if t.params["x"] == 2.0]
-        assert retry.number == first.number + 1 and retry.system_attrs[GRID_RETRY_OF] == [first.number]  # queued first
-        assert retry.system_attrs["grid_id"] == first.system_attrs["grid_id"]
-        # A fresh trial, not a killed worker's resumed one (resume.py reads `failed_trial`).
-        assert "failed_trial" not in retry.system_attrs
-        assert "queued for one more trial" in logs and "never completed" not in logs
-
-    def test_a_permanent_failure_is_named_at_the_end(self):
-        def always_fails_at_2(trial: optuna.Trial) -> float:
+    @pytest.mark.parametrize("fault", ["error", OOM_FAULT])
+    def test_a_failed_point_is_named_at_the_end(self, fault):
+        def fails_at_2(trial: optuna.Trial) -> float:
             x = trial.suggest_float("x", 0, 10)
             if x == 2.0:
-                raise RuntimeError("permanent")
+                trial.set_user_attr("fault", fault)  # as faults.py records the caught error
+                raise RuntimeError("boom")
             return x
 
-        study, logs = self._run(always_fails_at_2)
-        failed = [t.number for t in study.trials if t.state == TrialState.FAIL]
-        assert [t.params["x"] for t in study.trials if t.state == TrialState.FAIL] == [2.0, 2.0]  # retried once only
-        assert sorted(t.params["x"] for t in study.trials if t.state == TrialState.COMPLETE) == [1.0, 3.0]
+        study, logs = self._run(fails_at_2)
+        states = sorted((t.state.name, t.params["x"]) for t in study.trials)
+        assert states == [("COMPLETE", 1.0), ("COMPLETE", 3.0), ("FAIL", 2.0)]  # not retried
+        (failed,) = [t.number for t in study.trials if t.state == TrialState.FAIL]
         assert (
-            f"grid point {{'x': 2.0}} never completed: its trial(s) {failed[0]}, {failed[1]} failed; the search ends "
-            "without it" in logs
+            f"grid point {{'x': 2.0}} never completed: its trial(s) {failed} failed; the search ends without it"
+            in logs
         )
 
-    def test_an_out_of_memory_failure_is_not_retried(self):
-        def oom_at_2(trial: optuna.Trial) -> float:
+    def test_a_point_completed_after_a_failure_is_not_named(self):
+        # A point that failed (a killed worker's trial, FAIL) and was queued again and completed is complete.
+        study = optuna.create_study(sampler=optuna.samplers.GridSampler(self.GRID, seed=0))
+        seen: list[float] = []
+
+        def fails_first_time_at_2(trial: optuna.Trial) -> float:
             x = trial.suggest_float("x", 0, 10)
-            if x == 2.0:
-                trial.set_user_attr("fault", OOM_FAULT)  # as faults.py records a caught out-of-memory error
-                raise RuntimeError("out of memory")
+            if x == 2.0 and not seen:
+                seen.append(x)
+                study.enqueue_trial({"x": 2.0})  # what the requeue of an interrupted trial does
+                raise RuntimeError("interrupted")
             return x
 
-        study, logs = self._run(oom_at_2)
-        assert sorted((t.state.name, t.params["x"]) for t in study.trials) == [
-            ("COMPLETE", 1.0),
-            ("COMPLETE", 3.0),
-            ("FAIL", 2.0),
-        ]
-        assert "grid point {'x': 2.0} never completed" in logs
+        with capture_logs(level=logging.WARNING) as logs:
+            run_trials(study, fails_first_time_at_2, n_trials=3, lock=local_lock(), catch=(RuntimeError,))
+        assert sorted(t.params["x"] for t in study.trials if t.state == TrialState.COMPLETE) == [1.0, 2.0, 3.0]
+        assert "never completed" not in logs.text
 
-    def test_a_grid_search_of_the_trainer_completes_every_point(self, tmp_path):
+    def test_a_grid_search_of_the_trainer_names_its_failed_point(self, tmp_path):
         from transformers import TrainerCallback
 
         from optuna_trainer import OptunaTrainer, OptunaTrainingArguments
         from optuna_trainer.testing import base_args, compute_metrics, make_dataset, tiny_model
 
-        starts: list[tuple[float, int]] = []
-
-        class FailsOnce(TrainerCallback):
-            def on_train_begin(self, args, state, control, **kwargs):
-                starts.append((args.learning_rate, state.global_step))
-
+        class FailsAt2e3(TrainerCallback):
             def on_step_begin(self, args, state, control, **kwargs):
-                if args.learning_rate == 2e-3 and state.global_step == 2 and len(starts) == 2:
-                    raise ValueError("transient failure")
+                if args.learning_rate == 2e-3 and state.global_step == 2:
+                    raise ValueError("failure")
 
         grid = {"learning_rate": {"type": "categorical", "choices": [1e-3, 2e-3, 3e-3]}}
         args = OptunaTrainingArguments(
@@ -374,11 +354,11 @@ class TestGridPointThatFails:
             train_dataset=make_dataset(32),
             eval_dataset=make_dataset(16, seed=1),
             compute_metrics=compute_metrics,
-            callbacks=[FailsOnce()],
+            callbacks=[FailsAt2e3()],
         )
-        trainer.hyperparameter_search(catch=(ValueError,))
+        with capture_logs(level=logging.WARNING) as logs:
+            trainer.hyperparameter_search(catch=(ValueError,))
         done = sorted(t.params["learning_rate"] for t in trainer.study.trials if t.state == TrialState.COMPLETE)
-        assert done == [1e-3, 2e-3, 3e-3]
-        assert [t.state.name for t in trainer.study.trials].count("FAIL") == 1
-        # The retry trained from step 0, as every trial does.
-        assert [step for lr, step in starts if lr == 2e-3] == [0, 0]
+        assert done == [1e-3, 3e-3]
+        (failed,) = [t.number for t in trainer.study.trials if t.state == TrialState.FAIL]
+        assert f"grid point {{'learning_rate': 0.002}} never completed: its trial(s) {failed} failed" in logs.text
