@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from .objective import Objective
+from .objective import Objective, is_better
 
 logger = logging.getLogger(__name__)
 
@@ -58,12 +58,6 @@ class BestEvaluation:
 
     step: int
     value: float
-
-
-def _better(value: float, than: float | None, direction: str) -> bool:
-    if than is None:
-        return True
-    return value > than if direction == "maximize" else value < than
 
 
 def changeable_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -126,7 +120,7 @@ class BestWeightsCallback(TrainerCallback):
 
     def _offer(self, step: int, value: float) -> None:
         # Strictly better: of equal values the first is kept, as `Objective.best` (max/min) returns the first.
-        if not _better(value, self.held.value if self.held else None, self.direction):
+        if not is_better(value, self.value(), self.direction):
             return
         model = self.model()
         if model is None:
@@ -152,10 +146,11 @@ class BestWeightsCallback(TrainerCallback):
 
     def best_unbacked(self) -> tuple[int, float] | None:
         """The best evaluation before a resume point that beats the held one, if any (it cannot be handed back)."""
-        better = [(s, v) for s, v in self.unbacked if _better(v, self.value(), self.direction)]
-        if not better:
-            return None
-        return max(better, key=lambda sv: sv[1]) if self.direction == "maximize" else min(better, key=lambda sv: sv[1])
+        best: tuple[int, float] | None = None
+        for step, value in self.unbacked:  # once set, `best` beats the held value: compare with it alone
+            if is_better(value, best[1] if best is not None else self.value(), self.direction):
+                best = (step, value)
+        return best
 
     @property
     def on_disk(self) -> str | None:

@@ -32,6 +32,7 @@ from .exceptions import NoCompletedTrialError
 from .faults import catch_for
 from .launcher import launch_env
 from .models import InitialModel
+from .objective import is_better
 from .progress import TrialProgress
 from .report import write_report
 from .samplers import continued_sampler
@@ -460,12 +461,6 @@ def best_value(study: optuna.Study) -> float | None:
         return None
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     return study.best_value if complete else None
-
-
-def is_better(value: Any, best: Any, direction: str) -> bool:
-    if best is None:
-        return True
-    return bool(value > best) if direction == "maximize" else bool(value < best)
 
 
 def _run_name(trial: optuna.trial.BaseTrial) -> str:

@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import time
 
 import optuna
 import pytest
@@ -247,8 +248,6 @@ def test_a_worker_starting_during_another_workers_save_leaves_that_save_alone(tm
             if started.exists():
                 break
             assert other.poll() is None, other.stderr.read().decode() if other.stderr else ""
-            import time
-
             time.sleep(0.05)
         assert started.exists()
         # This worker starts its search on the same output_dir while the other is saving.
