@@ -16,9 +16,11 @@ storage's own server where there is one, so that it works across machines and is
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import threading
+from collections.abc import Iterator
 from typing import Any, Protocol
 
 import sqlalchemy
@@ -28,6 +30,16 @@ class ClaimLock(Protocol):
     def acquire(self) -> None: ...
 
     def release(self) -> None: ...
+
+
+@contextlib.contextmanager
+def held(lock: ClaimLock) -> Iterator[None]:
+    """`lock` held for the block (the `ClaimLock`s have no `with` of their own)."""
+    lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _key(study_name: str) -> str:

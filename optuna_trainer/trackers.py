@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterator
 from typing import Any
 
 import filelock
@@ -34,7 +33,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 from transformers import Trainer, TrainerCallback
 
-from .claims import ClaimLock, file_lock
+from .claims import ClaimLock, file_lock, held
 from .storage import mask_url, sqlite_creation_lock
 
 logger = logging.getLogger(__name__)
@@ -139,19 +138,12 @@ class TrialTrackers:
                 "leave mlflow out of report_to"
             ) from None
 
-    @contextlib.contextmanager
-    def _parent_lock(self) -> Iterator[None]:
+    def _parent_lock(self) -> contextlib.AbstractContextManager[None]:
         """Held from reading the study's parent run id to storing a new one: N workers, one parent run."""
         if self.lock is not None:
-            lock = self.lock
-        else:
-            os.makedirs(self.output_dir, exist_ok=True)
-            lock = file_lock(os.path.join(self.output_dir, MLFLOW_PARENT_LOCK))
-        lock.acquire()
-        try:
-            yield
-        finally:
-            lock.release()
+            return held(self.lock)
+        os.makedirs(self.output_dir, exist_ok=True)
+        return held(file_lock(os.path.join(self.output_dir, MLFLOW_PARENT_LOCK)))
 
     def _start_parent(self, mlflow: Any) -> str:
         """Reopen the study's parent run (the study continues, or another worker created it), else create it."""
