@@ -21,7 +21,11 @@ import tempfile
 import time
 from typing import Any
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# benchmarks/ (its shared modules) and the repository root (tests.support: the tiny models and recorders)
+sys.path[:0] = [
+    os.path.dirname(os.path.abspath(__file__)),
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+]
 import measure  # noqa: E402
 import sides  # noqa: E402
 import tables  # noqa: E402
@@ -78,7 +82,7 @@ def side(name: str, s: dict[str, Any], data: str) -> dict[str, Any]:
     grid = {f"peft.{k}": v for k, v in GRID.items()}
     if name == "ours":
         from optuna_trainer import OptunaTrainer, OptunaTrainingArguments
-        from optuna_trainer.adapters import Adapters
+        from optuna_trainer.training.adapters import Adapters
 
         wrap = Adapters.wrap
 

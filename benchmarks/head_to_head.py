@@ -18,13 +18,17 @@ import tempfile
 import time
 from typing import Any
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# benchmarks/ (its shared modules) and the repository root (tests.support: the tiny models and recorders)
+sys.path[:0] = [
+    os.path.dirname(os.path.abspath(__file__)),
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+]
 import measure  # noqa: E402
 import sides  # noqa: E402
 import tables  # noqa: E402
 import tasks  # noqa: E402
 
-from optuna_trainer.testing import RecordingPruner, TrialRecorder  # noqa: E402
+from tests.support import RecordingPruner, TrialRecorder  # noqa: E402
 
 NAME = "head_to_head"
 COLUMNS = [

@@ -21,12 +21,16 @@ import tempfile
 import time
 from typing import Any
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# benchmarks/ (its shared modules) and the repository root (tests.support: the tiny models and recorders)
+sys.path[:0] = [
+    os.path.dirname(os.path.abspath(__file__)),
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+]
 import measure  # noqa: E402
 import sides  # noqa: E402
 import tables  # noqa: E402
 
-from optuna_trainer.testing import kill_process_tree  # noqa: E402
+from tests.support import kill_process_tree  # noqa: E402
 
 NAME = "multi_process"
 COLUMNS = ["side", "processes", "outcome", "wall seconds", "completed/pruned", "best value", "command"]
@@ -45,7 +49,7 @@ def worker(name: str, s: dict[str, Any], out_prefix: str) -> None:
     import torch
     from transformers import TrainerCallback
 
-    from optuna_trainer.testing import base_args, compute_metrics, make_dataset, tiny_model
+    from tests.support import base_args, compute_metrics, make_dataset, tiny_model
 
     sides.quiet()
     rank = int(os.environ.get("RANK", "0"))
@@ -231,7 +235,7 @@ def run_launch(name: str, s: dict[str, Any], quick: bool, tmp: str) -> dict[str,
 def _has_distributed() -> bool:
     import importlib.util
 
-    return importlib.util.find_spec("optuna_trainer.distributed") is not None
+    return importlib.util.find_spec("optuna_trainer.processes.distributed") is not None
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -253,8 +257,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     load_after = measure.loadavg()
     meta = {
         "command": tables.command_line(),
-        "model": "BERT from a config, random init (optuna_trainer.testing.tiny_model: 1 layer, hidden 16)",
-        "data": "synthetic learnable task of optuna_trainer.testing.make_dataset (label = first token in the upper half)",
+        "model": "BERT from a config, random init (tests.support.tiny_model: 1 layer, hidden 16)",
+        "data": "synthetic learnable task of tests.support.make_dataset (label = first token in the upper half)",
         "settings": {
             **s,
             "space": SPACE,

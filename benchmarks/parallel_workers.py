@@ -30,13 +30,17 @@ import time
 import uuid
 from typing import Any
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# benchmarks/ (its shared modules) and the repository root (tests.support: the tiny models and recorders)
+sys.path[:0] = [
+    os.path.dirname(os.path.abspath(__file__)),
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+]
 import measure  # noqa: E402
 import sides  # noqa: E402
 import tables  # noqa: E402
 import tasks  # noqa: E402
 
-from optuna_trainer.testing import kill_process_tree  # noqa: E402
+from tests.support import kill_process_tree  # noqa: E402
 
 NAME = "parallel_workers"
 COLUMNS = [

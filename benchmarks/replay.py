@@ -34,7 +34,11 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# benchmarks/ (its shared modules) and the repository root (tests.support: the tiny models and recorders)
+sys.path[:0] = [
+    os.path.dirname(os.path.abspath(__file__)),
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+]
 import curves as recorder  # noqa: E402
 import tables  # noqa: E402
 import tasks  # noqa: E402
@@ -176,8 +180,8 @@ def replay_search(
     """One search over the table: per trial its configuration, state, samples seen and final accuracy."""
     import optuna
 
-    from optuna_trainer.pruners import build_pruner
-    from optuna_trainer.samplers import build_sampler
+    from optuna_trainer.space.pruners import build_pruner
+    from optuna_trainer.space.samplers import build_sampler
 
     space = table["meta"]["settings"]["space"]
     by_config = {recorder.config_key(c["config"]): c for c in table["curves"]}
@@ -352,7 +356,7 @@ def transformers_live_search(
     import optuna
     from transformers import Trainer, TrainingArguments
 
-    from optuna_trainer.samplers import build_sampler
+    from optuna_trainer.space.samplers import build_sampler
 
     if row.spec != "median" or row.budget != "steps":
         raise ValueError(f"{row.label}: transformers' search runs only its default (median, step keys)")

@@ -17,7 +17,7 @@ from measure import loadavg
 from tables import DEFAULT_OUT
 from tasks import DEFAULT_DATA
 
-from optuna_trainer.testing import kill_process_tree
+from tests.support import kill_process_tree
 
 
 def parser(description: str) -> argparse.ArgumentParser:

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from optuna_trainer.testing import compute_metrics
+from tests.support import compute_metrics
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")

@@ -1,18 +1,18 @@
 """optuna_trainer: Optuna hyperparameter search as a declarative, first-class part of transformers training."""
 
-from . import log as _log  # noqa: F401  (installs the package logger's handler)
-from .arguments import OptunaSearchArguments, OptunaTrainingArguments, with_search_fields
-from .callbacks import NonFiniteLossCallback, OptunaPruningCallback
-from .config import parse_config_file
-from .exceptions import CoordinationError, NoCompletedTrialError, TrialOutOfMemoryError
-from .integrations.seq2seq import OptunaSeq2SeqTrainer, OptunaSeq2SeqTrainingArguments
-from .log import set_verbosity
-from .objective import Objective
-from .pruners import PRUNERS, build_pruner
-from .report import write_report
-from .samplers import SAMPLERS, build_sampler
-from .search_space import DEFAULT_HP_SPACE, SearchSpace
-from .trainer import OptunaSearchMixin, OptunaTrainer, with_optuna_search
+from optuna_trainer import log as _log  # noqa: F401  (installs the package logger's handler)
+from optuna_trainer.arguments import OptunaSearchArguments, OptunaTrainingArguments, with_search_fields
+from optuna_trainer.config import parse_config_file
+from optuna_trainer.exceptions import CoordinationError, NoCompletedTrialError, TrialOutOfMemoryError
+from optuna_trainer.integrations.seq2seq import OptunaSeq2SeqTrainer, OptunaSeq2SeqTrainingArguments
+from optuna_trainer.log import set_verbosity
+from optuna_trainer.output.report import write_report
+from optuna_trainer.space.objective import Objective
+from optuna_trainer.space.pruners import PRUNERS, build_pruner
+from optuna_trainer.space.samplers import SAMPLERS, build_sampler
+from optuna_trainer.space.search_space import DEFAULT_HP_SPACE, SearchSpace
+from optuna_trainer.trainer import OptunaSearchMixin, OptunaTrainer, with_optuna_search
+from optuna_trainer.training.callbacks import NonFiniteLossCallback, OptunaPruningCallback
 
 __version__ = "0.1.0"
 

@@ -20,13 +20,19 @@ import optuna
 from transformers import TrainingArguments
 from transformers.trainer_utils import SchedulerType
 
-from ._classes import mixed_class
-from .budget import BUDGETS, DEFAULT_BUDGET, check_budget
-from .objective import normalize_direction
-from .pruners import DEFAULT_PRUNER, build_pruner
-from .samplers import DEFAULT_SAMPLER, build_sampler
-from .search_space import SearchSpace
-from .storage import DEFAULT_HEARTBEAT_INTERVAL, MAX_HEARTBEAT_INTERVAL, check_study_name, mask_url, validate_storage
+from optuna_trainer._classes import mixed_class
+from optuna_trainer.space.budget import BUDGETS, DEFAULT_BUDGET, check_budget
+from optuna_trainer.space.objective import normalize_direction
+from optuna_trainer.space.pruners import DEFAULT_PRUNER, build_pruner
+from optuna_trainer.space.samplers import DEFAULT_SAMPLER, build_sampler
+from optuna_trainer.space.search_space import SearchSpace
+from optuna_trainer.study.storage import (
+    DEFAULT_HEARTBEAT_INTERVAL,
+    MAX_HEARTBEAT_INTERVAL,
+    check_study_name,
+    mask_url,
+    validate_storage,
+)
 
 # Search fields whose value may be an object (a callable space, a sampler or pruner instance): shown by name, never
 # pickled into checkpoints, and dropped from a trial's arguments (a trial trains; it does not search).
@@ -114,7 +120,7 @@ class OptunaSearchArguments:
             Save the best trial's model to `output_dir/best_model` at the end of the search.
         search_report (`bool`, *optional*, defaults to `True`):
             Write the end-of-search report under `output_dir/report/` (summary JSON, trials CSV, plots) and print its
-            summary table; see `optuna_trainer.report.write_report`.
+            summary table; see `optuna_trainer.output.report.write_report`.
 
     Parameters that control faults inside trials:
 

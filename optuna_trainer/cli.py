@@ -1,5 +1,5 @@
 """The `optuna-trainer` command: `optuna-trainer report` writes the end-of-search report of a stored study;
-`optuna-trainer workers N -- <command>` runs N copies of a training command on one study (launcher.py).
+`optuna-trainer workers N -- <command>` runs N copies of a training command on one study (processes/launcher.py).
 
     optuna-trainer report --storage sqlite:///out/optuna_study.db --study-name out --output-dir out
     optuna-trainer workers 4 -- python train.py config.yaml
@@ -19,9 +19,9 @@ from typing import Any, cast
 import optuna
 from transformers import HfArgumentParser
 
-from . import log as _log  # noqa: F401  (the package logger prints INFO)
-from .report import REPORT_DIR, write_report
-from .storage import mask_url, resolve_storage
+from optuna_trainer import log as _log  # noqa: F401  (the package logger prints INFO)
+from optuna_trainer.output.report import REPORT_DIR, write_report
+from optuna_trainer.study.storage import mask_url, resolve_storage
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     if command == "report":
         return report(rest)
     if command == "workers":
-        from .launcher import main as workers
+        from optuna_trainer.processes.launcher import main as workers
 
         return workers(rest)
     print(

@@ -18,8 +18,8 @@ from typing import Any, cast
 
 from transformers import HfArgumentParser
 
-from .arguments import OptunaTrainingArguments
-from .files import DATA_SUFFIXES, read_data_file
+from optuna_trainer._files import DATA_SUFFIXES, read_data_file
+from optuna_trainer.arguments import OptunaTrainingArguments
 
 _SUFFIXES = DATA_SUFFIXES
 

@@ -12,7 +12,7 @@ from transformers import HfArgumentParser, TrainingArguments
 
 from optuna_trainer import OptunaTrainingArguments
 from optuna_trainer.arguments import SEARCH_FIELDS, trial_arguments
-from optuna_trainer.settings import resolve_settings
+from optuna_trainer.search.settings import resolve_settings
 
 SPACE = {
     "learning_rate": {"type": "float", "low": 5e-6, "high": 5e-5, "log": True},

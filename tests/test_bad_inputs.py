@@ -21,9 +21,9 @@ import pytest
 from transformers import TrainerCallback
 
 from optuna_trainer import OptunaTrainer, OptunaTrainingArguments
-from optuna_trainer.checks import check_output_dir
 from optuna_trainer.config import parse_config_file
-from optuna_trainer.testing import base_args, compute_metrics, make_dataset, tiny_model
+from optuna_trainer.search.checks import check_output_dir
+from tests.support import base_args, compute_metrics, make_dataset, tiny_model
 
 LR = "learning_rate"
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from optuna_trainer.testing import kill_process_tree as kill_group
+from tests.support import kill_process_tree as kill_group
 
 REPO = Path(__file__).resolve().parent.parent
 BENCHMARKS = REPO / "benchmarks"

@@ -15,7 +15,7 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 from optuna_trainer.cli import main
-from optuna_trainer.report import REPORT_DIR, SETTINGS_ATTR, SUMMARY_FILE, TRIALS_FILE
+from optuna_trainer.output.report import REPORT_DIR, SETTINGS_ATTR, SUMMARY_FILE, TRIALS_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,7 +9,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.utils.hp_naming import TrialShortNamer
 
 from optuna_trainer import OptunaTrainer, OptunaTrainingArguments
-from optuna_trainer.testing import base_args, compute_metrics, tiny_config, tiny_model
+from tests.support import base_args, compute_metrics, tiny_config, tiny_model
 
 from .test_trainer import EVAL, LR_SPACE, TRAIN, SeenArgs
 

@@ -15,7 +15,7 @@ import pytest
 import yaml
 from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
 
-from optuna_trainer.report import REPORT_DIR, SUMMARY_FILE, TRIALS_FILE
+from optuna_trainer.output.report import REPORT_DIR, SUMMARY_FILE, TRIALS_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"

@@ -13,7 +13,7 @@ from transformers import BertForSequenceClassification, TrainerCallback, Trainin
 from transformers.trainer_utils import BestRun
 
 from optuna_trainer import NoCompletedTrialError, OptunaTrainer, OptunaTrainingArguments
-from optuna_trainer.testing import base_args, compute_metrics, make_dataset, tiny_config, tiny_model
+from tests.support import base_args, compute_metrics, make_dataset, tiny_config, tiny_model
 
 TRAIN = make_dataset(64, 0)
 EVAL = make_dataset(32, 1)

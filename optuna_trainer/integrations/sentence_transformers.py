@@ -15,8 +15,8 @@ except ImportError as err:  # pragma: no cover - depends on the environment
         'pip install "optuna-trainer[sentence-transformers]"'
     ) from err
 
-from ..arguments import OptunaSearchArguments
-from ..trainer import OptunaSearchMixin
+from optuna_trainer.arguments import OptunaSearchArguments
+from optuna_trainer.trainer import OptunaSearchMixin
 
 
 @dataclass(repr=False)

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments
 
-from ..arguments import OptunaSearchArguments
-from ..trainer import OptunaSearchMixin
+from optuna_trainer.arguments import OptunaSearchArguments
+from optuna_trainer.trainer import OptunaSearchMixin
 
 
 @dataclass(repr=False)

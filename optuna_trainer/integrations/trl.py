@@ -5,11 +5,11 @@ construction (with its `peft_config` adapter, if any), as for any trainer given 
 
 Both trainers prepare (tokenize, truncate, pack) their datasets in `__init__` with the arguments they were given, and
 copy some arguments into attributes (`DPOTrainer.beta`, its collator's `max_length`). A searched argument must change
-the training, not only `trainer.args`: the copies follow each trial's arguments (`use_trial_arguments`, trial.py:
+the training, not only `trainer.args`: the copies follow each trial's arguments (`use_trial_arguments`, search/trial.py:
 `follow_arguments`), and when a trial changes an argument the preparation reads (`max_length`, `truncation_mode`,
 SFT's `packing`, `dataset_text_field`, ...), the datasets given to `__init__` are prepared again with the trial's
 arguments. That calls TRL's private `_prepare_dataset` (the only entry to its preparation; supported trl range:
-pyproject.toml's `trl` extra); tests/test_integrations.py fails if it changes.
+pyproject.toml's `trl` extra); tests/integrations/test_seq2seq.py fails if it changes.
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ try:
 except ImportError as err:  # pragma: no cover - depends on the environment
     raise ImportError('optuna_trainer.integrations.trl needs TRL: pip install "optuna-trainer[trl]"') from err
 
-from ..arguments import OptunaSearchArguments
-from ..trainer import OptunaSearchMixin
-from ..trial import changed_fields
+from optuna_trainer.arguments import OptunaSearchArguments
+from optuna_trainer.search.trial import changed_fields
+from optuna_trainer.trainer import OptunaSearchMixin
 
 # The arguments each trainer's `_prepare_dataset` reads (trl 1.16).
 SFT_DATASET_FIELDS = frozenset(
@@ -116,7 +116,7 @@ class OptunaDPOTrainer(_PreparedAgain, DPOTrainer):
         previous = self.args
         super().use_trial_arguments(args)
         # DPOTrainer copies `loss_type` in __init__ under another name (`loss_types`, with `loss_weights` derived from
-        # it), which the copies under the same name (trial.py: `follow_arguments`) do not reach; the loss reads them.
+        # it), which the copies under the same name (search/trial.py: `follow_arguments`) do not reach; the loss reads them.
         if changed_fields(previous, args) & {"loss_type", "loss_weights"}:
             dpo_args = cast(DPOConfig, args)
             self.loss_types = list(dpo_args.loss_type)
