@@ -303,6 +303,7 @@ def live_search(
     """The same search run for real by OptunaTrainer: per trial its configuration, state, samples and final
     accuracy (a completed trial's value: its best evaluation)."""
     from optuna_trainer import OptunaTrainer, OptunaTrainingArguments
+    from optuna_trainer.study.attrs import read
 
     s = table["meta"]["settings"]
     space = {name: {"type": "categorical", "choices": choices} for name, choices in s["space"].items()}
@@ -341,7 +342,7 @@ def live_search(
         {
             "config": {name: t.params[name] for name in s["space"]},
             "pruned": t.state.name == "PRUNED",
-            "samples": t.user_attrs.get("samples"),
+            "samples": read(t).get("samples"),
             "best": None if t.state.name == "PRUNED" else finals[t.number],  # the trial's value: its best evaluation
         }
         for t in trainer.study.trials

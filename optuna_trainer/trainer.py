@@ -9,7 +9,7 @@ Supported transformers: >=5.24,<6 (see pyproject.toml). The search drives `Train
 (`model_init`, which `Trainer.train(trial=...)` calls through `call_model_init`; a `TrainerCallback` for report and
 prune; `evaluate`; `save_model`; `create_accelerator_and_postprocess`); it never sets `hp_search_backend`, so
 transformers' own Optuna code paths (`_hp_search_setup`, `_report_to_hp_search`) stay inactive. The one private name
-it touches is the attribute `_train_batch_size` (search/trial.py: `use_arguments`).
+it touches is the attribute `_train_batch_size` (training/binding.py: `use_arguments`).
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import BestRun, HPSearchBackend
 
 from optuna_trainer._classes import mixed_class
-from optuna_trainer.processes.coordinator import coordinator_for
+from optuna_trainer.processes.distributed import coordinator_for
 from optuna_trainer.search.search import Search
-from optuna_trainer.search.trial import use_arguments
+from optuna_trainer.training.binding import use_arguments
 
 
 class OptunaSearchMixin:
@@ -95,7 +95,7 @@ class OptunaSearchMixin:
 
         The default rebuilds what `Trainer` derives from its arguments (the accelerator, the train batch size) and
         sets again every attribute the trainer or its collator copied from a changed argument under the same name
-        (search/trial.py: `use_arguments`). A trainer that prepares data from its arguments in `__init__` extends this to
+        (training/binding.py: `use_arguments`). A trainer that prepares data from its arguments in `__init__` extends this to
         prepare it again (integrations/trl.py).
         """
         use_arguments(cast(Trainer, self), args)

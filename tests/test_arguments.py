@@ -85,8 +85,8 @@ class TestDefaults:
         args = OptunaTrainingArguments(output_dir=str(tmp_path / "sweep-a"), report_to="none")
         assert args.sampler == "tpe" and args.pruner == "median" and args.n_trials == 20
         settings = resolve_settings(args)
-        assert isinstance(settings.sampler, optuna.samplers.TPESampler)
-        assert isinstance(settings.pruner, optuna.pruners.MedianPruner)
+        assert isinstance(settings.space.sampler, optuna.samplers.TPESampler)
+        assert isinstance(settings.pruning.pruner, optuna.pruners.MedianPruner)
         with caplog.at_level(logging.INFO, logger="optuna_trainer"):
             logging.getLogger("optuna_trainer").propagate = True
             try:
@@ -104,10 +104,12 @@ class TestDefaults:
         settings = resolve_settings(
             args, n_trials=3, sampler="random", pruner="none", storage="memory", study_name="other", timeout=5
         )
-        assert settings.n_trials == 3 and settings.timeout == 5 and settings.study_name == "other"
-        assert isinstance(settings.sampler, optuna.samplers.RandomSampler)
-        assert isinstance(settings.pruner, optuna.pruners.NopPruner)
-        assert settings.storage is None  # memory
+        assert (
+            settings.control.n_trials == 3 and settings.control.timeout == 5 and settings.storage.study_name == "other"
+        )
+        assert isinstance(settings.space.sampler, optuna.samplers.RandomSampler)
+        assert isinstance(settings.pruning.pruner, optuna.pruners.NopPruner)
+        assert settings.storage.storage is None  # memory
 
     def test_unknown_keyword_is_an_error(self, tmp_path):
         args = OptunaTrainingArguments(output_dir=str(tmp_path), report_to="none")
@@ -156,7 +158,7 @@ def test_plain_training_arguments_search_on_the_defaults(tmp_path):
         output_dir=str(tmp_path), report_to="none", learning_rate=3e-4, eval_strategy="steps", logging_steps=4
     )
     settings = resolve_settings(plain, has_compute_metrics=True)
-    assert isinstance(settings.pruner, optuna.pruners.MedianPruner) and settings.n_trials == 20
+    assert isinstance(settings.pruning.pruner, optuna.pruners.MedianPruner) and settings.control.n_trials == 20
     trial_args = trial_arguments(plain, {"weight_decay": 0.1}, output_dir=str(tmp_path / "run-0"))
     assert type(trial_args) is TrainingArguments and trial_args is not plain
     assert trial_args.learning_rate == 3e-4 and trial_args.eval_steps == 4 and trial_args.weight_decay == 0.1

@@ -64,7 +64,10 @@ def unsafe_calls(source: str, filename: str = "<source>") -> list[str]:
 # Calls the scan reports that were reviewed as safe, by file and call (not line), each with its reason. Anything new
 # fails the test until it is reviewed and listed here.
 _REVIEWED = {
-    ("optuna_trainer/processes/distributed.py", "pickle.loads("): "round trip of bytes this process has just pickled itself, to "
+    (
+        "optuna_trainer/processes/distributed.py",
+        "pickle.loads(",
+    ): "round trip of bytes this process has just pickled itself, to "
     "check that a value can be sent to the other ranks; nothing read from a file or a storage",
 }
 

@@ -26,8 +26,8 @@ except ImportError as err:  # pragma: no cover - depends on the environment
     raise ImportError('optuna_trainer.integrations.trl needs TRL: pip install "optuna-trainer[trl]"') from err
 
 from optuna_trainer.arguments import OptunaSearchArguments
-from optuna_trainer.search.trial import changed_fields
 from optuna_trainer.trainer import OptunaSearchMixin
+from optuna_trainer.training.binding import changed_fields
 
 # The arguments each trainer's `_prepare_dataset` reads (trl 1.16).
 SFT_DATASET_FIELDS = frozenset(
@@ -116,7 +116,7 @@ class OptunaDPOTrainer(_PreparedAgain, DPOTrainer):
         previous = self.args
         super().use_trial_arguments(args)
         # DPOTrainer copies `loss_type` in __init__ under another name (`loss_types`, with `loss_weights` derived from
-        # it), which the copies under the same name (search/trial.py: `follow_arguments`) do not reach; the loss reads them.
+        # it), which the copies under the same name (training/binding.py: `follow_arguments`) do not reach; the loss reads them.
         if changed_fields(previous, args) & {"loss_type", "loss_weights"}:
             dpo_args = cast(DPOConfig, args)
             self.loss_types = list(dpo_args.loss_type)

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 from transformers import ProgressCallback
 
-from optuna_trainer.search.loop import FINISHED, count_finished
+from optuna_trainer.study.bookkeeping import FINISHED, count_finished
 from optuna_trainer.training.callbacks import TrialStepsProgressCallback
 
 _REDIRECTED_LOGGERS = ("optuna", "optuna_trainer", "transformers")

@@ -31,6 +31,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from optuna_trainer.study.attrs import SETTINGS_ATTR, read
 from optuna_trainer.study.storage import mask_url
 
 logger = logging.getLogger(__name__)
@@ -38,8 +39,6 @@ logger = logging.getLogger(__name__)
 REPORT_DIR = "report"
 SUMMARY_FILE = "summary.json"
 TRIALS_FILE = "trials.csv"
-# Study user attribute holding the resolved settings, so that a report made later from the storage still shows them.
-SETTINGS_ATTR = "optuna_trainer_settings"
 STEPS_SAVED_DEFINITION = (
     "sum over pruned trials of (the trial's planned training steps, user attribute max_steps, minus the steps it ran)"
 )
@@ -111,10 +110,10 @@ def summarize(study: optuna.Study, trials: Sequence[FrozenTrial] | None = None) 
     counts = {state.name: 0 for state in TrialState}
     for t in trials:
         counts[t.state.name] += 1
-    total_steps = sum(int(t.user_attrs.get("steps") or 0) for t in trials)
-    total_samples = sum(int(t.user_attrs.get("samples") or 0) for t in trials)
-    saved = saved_by_pruning(trials, "steps", "max_steps")
-    saved_samples = saved_by_pruning(trials, "samples", "max_samples")
+    total_steps = sum(int(read(t).get("steps") or 0) for t in trials)
+    total_samples = sum(int(read(t).get("samples") or 0) for t in trials)
+    saved = saved_by_pruning(trials, samples=False)
+    saved_samples = saved_by_pruning(trials, samples=True)
     starts = [t.datetime_start for t in trials if t.datetime_start is not None]
     ends = [t.datetime_complete for t in trials if t.datetime_complete is not None]
     wall = (max(ends) - min(starts)).total_seconds() if starts and ends else None
@@ -132,7 +131,7 @@ def summarize(study: optuna.Study, trials: Sequence[FrozenTrial] | None = None) 
         "samples_saved_by_pruning": saved_samples,
         "samples_saved_by_pruning_definition": SAMPLES_SAVED_DEFINITION,
         "wall_time_seconds": None if wall is None else round(wall, 3),
-        "trial_seconds": round(sum(float(t.user_attrs.get("seconds") or 0.0) for t in trials), 3),
+        "trial_seconds": round(sum(float(read(t).get("seconds") or 0.0) for t in trials), 3),
     }
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     if complete and multi:
@@ -142,11 +141,19 @@ def summarize(study: optuna.Study, trials: Sequence[FrozenTrial] | None = None) 
     return summary
 
 
-def saved_by_pruning(trials: Sequence[FrozenTrial], ran_key: str, planned_key: str) -> int:
-    """Training (steps or samples) the pruned trials did not run: planned minus ran, summed."""
+def saved_by_pruning(trials: Sequence[FrozenTrial], samples: bool) -> int:
+    """Training (samples, or optimizer steps) the pruned trials did not run: planned minus ran, summed."""
     saved = 0
     for t in trials:
-        planned, ran = t.user_attrs.get(planned_key), t.user_attrs.get(ran_key)
+        attrs = read(t)
+        planned, ran = (
+            (attrs.get("max_samples"), attrs.get("samples"))
+            if samples
+            else (
+                attrs.get("max_steps"),
+                attrs.get("steps"),
+            )
+        )
         if t.state == TrialState.PRUNED and planned is not None and ran is not None:
             saved += max(int(planned) - int(ran), 0)
     return saved
@@ -157,8 +164,8 @@ def _trial_brief(trial: FrozenTrial, multi: bool) -> dict[str, Any]:
         "number": trial.number,
         "value": list(trial.values) if multi else trial.value,
         "params": dict(trial.params),
-        "steps": trial.user_attrs.get("steps"),
-        "run_dir": trial.user_attrs.get("run_dir"),
+        "steps": read(trial).get("steps"),
+        "run_dir": read(trial).get("run_dir"),
     }
     return brief
 
@@ -179,6 +186,8 @@ def _settings(study: optuna.Study, settings: Any) -> dict[str, Any] | None:
 
 # ---- trials table ----------------------------------------------------------------------------------------------
 
+# The trials' user attributes (study/attrs.py) the table shows, in its column order.
+_ATTR_COLUMNS = ("steps", "max_steps", "pruned_at_step", "samples", "max_samples", "seconds", "run_dir", "fail_reason")
 _FIXED_COLUMNS = (
     "number",
     "state",
@@ -211,17 +220,9 @@ def trial_rows(trials: Sequence[FrozenTrial]) -> tuple[list[str], list[dict[str,
             row[column] = values[i] if i < len(values) else None
         for p in param_names:
             row[f"params_{p}"] = t.params.get(p)
-        for key in (
-            "steps",
-            "max_steps",
-            "pruned_at_step",
-            "samples",
-            "max_samples",
-            "seconds",
-            "run_dir",
-            "fail_reason",
-        ):
-            row[key] = t.user_attrs.get(key)
+        attrs = read(t)
+        for key in _ATTR_COLUMNS:
+            row[key] = attrs.get(key)
         row["datetime_start"] = _iso(t.datetime_start)
         row["datetime_complete"] = _iso(t.datetime_complete)
         rows.append(row)
@@ -428,18 +429,13 @@ def _fmt(value: Any) -> str:
 
 def _storage_target(study: optuna.Study, settings: Any) -> str | None:
     """What optuna-dashboard is given for this study: the storage URL or the journal file, or None (in memory)."""
-    target = getattr(settings, "storage_target", None)
-    if target:
-        return target
-    description = getattr(settings, "storage_description", None)
-    if description:
-        if description.startswith("journal file "):
-            return description[len("journal file ") :]
-        if "://" in description:
-            return description
-        if description.startswith("memory"):
-            return None
-    storage = getattr(settings, "storage", None) or getattr(study, "_storage", None)
+    # The storage the search opened knows what the dashboard opens (search/settings.py: StorageSettings.target).
+    opened = getattr(settings, "storage", None)
+    if opened is not None and opened.target:
+        return str(opened.target)
+    if opened is not None and opened.storage is None:
+        return None  # in memory: nothing to open
+    storage = getattr(study, "_storage", None)
     # Optuna wraps an RDB storage in a cache; both expose the URL on the RDB object. Private names are read only as a
     # fallback for a storage object the user built, and a miss only drops the dashboard line.
     for candidate in (storage, getattr(storage, "_backend", None)):

@@ -33,12 +33,12 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 from transformers import Trainer, TrainerCallback
 
+from optuna_trainer.study.attrs import MLFLOW_PARENT_ATTR, read
 from optuna_trainer.study.claims import ClaimLock, file_lock, held
 from optuna_trainer.study.storage import mask_url, sqlite_creation_lock
 
 logger = logging.getLogger(__name__)
 
-MLFLOW_PARENT_ATTR = "mlflow_parent_run_id"
 # Beside the study's run folders: the lock under which one worker creates the study's parent run.
 MLFLOW_PARENT_LOCK = "mlflow_parent.lock"
 _MLFLOW_STATUS = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "KILLED", TrialState.FAIL: "FAILED"}
@@ -248,7 +248,8 @@ class TrialTrackers:
             client.log_metric(run_id, "optuna.value", float(trial.value))
         for step, value in sorted(trial.intermediate_values.items()):
             client.log_metric(run_id, "optuna.intermediate", float(value), step=int(step))
-        reason = trial.user_attrs.get("fail_reason") or trial.user_attrs.get("stopped_reason")
+        attrs = read(trial)
+        reason = attrs.get("fail_reason") or attrs.get("stopped_reason")
         if reason:
             client.set_tag(run_id, "optuna.reason", str(reason)[:5000])
         client.set_terminated(run_id, status=_MLFLOW_STATUS.get(trial.state, "FAILED"))

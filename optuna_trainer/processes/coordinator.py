@@ -13,14 +13,24 @@ from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
 import optuna
-import torch.distributed as dist
-from transformers import TrainingArguments
-
-from optuna_trainer.search.loop import StopRequest
 
 T = TypeVar("T")
 Objective = Callable[[optuna.trial.BaseTrial], Any]
 Drive = Callable[[optuna.Study, Objective], Any]
+
+
+class StopRequest:
+    """A request to start no new trial, made by the search itself (an interrupt, processes that lost each other).
+
+    The loop also stops on `study.stop()` (search/loop.py: `stop_requested`); this is the search's own request, which
+    the coordinator of several processes makes when no further trial can run.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def request(self) -> None:
+        self.requested = True
 
 
 class Coordinator(Protocol):
@@ -79,13 +89,4 @@ class LocalCoordinator:
         return compute()
 
 
-def coordinator_for(args: TrainingArguments) -> Coordinator:
-    """The coordinator for the processes `args` describes: distributed when a process group of several is up."""
-    if args.world_size <= 1 or not dist.is_available() or not dist.is_initialized():
-        return LocalCoordinator()
-    from optuna_trainer.processes.distributed import DistributedCoordinator
-
-    return DistributedCoordinator(timeout_s=float(args.ddp_timeout))
-
-
-__all__ = ["Coordinator", "LocalCoordinator", "coordinator_for"]
+__all__ = ["Coordinator", "LocalCoordinator", "StopRequest"]

@@ -44,9 +44,11 @@ from typing import Any
 
 import optuna
 import torch.distributed as dist
+from transformers import TrainingArguments
 
 from optuna_trainer.exceptions import CoordinationError, PeerFailedError
-from optuna_trainer.search.loop import StopRequest
+from optuna_trainer.processes.coordinator import Coordinator, LocalCoordinator, StopRequest
+from optuna_trainer.study import attrs
 
 logger = logging.getLogger(__name__)
 
@@ -403,7 +405,7 @@ class DistributedCoordinator:
             except Exception as err:
                 # The trainer recorded this rank's error; the trial's error may come from another rank.
                 notes = "; ".join(getattr(err, "__notes__", []))
-                trial.set_user_attr("fail_reason", f"{type(err).__name__}: {err} ({notes})"[:2000])
+                attrs.write(trial, fail_reason=f"{type(err).__name__}: {err} ({notes})"[:2000])
                 raise
 
         try:
@@ -588,3 +590,10 @@ def _portable(value: Any) -> Any:
         if isinstance(value, BaseException):
             return RuntimeError(f"{type(value).__name__}: {value}")
         raise
+
+
+def coordinator_for(args: TrainingArguments) -> Coordinator:
+    """The coordinator for the processes `args` describes: distributed when a process group of several is up."""
+    if args.world_size <= 1 or not dist.is_available() or not dist.is_initialized():
+        return LocalCoordinator()
+    return DistributedCoordinator(timeout_s=float(args.ddp_timeout))

@@ -53,6 +53,8 @@ from optuna_trainer.processes.worker_env import (
     ENV_WORKER,
     ENV_WORKERS,
 )
+from optuna_trainer.study.attrs import read
+from optuna_trainer.study.bookkeeping import count_finished, requeue
 
 logger = logging.getLogger(__name__)
 
@@ -326,7 +328,7 @@ class Launcher:
     def finished(self) -> int:
         if self.study is None:
             return 0
-        return len(self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+        return count_finished(self.study)
 
     def waiting(self) -> int:
         if self.study is None:
@@ -338,20 +340,13 @@ class Launcher:
         self._read_record()
         if self.study is None:
             return []
-        from optuna_trainer.study.storage import MAX_RETRY
-
         owners = {f"{socket.gethostname()}:{pid}" for pid in worker.pids}
-        retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
         numbers = []
-        trials = self.study.get_trials(deepcopy=False)
-        for trial in trials:
-            if trial.state != TrialState.RUNNING or trial.user_attrs.get("worker") not in owners:
+        for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if read(trial).get("worker") not in owners:
                 continue
             # What a heartbeat storage does for a stale trial, done at once (a journal file has no heartbeat).
-            self.study.tell(trial.number, state=TrialState.FAIL)
-            # A worker interrupted between queueing its trial again and marking it FAIL left a copy already.
-            if not any(t.system_attrs.get("failed_trial") == trial.number for t in trials):
-                retry(self.study, self.study.get_trials(deepcopy=False)[trial.number])
+            requeue(self.study, trial.number, fail=True)
             numbers.append(trial.number)
         return numbers
 

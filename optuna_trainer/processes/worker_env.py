@@ -60,4 +60,5 @@ def launch_env() -> LaunchEnv | None:
         storage=os.environ.get(ENV_STORAGE) or None,
     )
 
+
 __all__ = ["ENV_LAUNCH_DIR", "ENV_STORAGE", "ENV_WORKER", "ENV_WORKERS", "JOURNAL_NAME", "LaunchEnv", "launch_env"]

@@ -45,11 +45,11 @@ def check_before_study(trainer: Trainer, settings: SearchSettings) -> set[str]:
     """Raise `ValueError`/`TypeError` for any input that would only fail once trials run; return the search keys
     (a callable space's as one call of it returned them)."""
     config = getattr(trainer.model, "config", None)
-    if isinstance(settings.hp_space, SearchSpace):
-        settings.hp_space.check_model_config(config)
-        candidates = settings.hp_space.candidates()
+    if isinstance(settings.space.hp_space, SearchSpace):
+        settings.space.hp_space.check_model_config(config)
+        candidates = settings.space.hp_space.candidates()
     else:
-        candidates = {k: [v] for k, v in probe_hp_space(settings.hp_space, type(trainer.args), config).items()}
+        candidates = {k: [v] for k, v in probe_hp_space(settings.space.hp_space, type(trainer.args), config).items()}
     rest, adapter_values = split_peft(candidates)
     args_values, model_values = split_params(rest)
     check_argument_values(trainer.args, args_values)
@@ -170,7 +170,10 @@ def check_objective_metric(trainer: Trainer, settings: SearchSettings) -> None:
         return
     if not type(trainer).evaluate.__module__.startswith(("transformers.", "optuna_trainer.")):
         return  # a user's evaluate() may add the metric itself
-    for name, objective in (("objective_metric", settings.objective), ("prune_metric", settings.prune_signal)):
+    for name, objective in (
+        ("objective_metric", settings.objective.objective),
+        ("prune_metric", settings.pruning.signal),
+    ):
         metric = objective.metric if objective is not None else None
         if metric is None or metric in _METRICS_WITHOUT_COMPUTE_METRICS:
             continue

@@ -23,24 +23,21 @@ from optuna.distributions import (
     IntDistribution,
 )
 
-from optuna_trainer.search.loop import FINISHED
 from optuna_trainer.space.search_space import SearchSpace
+from optuna_trainer.study.attrs import OBJECTIVE_ATTR, PRUNING_ATTR
+from optuna_trainer.study.bookkeeping import FINISHED
 
 if TYPE_CHECKING:
     from optuna_trainer.search.settings import SearchSettings
 
 logger = logging.getLogger(__name__)
 
-OBJECTIVE_ATTR = "optuna_trainer_objective"
-# What the study's intermediate values are: {"budget": "samples"|"steps", "metric": the pruning signal}.
-PRUNING_ATTR = "optuna_trainer_pruning"
-
 
 def check_continuation(study: optuna.Study, settings: SearchSettings) -> None:
     """Raise `ValueError` if `settings` cannot continue `study`; record the objective on a new study."""
     finished = study.get_trials(deepcopy=False, states=FINISHED)
-    how = f"to start a new study instead, give another study_name (now {settings.study_name!r}) or another output_dir"
-    where = f"study {settings.study_name!r} in {settings.storage_description}"
+    how = f"to start a new study instead, give another study_name (now {settings.storage.study_name!r}) or another output_dir"
+    where = f"study {settings.storage.study_name!r} in {settings.storage.description}"
     old_directions = [d.name.lower() for d in study.directions]
     new_directions = list(settings.objective.directions)
     if len(old_directions) != len(new_directions):
@@ -69,8 +66,8 @@ def check_continuation(study: optuna.Study, settings: SearchSettings) -> None:
             f"compute_objective back), or {how}"
         )
     check_pruning(study, settings, finished, where, how)
-    if isinstance(settings.hp_space, SearchSpace) and finished:
-        check_distributions(finished, settings.hp_space, how)
+    if isinstance(settings.space.hp_space, SearchSpace) and finished:
+        check_distributions(finished, settings.space.hp_space, how)
 
 
 def check_pruning(
@@ -82,8 +79,8 @@ def check_pruning(
 ) -> None:
     """The pruner compares a trial's intermediate values with the earlier trials': they must be the same metric at
     the same kind of step. A study without the attribute was made before `prune_budget` existed: optimizer steps."""
-    signal = settings.prune_signal.metric if settings.prune_signal is not None else None
-    new = {"budget": settings.prune_budget, "metric": signal or metric_name(settings)}
+    signal = settings.pruning.signal.metric if settings.pruning.signal is not None else None
+    new = {"budget": settings.pruning.budget, "metric": signal or metric_name(settings)}
     reported = [t for t in finished if t.intermediate_values]
     stored = study.user_attrs.get(PRUNING_ATTR)
     if stored is None:
@@ -110,7 +107,7 @@ def check_pruning(
 
 
 def metric_name(settings: SearchSettings) -> str:
-    return settings.objective.metric or "compute_objective"
+    return settings.objective.objective.metric or "compute_objective"
 
 
 def check_distributions(finished: list[optuna.trial.FrozenTrial], space: SearchSpace, how: str) -> None:

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any
+from typing import Any, cast
 
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
 from optuna_trainer.space.search_space import MODEL_PREFIX, SearchSpace
+from optuna_trainer.study.attrs import TrialAttrs
 from optuna_trainer.training.adapters import PEFT_PREFIX
 
 logger = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ def enqueue_arguments(study: optuna.Study, space: Any, keys: set[str], args: Any
                 left.append(f"{key}={values.pop(key)!r} (outside the space)")
     if not values:
         return f"enqueue_arguments: no searched key has a value inside the space; nothing queued ({', '.join(left)})"
-    study.enqueue_trial(values, user_attrs={"enqueued": "arguments"}, skip_if_exists=True)
+    study.enqueue_trial(values, user_attrs=cast(dict[str, Any], TrialAttrs(enqueued="arguments")), skip_if_exists=True)
     rest = f"; sampled: {', '.join(left)}" if left else ""
     return f"enqueue_arguments: trial 0 runs the arguments' own values {values}{rest}"
 

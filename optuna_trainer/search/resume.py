@@ -21,6 +21,8 @@ import optuna
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from optuna_trainer.study.attrs import read
+
 logger = logging.getLogger(__name__)
 
 
@@ -58,7 +60,7 @@ def find_resume_point(study: optuna.Study, number: int) -> ResumePoint | None:
     if original is None:
         return None
     retry_history: list[int] = frozen.system_attrs.get("retry_history", [original])
-    run_dir = frozen.user_attrs.get("run_dir")
+    run_dir = read(frozen).get("run_dir")
     point = ResumePoint(original=original, run_dir=run_dir)
     if run_dir is None or not os.path.isdir(run_dir):
         logger.info(
@@ -76,7 +78,7 @@ def find_resume_point(study: optuna.Study, number: int) -> ResumePoint | None:
     reported = by_number.get(last)
     if reported is not None:
         # Reported at training samples seen (or optimizer steps with prune_budget="steps"): see space/budget.py.
-        per_step = int(reported.user_attrs.get("budget_per_step", 1))
+        per_step = int(read(reported).get("budget_per_step", 1))
         point.history = sorted((s, v) for s, v in reported.intermediate_values.items() if s <= point.step * per_step)
     logger.info(
         f"Trial {number} retries trial {original} (its worker stopped) with the same parameters, resuming from "

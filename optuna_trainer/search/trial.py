@@ -1,12 +1,13 @@
-"""One trial of a search, with a visible life cycle: prepare, run, finish.
+"""One trial of a search, with a visible life cycle: prepare, run, close.
+
+A `TrialRun` gets a frozen `TrialContext` (what every trial of the search reads) and returns a `TrialOutcome`
+(value, state, run directory, the best evaluation's weights); it never reaches back into the search. The search
+(search/search.py) applies what follows from the outcome: the best model, a requeue, the deletion of checkpoints.
 
 - prepare: suggest the trial's values, find its resume point (a trial re-queued after its worker died), build its
-  arguments from the user's and point the trainer at them, give it its model factory and its callbacks;
-- run: train, evaluate once if training never did, score (the best evaluation), offer the model as the new best;
-- finish: record the trial's attributes, take the callbacks off, release its memory, delete checkpoints nobody
-  needs.
-
-Every field of `TrialRun` is per-trial state; what lasts over trials lives in `Search` (search/search.py).
+  arguments from the user's and bind them to the trainer, give it its model factory and its callbacks;
+- run: train, evaluate once if training never did, score (the best evaluation whose weights are kept);
+- close: record the trial's attributes, take the callbacks off, release its memory.
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ import shutil
 import socket
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
 import optuna
 import torch
+from optuna.trial import TrialState
 from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, number_of_arguments
 
@@ -31,17 +34,86 @@ from optuna_trainer.search.resume import ResumePoint, find_resume_point, logged_
 from optuna_trainer.space.budget import align_evaluations, samples_per_step
 from optuna_trainer.space.objective import Objective, ObjectiveValue, is_finite
 from optuna_trainer.space.search_space import SearchSpace, check_key, check_model_keys, split_params
-from optuna_trainer.training.adapters import split_peft
+from optuna_trainer.study import attrs
+from optuna_trainer.training.adapters import Adapters, split_peft
 from optuna_trainer.training.best_weights import BEST_EVALUATION_DIR, BestWeightsCallback, shards_weights
+from optuna_trainer.training.binding import apply_arguments
 from optuna_trainer.training.callbacks import NonFiniteLossCallback, OptunaPruningCallback
 from optuna_trainer.training.faults import trial_failure
 from optuna_trainer.training.memory import release_trial_memory
 from optuna_trainer.training.models import apply_config_values
 
+if TYPE_CHECKING:
+    from optuna_trainer.output.trackers import TrialTrackers
+    from optuna_trainer.processes.coordinator import Coordinator
+    from optuna_trainer.search.settings import SearchSettings
+
 logger = logging.getLogger(__name__)
 
-if TYPE_CHECKING:
-    from optuna_trainer.search.search import Search
+
+@dataclass(frozen=True)
+class TrialContext:
+    """What every trial of a search reads, fixed once the search has taken the trainer (search/search.py).
+
+    Attributes:
+        trainer: the trainer the trials train with (its arguments and model_init change per trial).
+        settings: the search's resolved settings.
+        coordinator: keeps the processes of the search in step.
+        base_args: the user's arguments object; each trial's arguments are rebuilt from it.
+        study: the study (None on the processes that follow the main one under DDP).
+        model_source: where each trial's model comes from: the user's model_init, or a copy of the initial weights.
+        model_config: the model's config before the search (checks `model.*` keys of a callable space).
+        adapters: with `peft.*` keys, the shared base model that each trial wraps in a fresh adapter.
+        trackers: per-trial MLflow / W&B runs (report_to), or None.
+    """
+
+    trainer: Trainer
+    settings: SearchSettings
+    coordinator: Coordinator
+    base_args: TrainingArguments
+    study: optuna.Study | None
+    model_source: Callable[..., torch.nn.Module]
+    model_config: Any = None
+    adapters: Adapters | None = None
+    trackers: TrialTrackers | None = None
+
+
+@dataclass
+class TrialOutcome:
+    """How a trial ended, for the search to act on.
+
+    Attributes:
+        number: the trial's number (rank 0's on every process).
+        state: COMPLETE, PRUNED or FAIL.
+        run_dir: its run directory (its checkpoints).
+        params: its values.
+        value: its value when COMPLETE: the best evaluation whose weights `best_weights` holds.
+        error: what the objective raises for a state other than COMPLETE (`TrialPruned`, the failure, or
+            `KeyboardInterrupt`), already recorded on the trial.
+        best_weights: where the best evaluation's weights are (in memory, or on disk under ZeRO-3/FSDP); None when
+            no best model is kept.
+        samples_per_step: training samples per optimizer step (the best model's record names its samples).
+    """
+
+    number: int
+    state: TrialState
+    run_dir: str
+    params: dict[str, Any] = field(default_factory=dict)
+    value: Any = None
+    error: BaseException | None = None
+    best_weights: BestWeightsCallback | None = None
+    samples_per_step: int | None = None
+
+    @property
+    def interrupted(self) -> bool:
+        """Ctrl-C or SIGTERM: the study keeps the trial's place (queued again), and its checkpoints for the resume."""
+        return isinstance(self.error, KeyboardInterrupt)
+
+    def result(self) -> Any:
+        """The objective's return: the value, or the error raised out of it."""
+        if self.error is not None:
+            raise self.error
+        return self.value
 
 
 class TrialModelInit:
@@ -74,110 +146,58 @@ def _takes_argument(func: Callable[..., Any]) -> bool:
     return number_of_arguments(func) >= 1
 
 
-def apply_arguments(trainer: Trainer, args: TrainingArguments) -> None:
-    """Give the trainer a trial's arguments (or the user's back): through its `use_trial_arguments` when it has one
-    (`OptunaSearchMixin`, which trainers with data prepared from their arguments extend), else `use_arguments`."""
-    hook = getattr(trainer, "use_trial_arguments", None)
-    if hook is not None:
-        hook(args)
-    else:
-        use_arguments(trainer, args)
-
-
-def use_arguments(trainer: Trainer, args: TrainingArguments) -> None:
-    """Make `args` the trainer's arguments, rebuilding what depends on them.
-
-    Batch size, accumulation steps and mixed precision may differ per trial, so the accelerator is rebuilt, as
-    transformers' own `_hp_search_setup` does. `_train_batch_size` is a private attribute that `Trainer` reads for
-    the train dataloader and that transformers' search refreshes the same way (supported range: pyproject.toml);
-    tests/test_trainer.py::test_batch_size_is_searched fails if it stops being read.
-    """
-    previous = trainer.args
-    trainer.args = args
-    trainer.create_accelerator_and_postprocess()
-    trainer._train_batch_size = args.train_batch_size
-    follow_arguments(trainer, previous, args)
-
-
-def changed_fields(before: TrainingArguments, after: TrainingArguments) -> set[str]:
-    """The names of the dataclass fields whose values differ between two arguments objects."""
-    changed = set()
-    for field in dataclasses.fields(after):
-        old, new = getattr(before, field.name, None), getattr(after, field.name, None)
-        try:
-            different = bool(old != new)
-        except Exception:  # noqa: BLE001 - a value that cannot be compared (an array) counts as changed
-            different = True
-        if different:
-            changed.add(field.name)
-    return changed
-
-
-def follow_arguments(trainer: Trainer, previous: TrainingArguments, args: TrainingArguments) -> None:
-    """Where the trainer or its data collator keeps its own copy of an argument, under the argument's name, the copy
-    follows the new value.
-
-    Trainers copy arguments into attributes in `__init__` and read the copy afterwards: TRL's `DPOTrainer` reads
-    `self.beta`, `self.label_smoothing`, ..., and the collator it builds keeps `max_length` and `truncation_mode`.
-    A searched `beta` must change the loss, not only `trainer.args.beta`; so every changed field that is also an
-    instance attribute of the same name holding the previous value (a copy, not something else of that name, such as
-    `Trainer.deepspeed`, the engine) is set again.
-    """
-    changed = changed_fields(previous, args)
-    for holder in (trainer, getattr(trainer, "data_collator", None)):
-        if holder is None or not hasattr(holder, "__dict__"):
-            continue
-        for name in changed & set(vars(holder)):
-            if _same(vars(holder)[name], getattr(previous, name)):
-                setattr(holder, name, getattr(args, name))
-
-
-def _same(a: Any, b: Any) -> bool:
-    try:
-        return type(a) is type(b) and bool(a == b)
-    except Exception:  # noqa: BLE001 - values that cannot be compared are not copies of each other
-        return False
-
-
 class TrialRun:
-    """One trial: `execute()` runs prepare -> run -> finish and returns the trial's value (or raises)."""
+    """One trial: `execute()` prepares and runs it and returns its `TrialOutcome`; `close()` releases it."""
 
-    def __init__(self, search: Search, trial: optuna.trial.BaseTrial) -> None:
-        self.search = search
+    def __init__(self, context: TrialContext, trial: optuna.trial.BaseTrial) -> None:
+        self.context = context
         self.trial = trial
-        self.trainer = search.trainer
-        self.settings = search.settings
-        self.coordinator = search.coordinator
+        self.trainer = context.trainer
+        self.settings = context.settings
+        self.coordinator = context.coordinator
         self.started = time.monotonic()
         self.values: dict[str, Any] = {}
         self.run_dir = ""
         self.resume: ResumePoint | None = None
-        self.objective: Objective = dataclasses.replace(search.settings.objective, history=[])
+        self.objective: Objective = dataclasses.replace(context.settings.objective.objective, history=[])
         self.pruning: OptunaPruningCallback | None = None
         self.guard: NonFiniteLossCallback | None = None
         self.best_weights: BestWeightsCallback | None = None
-        self.finished = False
-        self.requeued = False  # interrupted and queued again: its checkpoints are where the next run resumes
 
-    def execute(self) -> Any:
+    def execute(self) -> TrialOutcome:
+        """Prepare and run the trial; an error is recorded on the trial and returned in the outcome, not raised."""
         try:
             self.prepare()
-            return self.run()
-        except optuna.TrialPruned:
+            return self.outcome(TrialState.COMPLETE, value=self.run())
+        except optuna.TrialPruned as pruned:
             if self.pruning is not None:
-                self.trial.set_user_attr("pruned_at_step", self.pruning.pruned_at)
-                self.trial.set_user_attr("stopped_reason", self.pruning.stopped_reason)
-            raise
+                attrs.write(
+                    self.trial, pruned_at_step=self.pruning.pruned_at, stopped_reason=self.pruning.stopped_reason
+                )
+            return self.outcome(TrialState.PRUNED, error=pruned)
         except (Exception, KeyboardInterrupt) as err:
-            if isinstance(err, KeyboardInterrupt):
-                self.search.requeue(self.trial.number)  # Ctrl-C: the study keeps the trial's place for the next run
-                self.requeued = True
-            failure = trial_failure(self.trial, err, self.settings.continue_on_oom, catch=self.settings.catch)
-            if failure is err:
-                raise
-            raise failure from None
-        finally:
-            self.finish()
+            return self.failed(err)
+
+    def failed(self, err: BaseException) -> TrialOutcome:
+        """The outcome of a trial that raised `err` (in training, or while the search kept its model)."""
+        failure = trial_failure(
+            self.trial, err, self.settings.control.continue_on_oom, catch=self.settings.control.catch
+        )
+        if failure is not err:
+            failure.__suppress_context__ = True  # raised in place of `err`, whose frames are cleared
+        return self.outcome(TrialState.FAIL, error=failure)
+
+    def outcome(self, state: TrialState, value: Any = None, error: BaseException | None = None) -> TrialOutcome:
+        return TrialOutcome(
+            number=self.trial.number,
+            state=state,
+            run_dir=self.run_dir,
+            params=dict(self.values),
+            value=value,
+            error=error,
+            best_weights=self.best_weights,
+            samples_per_step=attrs.read(self.trial).get("samples_per_step"),
+        )
 
     # ---- prepare ---------------------------------------------------------------------------------------------
 
@@ -186,51 +206,54 @@ class TrialRun:
         rest, adapter_values = split_peft(self.values)
         args_values, model_values = split_params(rest)
         run_name = (
-            self.settings.hp_name(self.trial) if self.settings.hp_name is not None else f"run-{self.trial.number}"
+            self.settings.space.hp_name(self.trial)
+            if self.settings.space.hp_name is not None
+            else f"run-{self.trial.number}"
         )
-        self.run_dir = os.path.join(output_dir_of(self.search.base_args), run_name)
+        self.run_dir = os.path.join(output_dir_of(self.context.base_args), run_name)
         # A trial re-queued after its worker died continues in the original's run directory, from its checkpoint.
         number = self.trial.number  # rank 0's number on every process (SyncTrial)
         self.resume = self.coordinator.share(
-            find_resume_point(self.search.study, number)
-            if self.coordinator.is_main and self.search.study is not None
+            find_resume_point(self.context.study, number)
+            if self.coordinator.is_main and self.context.study is not None
             else None
         )
         if self.resume is not None and self.resume.checkpoint is not None and self.resume.run_dir is not None:
             self.run_dir = self.resume.run_dir
-            self.trial.set_user_attr("resumed_from_checkpoint", self.resume.checkpoint)
-        self.trial.set_user_attr("run_dir", self.run_dir)
-        self.trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+            attrs.write(self.trial, resumed_from_checkpoint=self.resume.checkpoint)
+        attrs.write(self.trial, run_dir=self.run_dir, worker=f"{socket.gethostname()}:{os.getpid()}")
 
-        trial_args = trial_arguments(self.search.base_args, args_values, output_dir=self.run_dir)
+        trial_args = trial_arguments(self.context.base_args, args_values, output_dir=self.run_dir)
         # Evaluations at the same training samples in every trial, whatever its batch size (space/budget.py).
-        note = align_evaluations(self.search.base_args, trial_args, self.settings.prune_budget)
+        note = align_evaluations(self.context.base_args, trial_args, self.settings.pruning.budget)
         if note is not None:
             logger.warning(f"Trial {self.trial.number}: {note}")
         per_step = samples_per_step(trial_args)
-        self.trial.set_user_attr("samples_per_step", per_step)
-        self.trial.set_user_attr("budget_per_step", per_step if self.settings.prune_budget == "samples" else 1)
+        attrs.write(
+            self.trial,
+            samples_per_step=per_step,
+            budget_per_step=per_step if self.settings.pruning.budget == "samples" else 1,
+        )
         apply_arguments(self.trainer, trial_args)
-        assert self.search.model_source is not None  # set by Search._take_trainer
         source = (
-            self.search.adapters.for_trial(adapter_values)
-            if self.search.adapters is not None
-            else self.search.model_source
+            self.context.adapters.for_trial(adapter_values)
+            if self.context.adapters is not None
+            else self.context.model_source
         )
         # transformers types model_init as returning a PreTrainedModel; it accepts any nn.Module.
         self.trainer.model_init = cast(Any, TrialModelInit(source, model_values, after_build=self.name_run))
 
-        signal = self.settings.prune_signal
+        signal = self.settings.pruning.signal
         self.pruning = OptunaPruningCallback(
             self.trial,
             self.objective,
-            prune=not self.objective.multi,
+            prune=self.settings.pruning.enabled,
             decide=self.coordinator.decide,
-            budget=self.settings.prune_budget,
+            budget=self.settings.pruning.budget,
             signal=dataclasses.replace(signal, history=[]) if signal is not None else None,
         )
         self.trainer.add_callback(self.pruning)
-        if self.resume is not None and self.resume.checkpoint is not None and not self.objective.multi:
+        if self.resume is not None and self.resume.checkpoint is not None and self.settings.pruning.enabled:
             # The pruner's history as the original reported it; the objective's from the checkpoint's own log.
             for step, value in self.resume.history:
                 self.trial.report(value, step)
@@ -247,7 +270,7 @@ class TrialRun:
             every_step=self.coordinator.world_size == 1,
         )
         self.trainer.add_callback(self.guard)
-        if self.settings.save_best_model and not self.objective.multi:
+        if self.settings.control.save_best_model and not self.objective.multi:
             # best_model/ must hold the weights of the evaluation the trial's value comes from (training/best_weights.py);
             # added after the pruning callback, which records each evaluation's value first.
             on_disk = shards_weights(self.trainer)
@@ -258,19 +281,19 @@ class TrialRun:
                 save=self.trainer.save_model if on_disk else None,
             )
             self.trainer.add_callback(self.best_weights)
-        if self.search.trackers is not None and self.search.trackers.active:
-            self.search.trackers.before_trial(self.trial.number)
+        if self.context.trackers is not None and self.context.trackers.active:
+            self.context.trackers.before_trial(self.trial.number)
 
     def name_run(self) -> None:
         """Name the run directory again once the model is built: a `model_init(trial)` that suggests values itself
         (transformers' own tests do) adds them to `trial.params` only then, and `hp_name` names runs by them, as in
         transformers, where the run directory is named at the first save, after `model_init`."""
-        if self.settings.hp_name is None or (self.resume is not None and self.resume.checkpoint is not None):
+        if self.settings.space.hp_name is None or (self.resume is not None and self.resume.checkpoint is not None):
             return
-        run_dir = os.path.join(output_dir_of(self.search.base_args), self.settings.hp_name(self.trial))
+        run_dir = os.path.join(output_dir_of(self.context.base_args), self.settings.space.hp_name(self.trial))
         if run_dir != self.run_dir:
             self.run_dir = self.trainer.args.output_dir = run_dir
-            self.trial.set_user_attr("run_dir", run_dir)
+            attrs.write(self.trial, run_dir=run_dir)
 
     def suggest(self) -> dict[str, Any]:
         values = self._values()
@@ -281,15 +304,15 @@ class TrialRun:
         return values
 
     def _values(self) -> dict[str, Any]:
-        space = self.settings.hp_space
+        space = self.settings.space.hp_space
         if isinstance(space, SearchSpace):
             return space.suggest(self.trial)
         values = space(self.trial)
         if not isinstance(values, dict):
             raise TypeError(f"hp_space: the callable must return a dict of name -> value, got {type(values).__name__}")
         for key, value in values.items():
-            check_key(key, type(self.search.base_args), value=value)
-        check_model_keys(values, self.search.model_config)
+            check_key(key, type(self.context.base_args), value=value)
+        check_model_keys(values, self.context.model_config)
         return values
 
     def current_model(self) -> torch.nn.Module | None:
@@ -307,12 +330,9 @@ class TrialRun:
             # No evaluation during training: evaluate once at the end (nothing left to prune).
             self.pruning.prune = False
             self.trainer.evaluate()
-        self.trial.set_user_attr("steps", self.trainer.state.global_step)
+        attrs.write(self.trial, steps=self.trainer.state.global_step)
         self.pruning.check_pruned()
-        value = self.score()
-        self.finished = True
-        self.search.offer_best(self, value)
-        return value
+        return self.score()
 
     def score(self) -> ObjectiveValue | None:
         """The trial's value: the best objective over its evaluations whose weights are kept (training/best_weights.py)."""
@@ -343,21 +363,23 @@ class TrialRun:
         )
         return held.value
 
-    # ---- finish ----------------------------------------------------------------------------------------------
+    # ---- close ---------------------------------------------------------------------------------------------
 
-    def finish(self) -> None:
+    def close(self) -> None:
+        """Record the trial's final attributes, take its callbacks off the trainer and release its memory."""
         state = self.trainer.state
-        self.trial.set_user_attr("seconds", round(time.monotonic() - self.started, 3))
-        if state is not None and "steps" not in self.trial.user_attrs:
-            self.trial.set_user_attr("steps", state.global_step)
+        attrs.write(self.trial, seconds=round(time.monotonic() - self.started, 3))
+        recorded = attrs.read(self.trial)
+        if state is not None and "steps" not in recorded:
+            attrs.write(self.trial, steps=state.global_step)
         if state is not None and state.max_steps:
-            self.trial.set_user_attr("max_steps", state.max_steps)  # planned steps: the report's steps saved
-        per_step = self.trial.user_attrs.get("samples_per_step")
+            attrs.write(self.trial, max_steps=state.max_steps)  # planned steps: the report's steps saved
+        per_step = recorded.get("samples_per_step")
         if state is not None and per_step:
             # The training consumed and planned in samples: the report's "saved by pruning" (space/budget.py).
-            self.trial.set_user_attr("samples", state.global_step * per_step)
+            attrs.write(self.trial, samples=state.global_step * per_step)
             if state.max_steps:
-                self.trial.set_user_attr("max_samples", state.max_steps * per_step)
+                attrs.write(self.trial, max_samples=state.max_steps * per_step)
         for callback in (self.pruning, self.guard, self.best_weights):
             if callback is not None:
                 self.trainer.remove_callback(callback)
@@ -365,16 +387,13 @@ class TrialRun:
             self.guard.close()
         if self.best_weights is not None:
             self.best_weights.release()
-        if self.search.trackers is not None:
-            self.search.trackers.after_trial()
-        if self.search.adapters is not None:
-            self.search.adapters.release()  # the adapter off the shared base, before its memory goes
+        if self.context.trackers is not None:
+            self.context.trackers.after_trial()
+        if self.context.adapters is not None:
+            self.context.adapters.release()  # the adapter off the shared base, before its memory goes
         release_trial_memory(self.trainer)
-        if self.settings.gc_after_trial:
+        if self.settings.control.gc_after_trial:
             gc.collect()
-        keep = self.requeued or (self.finished and self.search.best.run_dir == self.run_dir)
-        if self.run_dir and not keep:
-            delete_checkpoints(self.run_dir, self.trainer.args.should_save)
 
 
 def delete_checkpoints(run_dir: str, should_save: bool) -> None:

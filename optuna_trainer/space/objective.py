@@ -197,13 +197,6 @@ def resolve_prune_signal(prune_metric: str | None, objective: Objective) -> Obje
     return Objective(metric=metric, compute_objective=None, directions=[direction], source_field="prune_metric")
 
 
-def is_better(value: Any, best: Any, direction: str) -> bool:
-    """Whether `value` strictly beats `best` in `direction` (anything beats None)."""
-    if best is None:
-        return True
-    return bool(value > best) if direction == "maximize" else bool(value < best)
-
-
 def is_finite(value: Any) -> bool:
     """Whether an objective value (a number, or a tuple of them for several objectives) is finite."""
     if isinstance(value, tuple):

@@ -34,7 +34,8 @@ from typing import Any
 import torch
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from optuna_trainer.space.objective import Objective, is_better
+from optuna_trainer.space.objective import Objective
+from optuna_trainer.study.bookkeeping import is_better
 
 logger = logging.getLogger(__name__)
 

@@ -23,6 +23,7 @@ import torch
 from accelerate.utils.memory import should_reduce_batch_size
 
 from optuna_trainer.exceptions import TrialOutOfMemoryError
+from optuna_trainer.study import attrs
 
 logger = logging.getLogger(__name__)
 
@@ -68,8 +69,7 @@ def trial_failure(
     """
     reason = f"{type(err).__name__}: {err}"[:_REASON_CHARS]
     oom = is_out_of_memory(err)
-    trial.set_user_attr("fail_reason", reason)
-    trial.set_user_attr("fault", OOM_FAULT if oom else ERROR_FAULT)
+    attrs.write(trial, fail_reason=reason, fault=OOM_FAULT if oom else ERROR_FAULT)
     if not (oom and continue_on_oom):
         if isinstance(err, catch) and err.__traceback__ is not None:
             traceback.clear_frames(err.__traceback__)  # caught: the search goes on with the next trial

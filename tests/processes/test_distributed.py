@@ -13,8 +13,15 @@ from transformers import TrainerControl, TrainerState, TrainingArguments
 
 from optuna_trainer import OptunaPruningCallback
 from optuna_trainer.exceptions import CoordinationError, PeerFailedError
-from optuna_trainer.processes.coordinator import LocalCoordinator, coordinator_for
-from optuna_trainer.processes.distributed import DistributedCoordinator, SyncTrial, _is_collateral, _portable, _primary
+from optuna_trainer.processes.coordinator import LocalCoordinator
+from optuna_trainer.processes.distributed import (
+    DistributedCoordinator,
+    SyncTrial,
+    _is_collateral,
+    _portable,
+    _primary,
+    coordinator_for,
+)
 
 GLOO_TIMEOUT = RuntimeError(
     "[../third_party/gloo/gloo/transport/tcp/unbound_buffer.cc:78] Timed out waiting 5000ms for recv operation"

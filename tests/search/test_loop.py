@@ -12,7 +12,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from optuna_trainer.search.loop import StopRequest, run_trials
+from optuna_trainer.processes.coordinator import StopRequest
+from optuna_trainer.search.loop import run_trials
 from optuna_trainer.study.claims import local_lock
 from optuna_trainer.study.storage import open_storage
 from optuna_trainer.training.faults import OOM_FAULT
