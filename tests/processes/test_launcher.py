@@ -258,7 +258,7 @@ def test_each_worker_may_be_an_accelerate_launch_of_two_processes(tmp_path):
     out = tmp_path / "out"
     accelerate = [
         *accelerate_launch(2),
-        str(REPO / "tests" / "distributed" / "search_script.py"),
+        str(REPO / "tests" / "processes" / "distributed" / "search_script.py"),
         "--scenario",
         "launcher",
         "--out",
