@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,18 +20,13 @@ from transformers import TrainingArguments
 from transformers.trainer_utils import SchedulerType
 
 from optuna_trainer._classes import mixed_class
-from optuna_trainer.space.budget import BUDGETS, DEFAULT_BUDGET, check_budget
+from optuna_trainer.search.validation import validate_search_fields as check_fields
+from optuna_trainer.space.budget import BUDGETS, DEFAULT_BUDGET
 from optuna_trainer.space.objective import normalize_direction
 from optuna_trainer.space.pruners import DEFAULT_PRUNER, build_pruner
 from optuna_trainer.space.samplers import DEFAULT_SAMPLER, build_sampler
 from optuna_trainer.space.search_space import SearchSpace
-from optuna_trainer.study.storage import (
-    DEFAULT_HEARTBEAT_INTERVAL,
-    MAX_HEARTBEAT_INTERVAL,
-    check_study_name,
-    mask_url,
-    validate_storage,
-)
+from optuna_trainer.study.storage import DEFAULT_HEARTBEAT_INTERVAL, mask_url
 
 # Search fields whose value may be an object (a callable space, a sampler or pruner instance): shown by name, never
 # pickled into checkpoints, and dropped from a trial's arguments (a trial trains; it does not search).
@@ -362,48 +356,9 @@ def with_search_fields(args_class: type[TrainingArguments]) -> type:
 
 
 def validate_search_fields(args: Any) -> None:
-    """Check the search fields of `args` (an arguments object with or without them) and raise a `ValueError`."""
-    values = search_values(args)
-    n_trials = values["n_trials"]
-    if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1:
-        raise ValueError(f"n_trials: must be a positive whole number, got {n_trials!r}")
-    timeout = values["timeout"]
-    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0):
-        raise ValueError(f"timeout: must be a positive number of seconds or None, got {timeout!r}")
-    normalize_direction(values["direction"])
-    objective_metric = values["objective_metric"]
-    if objective_metric is not None and not str(objective_metric).strip():
-        raise ValueError("objective_metric: must be a metric name such as 'accuracy', got an empty string")
-    study_name = values["study_name"]
-    if study_name is not None and not str(study_name).strip():
-        raise ValueError("study_name: must be a non-empty name or None")
-    validate_storage(values["storage"])
-    heartbeat = values["heartbeat_interval"]
-    if heartbeat is not None and (
-        isinstance(heartbeat, bool) or not isinstance(heartbeat, int) or not 0 <= heartbeat <= MAX_HEARTBEAT_INTERVAL
-    ):
-        raise ValueError(
-            f"heartbeat_interval: must be a whole number of seconds from 0 (no heartbeats) to "
-            f"{MAX_HEARTBEAT_INTERVAL} (a week), e.g. 60; got {heartbeat!r}"
-        )
-    check_study_name(values["study_name"], values["storage"])
-    prune_metric = values["prune_metric"]
-    if prune_metric is not None and (not isinstance(prune_metric, str) or not prune_metric.strip()):
-        raise ValueError(f"prune_metric: must be a metric name such as 'loss' or None, got {prune_metric!r}")
-    check_budget(values["prune_budget"])
-    target = values["target_value"]
-    if target is not None and (
-        isinstance(target, bool) or not isinstance(target, (int, float)) or not math.isfinite(target)
-    ):
-        raise ValueError(f"target_value: must be a finite number (a value of the objective) or None, got {target!r}")
-    patience = values["trials_without_improvement"]
-    if patience is not None and (isinstance(patience, bool) or not isinstance(patience, int) or patience < 1):
-        raise ValueError(
-            f"trials_without_improvement: must be a positive whole number of trials or None, got {patience!r}"
-        )
-    for name in ("save_best_model", "search_report", "continue_on_oom", "enqueue_arguments"):
-        if not isinstance(values[name], bool):
-            raise ValueError(f"{name}: must be true or false, got {values[name]!r}")
+    """Check the search fields of `args` (an arguments object with or without them) and raise a `ValueError`: the same
+    validators as `hyperparameter_search(...)`'s values (search/validation.py)."""
+    check_fields(search_values(args))
 
 
 def search_values(args: Any) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from optuna_trainer.arguments import (
     validate_search_fields,
 )
 from optuna_trainer.processes.worker_env import LaunchEnv
+from optuna_trainer.search.validation import validate_call
 from optuna_trainer.space._registry import parse_named_spec
 from optuna_trainer.space.budget import describe_budget
 from optuna_trainer.space.objective import Objective, resolve_objective, resolve_prune_signal
@@ -333,32 +334,6 @@ def check_call(kwargs: dict[str, Any], *, n_trials: Any, direction: Any) -> None
     given = {**kwargs, "n_trials": n_trials, "direction": kwargs.get("directions", direction)}
     given.pop("directions", None)
     validate_call({key: value for key, value in given.items() if value is not None})
-
-
-def validate_call(call: dict[str, Any]) -> None:
-    """The `hyperparameter_search(...)` values, checked as the arguments' `__post_init__` checks them."""
-    n_trials = call.get("n_trials", 1)
-    if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1:
-        raise ValueError(f"n_trials: must be a positive whole number, got {n_trials!r}")
-    timeout = call.get("timeout")
-    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
-        raise ValueError(f"timeout: must be a positive number of seconds or None, got {timeout!r}")
-    n_jobs = call.get("n_jobs", 1)
-    if n_jobs != 1:
-        raise ValueError(
-            f"n_jobs: {n_jobs} is not supported: trials of one trainer share its model and devices; to run trials in "
-            "parallel, start several workers on one shared storage (see docs/storage.md)"
-        )
-    for name in ("load_if_exists", "show_progress_bar", "gc_after_trial"):
-        if name in call and not isinstance(call[name], bool):
-            raise ValueError(f"{name}: must be True or False, got {call[name]!r}")
-    catch = call.get("catch", ())
-    for exc in tuple(catch) if isinstance(catch, (list, tuple)) else (catch,):
-        if not (isinstance(exc, type) and issubclass(exc, Exception)):
-            raise TypeError(f"catch: expected exception classes, e.g. catch=(ValueError,), got {exc!r}")
-    for callback in call.get("callbacks") or []:
-        if not callable(callback):
-            raise TypeError(f"callbacks: expected callables callback(study, trial), got {callback!r}")
 
 
 def resolve_space_settings(
