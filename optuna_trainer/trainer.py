@@ -9,7 +9,7 @@ Supported transformers: >=5.24,<6 (see pyproject.toml). The search drives `Train
 (`model_init`, which `Trainer.train(trial=...)` calls through `call_model_init`; a `TrainerCallback` for report and
 prune; `evaluate`; `save_model`; `create_accelerator_and_postprocess`); it never sets `hp_search_backend`, so
 transformers' own Optuna code paths (`_hp_search_setup`, `_report_to_hp_search`) stay inactive. The one private name
-it touches is the attribute `_train_batch_size` (training/binding.py: `use_arguments`).
+it touches is the attribute `_train_batch_size`, through `_compat.set_train_batch_size` (training/binding.py).
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ try:
 except ImportError as err:  # pragma: no cover - depends on the environment
     raise ImportError('optuna_trainer.integrations.trl needs TRL: pip install "optuna-trainer[trl]"') from err
 
+from optuna_trainer._compat import trl_skips_dataset_preparation
 from optuna_trainer.arguments import OptunaSearchArguments
 from optuna_trainer.trainer import OptunaSearchMixin
 from optuna_trainer.training.binding import changed_fields
@@ -75,9 +76,8 @@ class _PreparedAgain(OptunaSearchMixin):
         self._prepared_with = args
 
     def _skips_preparation(self) -> bool:
-        # TRL's own (private) flags for datasets it leaves unprepared (skip_prepare_dataset, vision data): read, never
-        # written; absent in another TRL, they read as False and the data is prepared again as for text.
-        return bool(getattr(self, "_skip_prepare_dataset", False) or getattr(self, "_is_vision_dataset", False))
+        # TRL's own (private) flags for datasets it leaves unprepared (skip_prepare_dataset, vision data): _compat.py.
+        return trl_skips_dataset_preparation(self)
 
     def _prepare(self, dataset: Any, args: TrainingArguments, name: str, eval_set: bool) -> Any:
         raise NotImplementedError

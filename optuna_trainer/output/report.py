@@ -31,6 +31,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from optuna_trainer._compat import storage_location, study_storage
 from optuna_trainer.study.attrs import SETTINGS_ATTR, read
 from optuna_trainer.study.storage import mask_url
 
@@ -435,17 +436,8 @@ def _storage_target(study: optuna.Study, settings: Any) -> str | None:
         return str(opened.target)
     if opened is not None and opened.storage is None:
         return None  # in memory: nothing to open
-    storage = getattr(study, "_storage", None)
-    # Optuna wraps an RDB storage in a cache; both expose the URL on the RDB object. Private names are read only as a
-    # fallback for a storage object the user built, and a miss only drops the dashboard line.
-    for candidate in (storage, getattr(storage, "_backend", None)):
-        url = getattr(candidate, "url", None)
-        if isinstance(url, str):
-            return url
-        path = getattr(getattr(candidate, "_backend", None), "_file_path", None)
-        if isinstance(path, str):
-            return path
-    return None
+    # A study loaded without the search's settings (optuna-trainer report), or a storage object the user built.
+    return storage_location(study_storage(study))
 
 
 def dashboard_command(storage: str | None) -> str | None:

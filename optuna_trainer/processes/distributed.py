@@ -46,6 +46,7 @@ import optuna
 import torch.distributed as dist
 from transformers import TrainingArguments
 
+from optuna_trainer._compat import set_process_group_timeout
 from optuna_trainer.exceptions import CoordinationError, PeerFailedError
 from optuna_trainer.processes.coordinator import Coordinator, LocalCoordinator, StopRequest
 from optuna_trainer.study import attrs
@@ -476,14 +477,11 @@ def _apply_timeout(timeout: datetime.timedelta) -> None:
 
     transformers passes `ddp_timeout` to accelerate except with `use_cpu=True`, where gloo keeps torch's 30-minute
     default: a rank left waiting by a failed peer would then wait that long. torch has no public setter for an existing
-    group's timeout; `_set_pg_timeout` is the one it ships (used since torch 2.2), hence the private name.
+    group's timeout; `_set_pg_timeout` is the one it ships (used since torch 2.2): _compat.py.
     """
-    setter = getattr(dist.distributed_c10d, "_set_pg_timeout", None)
-    if setter is None:
-        logger.warning(f"this torch cannot set the process group's timeout; ddp_timeout={timeout} may not apply")
-        return
     try:
-        setter(timeout)
+        if not set_process_group_timeout(timeout):
+            logger.warning(f"this torch cannot set the process group's timeout; ddp_timeout={timeout} may not apply")
     except Exception as err:  # noqa: BLE001 - the search works without it, only slower to fail
         logger.warning(f"could not set the process group's timeout to {timeout}: {err}")
 

@@ -13,6 +13,8 @@ from typing import Any
 
 from transformers import Trainer, TrainingArguments
 
+from optuna_trainer._compat import set_train_batch_size
+
 
 def apply_arguments(trainer: Trainer, args: TrainingArguments) -> None:
     """Give the trainer a trial's arguments (or the user's back): through its `use_trial_arguments` when it has one
@@ -28,14 +30,12 @@ def use_arguments(trainer: Trainer, args: TrainingArguments) -> None:
     """Make `args` the trainer's arguments, rebuilding what depends on them.
 
     Batch size, accumulation steps and mixed precision may differ per trial, so the accelerator is rebuilt, as
-    transformers' own `_hp_search_setup` does. `_train_batch_size` is a private attribute that `Trainer` reads for
-    the train dataloader and that transformers' search refreshes the same way (supported range: pyproject.toml);
-    tests/test_trainer.py::test_batch_size_is_searched fails if it stops being read.
+    transformers' own `_hp_search_setup` does, with the train batch size `Trainer` keeps privately (_compat.py).
     """
     previous = trainer.args
     trainer.args = args
     trainer.create_accelerator_and_postprocess()
-    trainer._train_batch_size = args.train_batch_size
+    set_train_batch_size(trainer, args.train_batch_size)
     follow_arguments(trainer, previous, args)
 
 
