@@ -20,13 +20,13 @@ from transformers import TrainingArguments
 from transformers.trainer_utils import SchedulerType
 
 from optuna_trainer._classes import mixed_class
-from optuna_trainer.search.validation import validate_search_fields as check_fields
 from optuna_trainer.space.budget import BUDGETS, DEFAULT_BUDGET
 from optuna_trainer.space.objective import normalize_direction
 from optuna_trainer.space.pruners import DEFAULT_PRUNER, build_pruner
 from optuna_trainer.space.samplers import DEFAULT_SAMPLER, build_sampler
 from optuna_trainer.space.search_space import SearchSpace
 from optuna_trainer.study.storage import DEFAULT_HEARTBEAT_INTERVAL, mask_url
+from optuna_trainer.validation import validate_search_fields as check_fields
 
 # Search fields whose value may be an object (a callable space, a sampler or pruner instance): shown by name, never
 # pickled into checkpoints, and dropped from a trial's arguments (a trial trains; it does not search).
@@ -357,7 +357,7 @@ def with_search_fields(args_class: type[TrainingArguments]) -> type:
 
 def validate_search_fields(args: Any) -> None:
     """Check the search fields of `args` (an arguments object with or without them) and raise a `ValueError`: the same
-    validators as `hyperparameter_search(...)`'s values (search/validation.py)."""
+    validators as `hyperparameter_search(...)`'s values (validation.py)."""
     check_fields(search_values(args))
 
 

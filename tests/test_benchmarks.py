@@ -23,7 +23,7 @@ from tests.support import kill_process_tree as kill_group
 REPO = Path(__file__).resolve().parent.parent
 BENCHMARKS = REPO / "benchmarks"
 
-pytestmark = pytest.mark.slow  # several interpreters start per script: about a minute each on 2 cores
+pytestmark = pytest.mark.benchmark  # several interpreters start per script: about a minute each on 2 cores
 
 
 def load(name: str) -> Any:

@@ -73,6 +73,7 @@ def test_errors_name_what_exists(stored, tmp_path):
     assert main(["frobnicate"]) == 2
 
 
+@pytest.mark.processes
 def test_console_script_declared_and_runs(stored, tmp_path):
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts["optuna-trainer"] == "optuna_trainer.cli:main"

@@ -158,6 +158,7 @@ def test_none_never_prunes(out_dir):
     assert all(len(t.intermediate_values) == 4 for t in trainer.study.trials)
 
 
+@pytest.mark.slow
 def test_same_sampler_seed_same_parameters(tmp_path):
     def run(path):
         trainer = make_trainer(

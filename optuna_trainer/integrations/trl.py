@@ -5,7 +5,7 @@ construction (with its `peft_config` adapter, if any), as for any trainer given 
 
 Both trainers prepare (tokenize, truncate, pack) their datasets in `__init__` with the arguments they were given, and
 copy some arguments into attributes (`DPOTrainer.beta`, its collator's `max_length`). A searched argument must change
-the training, not only `trainer.args`: the copies follow each trial's arguments (`use_trial_arguments`, search/trial.py:
+the training, not only `trainer.args`: the copies follow each trial's arguments (`use_trial_arguments`, training/binding.py:
 `follow_arguments`), and when a trial changes an argument the preparation reads (`max_length`, `truncation_mode`,
 SFT's `packing`, `dataset_text_field`, ...), the datasets given to `__init__` are prepared again with the trial's
 arguments. That calls TRL's private `_prepare_dataset` (the only entry to its preparation; supported trl range:

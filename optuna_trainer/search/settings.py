@@ -4,7 +4,7 @@ One resolver per concern, each returning a frozen object: the space and its samp
 (`ObjectiveSettings`), pruning (`PruningSettings`), the storage and the study in it (`StorageSettings`), and what
 controls the loop (`ControlSettings`). `SearchSettings` holds the five, the launcher's environment (read once) and
 the notes printed with them. The values passed to `hyperparameter_search(...)` are checked by the same validators as
-the arguments' `__post_init__` (search/validation.py). Nothing here trains or creates the study (search/prepare.py).
+the arguments' `__post_init__` (validation.py). Nothing here trains or creates the study (search/prepare.py).
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from optuna_trainer.arguments import (
     validate_search_fields,
 )
 from optuna_trainer.processes.worker_env import LaunchEnv
-from optuna_trainer.search.validation import validate_call
 from optuna_trainer.space._registry import parse_named_spec
 from optuna_trainer.space.budget import describe_budget
 from optuna_trainer.space.objective import Objective, resolve_objective, resolve_prune_signal
@@ -35,6 +34,7 @@ from optuna_trainer.space.samplers import build_sampler, continued_sampler, desc
 from optuna_trainer.space.search_space import DEFAULT_HP_SPACE, SearchSpace, describe_hp_space
 from optuna_trainer.study.claims import ClaimLock
 from optuna_trainer.study.storage import default_study_name, open_storage
+from optuna_trainer.validation import validate_call
 
 logger = logging.getLogger(__name__)
 

@@ -53,6 +53,7 @@ def _get(url: str) -> object:
         return json.loads(response.read())
 
 
+@pytest.mark.processes
 def test_the_logged_dashboard_command_serves_the_study(out_dir):
     _dashboard_available()
     args = OptunaTrainingArguments(

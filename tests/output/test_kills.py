@@ -8,6 +8,7 @@ import json
 import time
 
 import optuna
+import pytest
 from optuna.trial import TrialState
 
 from optuna_trainer.output.best_model import BEST_MODEL_DIR, INCOMING, OUTGOING, recover
@@ -48,6 +49,7 @@ def test_recover_puts_the_previous_best_back_when_the_swap_was_cut(tmp_path):
     assert json.loads((tmp_path / BEST_MODEL_DIR / "trial.json").read_text())["number"] == 3
 
 
+@pytest.mark.processes
 def test_a_kill_mid_checkpoint_resumes_from_the_checkpoint_before(tmp_path):
     """The state a SIGKILL while writing checkpoint-4 leaves: its weights, no trainer_state.json."""
     out_dir, marker, record = tmp_path / "out", tmp_path / "paused", tmp_path / "steps.jsonl"
@@ -78,6 +80,7 @@ def test_a_kill_mid_checkpoint_resumes_from_the_checkpoint_before(tmp_path):
     assert result["finished"] == 2
 
 
+@pytest.mark.processes
 def test_a_kill_in_the_middle_of_saving_the_best_model_leaves_the_previous_best_whole(tmp_path):
     out_dir, marker, saves = tmp_path / "out", tmp_path / "paused", tmp_path / "saves.jsonl"
     spec = {

@@ -55,6 +55,7 @@ def three_trial_trainer(out_dir, report_to, storage="memory"):
     return trainer
 
 
+@pytest.mark.slow
 def test_mlflow_one_nested_run_per_trial_under_the_study(out_dir, tmp_path, monkeypatch):
     need("mlflow")
     from mlflow.tracking import MlflowClient
@@ -146,6 +147,7 @@ def _launch_workers(n_workers: int, spec: dict, log):
         pytest.fail(f"the launcher ran past 300 s; its output:\n{log.read_text()[-4000:]}")
 
 
+@pytest.mark.processes
 def test_mlflow_with_several_workers_one_parent_run_and_a_fresh_sqlite_store(tmp_path, monkeypatch):
     """N workers starting together on a new SQLite tracking store: none dies, and the study has one parent run."""
     need("mlflow")
@@ -182,6 +184,7 @@ def test_mlflow_with_several_workers_one_parent_run_and_a_fresh_sqlite_store(tmp
     assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in trials)
 
 
+@pytest.mark.processes
 def test_a_password_in_the_mlflow_tracking_uri_is_never_printed(tmp_path, monkeypatch):
     need("mlflow")
     import socket
@@ -230,6 +233,7 @@ trackers.end()
 """
 
 
+@pytest.mark.processes
 def test_workers_starting_together_share_one_mlflow_parent_run(tmp_path, monkeypatch):
     """The parent run is created once under a lock: workers that read the study at the same moment all see it."""
     need("mlflow")

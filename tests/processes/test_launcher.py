@@ -58,6 +58,7 @@ def load(out: Path) -> optuna.Study:
     return optuna.load_study(study_name=out.name, storage=storage)
 
 
+@pytest.mark.processes
 @pytest.mark.parametrize("n_workers", [2, 4])
 def test_exact_budget_and_one_report(tmp_path, n_workers):
     out = tmp_path / "out"
@@ -94,6 +95,8 @@ def test_exact_budget_and_one_report(tmp_path, n_workers):
     assert not (out / "best_model.incoming").exists()
 
 
+@pytest.mark.services
+@pytest.mark.processes
 def test_a_given_postgresql_storage_is_used_by_every_worker(tmp_path):
     """`--storage <PostgreSQL URL>`: the workers share that study (no journal file), with the exact budget."""
     import uuid
@@ -121,6 +124,7 @@ def test_a_given_postgresql_storage_is_used_by_every_worker(tmp_path):
             pass
 
 
+@pytest.mark.processes
 def test_a_dead_worker_is_reported_and_its_trial_retried(tmp_path):
     out = tmp_path / "out"
     marker = tmp_path / "paused"
@@ -162,6 +166,7 @@ def test_a_dead_worker_is_reported_and_its_trial_retried(tmp_path):
     assert any(r["run_dir"].endswith("run-1") and r["first_step"] == 5 for r in first_steps)
 
 
+@pytest.mark.processes
 def test_ctrl_c_stops_every_worker_and_leaves_the_study_consistent(tmp_path):
     out = tmp_path / "out"
     spec = {
@@ -254,6 +259,7 @@ def test_an_accelerate_worker_gets_its_own_port():
     assert with_port(["python", "train.py"], 7) == ["python", "train.py"]  # torchrun and python read the env
 
 
+@pytest.mark.processes
 def test_each_worker_may_be_an_accelerate_launch_of_two_processes(tmp_path):
     out = tmp_path / "out"
     accelerate = [
@@ -301,6 +307,7 @@ def _alive(pids: list[int]) -> list[int]:
     return left
 
 
+@pytest.mark.processes
 def test_sigterm_stops_every_worker_queues_their_trials_again_and_the_same_command_continues(tmp_path):
     """What Slurm, Kubernetes and spot preemption send: the study is left as after Ctrl-C, with exit code 143."""
     out = tmp_path / "out"
@@ -344,6 +351,7 @@ def test_sigterm_stops_every_worker_queues_their_trials_again_and_the_same_comma
     assert len(finished) == 12 and len({t.params["learning_rate"] for t in finished}) == 12
 
 
+@pytest.mark.processes
 def test_a_command_that_does_not_exist_is_one_line(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     done = subprocess.run(

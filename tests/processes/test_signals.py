@@ -45,6 +45,7 @@ main(json.loads(sys.argv[1]))
 """
 
 
+@pytest.mark.processes
 def test_a_search_given_sigterm_marks_its_trial_fail_and_queues_it_again_once(tmp_path):
     out, marker, journal = tmp_path / "out", tmp_path / "paused", tmp_path / "journal.log"
     spec = {

@@ -120,6 +120,7 @@ def _learning_rates(trainer: OptunaTrainer) -> list[float]:
     return [t.params["learning_rate"] for t in trainer.study.trials]
 
 
+@pytest.mark.slow
 def test_a_resumed_seeded_search_continues_instead_of_repeating(tmp_path):
     def three_runs(out_dir) -> list[float]:
         sampler = {"name": "tpe", "seed": 0}  # the README's example

@@ -175,6 +175,7 @@ class TestFailedTrialIsReplaced:
         assert ran["b"] == 1
 
 
+@pytest.mark.processes
 @pytest.mark.services
 @pytest.mark.parametrize("kind", ["postgresql", "journal file"])
 class TestThreeWorkerProcesses:

@@ -101,6 +101,7 @@ class TestCtrlC:
         assert retry.system_attrs["failed_trial"] == 1 and retry.params == again.study.trials[1].params
 
 
+@pytest.mark.processes
 @pytest.mark.parametrize("kind", ["sqlite default", "postgresql"])
 class TestResumeAfterSigkill:
     def test_stale_trial_is_retried_with_its_params_from_its_checkpoint(self, kind, tmp_path):

@@ -114,8 +114,8 @@ class TestRedisJournal:
             optuna.delete_study(study_name=name, storage=open_storage("redis://127.0.0.1:6379/0", ".").storage)
 
 
-@pytest.mark.services
 class TestMaskedPassword:
+    @pytest.mark.services
     @pytest.mark.parametrize("storage", [PG_WITH_PASSWORD, f"{PG}?password={SECRET}"], ids=["userinfo", "query"])
     def test_password_never_written(self, tmp_path, capfd, storage):
         require_service("PostgreSQL", "127.0.0.1", 5432)
@@ -215,6 +215,7 @@ def _open_at_once(out_dir: str, barrier, results) -> None:
         results.put(f"{type(err).__name__}: {err}")
 
 
+@pytest.mark.processes
 def test_searches_creating_the_same_default_file_at_once_all_start(tmp_path):
     """Four workers of one command open the same new SQLite file at the same instant: without the lock around the
     schema creation, some fail with "table studies already exists" (seen in 5 of 5 tries)."""

@@ -215,6 +215,7 @@ def test_a_full_disk_during_a_best_model_save_leaves_the_previous_best_and_no_le
     assert json.loads((out_dir / BEST_MODEL_DIR / "trial.json").read_text())["number"] == 3
 
 
+@pytest.mark.processes
 def test_a_worker_starting_during_another_workers_save_leaves_that_save_alone(tmp_path):
     """A worker (re)starting cleans up leftovers of interrupted saves; under the lock, it waits for a save in
     progress instead of deleting its best_model.incoming/ (which failed the other worker with FileNotFoundError)."""

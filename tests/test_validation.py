@@ -1,5 +1,5 @@
 """One set of validators for both entry points: a value refused by the arguments is refused by the call, with the
-same message, before any training and before the study exists (search/validation.py)."""
+same message, before any training and before the study exists (validation.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from transformers import TrainingArguments
 
 from optuna_trainer import OptunaTrainer, OptunaTrainingArguments
-from optuna_trainer.search.validation import CALL_VALIDATORS, FIELD_VALIDATORS
+from optuna_trainer.validation import CALL_VALIDATORS, FIELD_VALIDATORS
 from tests.support import base_args, make_dataset, tiny_model
 
 # (setting, value, the message both paths give)
