@@ -407,6 +407,7 @@ def test_default_storage_is_sqlite_under_output_dir(out_dir):
     assert len(loaded.trials) == 2
 
 
+@pytest.mark.slow
 def test_a_search_whose_every_trial_fails_ends(out_dir):
     class AlwaysBoom(TrainerCallback):
         def on_step_begin(self, args, state, control, **kwargs):

@@ -6,6 +6,7 @@ import glob
 import os
 
 import optuna
+import pytest
 from transformers import TrainerCallback
 
 from optuna_trainer import OptunaTrainer, OptunaTrainingArguments
@@ -29,6 +30,7 @@ class CountAtSave(TrainerCallback):
         self.most = max(self.most, len(checkpoint_dirs(self.output_dir)))
 
 
+@pytest.mark.slow
 def test_ten_trials_leave_only_the_best_trials_checkpoints(tmp_path) -> None:
     out = str(tmp_path / "out")
     at_save = CountAtSave(out)

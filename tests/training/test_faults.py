@@ -410,6 +410,7 @@ class TestNothingFinished:
         assert "fail_reason" in str(info.value)
         assert states(trainer.study) == ["FAIL"] * 10
 
+    @pytest.mark.slow
     def test_every_trial_out_of_memory(self, tmp_path):
         oom = RaiseAt(1, lambda: torch.OutOfMemoryError("CUDA out of memory."))
         trainer = make_trainer(
