@@ -31,8 +31,8 @@ def set_train_batch_size(trainer: Any, size: int) -> None:
     """Refresh the train batch size `Trainer` derived from its arguments in `__init__`.
 
     `Trainer._train_batch_size` (transformers >=5.24,<6): read by `Trainer` for the train dataloader, and refreshed
-    the same way by transformers' own `_hp_search_setup`. Tests: `test_trainer_reads_its_train_batch_size` and
-    tests/test_trainer.py::test_batch_size_is_searched.
+    the same way by transformers' own `_hp_search_setup`. Test: `test_trainer_reads_its_train_batch_size` (the
+    dataloader's batch follows the value set here).
     """
     trainer._train_batch_size = size
 
@@ -40,7 +40,7 @@ def set_train_batch_size(trainer: Any, size: int) -> None:
 def set_process_group_timeout(timeout: datetime.timedelta) -> bool:
     """Set the default process group's timeout; False where this torch cannot.
 
-    `torch.distributed.distributed_c10d._set_pg_timeout` (torch >=2.2,<3): torch has no public setter for an existing
+    `torch.distributed.distributed_c10d._set_pg_timeout` (torch >=2.4,<3; shipped since 2.2): torch has no public setter for an existing
     group's timeout, and with `use_cpu=True` transformers leaves gloo at torch's 30-minute default whatever
     `ddp_timeout` says. Test: `test_torch_can_set_a_group_timeout`.
     """

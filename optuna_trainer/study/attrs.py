@@ -30,7 +30,7 @@ class TrialAttrs(TypedDict, total=False):
         pruned_at_step: the reported step at which it was pruned.
         stopped_reason: why training stopped early (pruned, a non-finite loss).
         fail_reason: `ExceptionClass: message` of a failed trial.
-        fault: "oom" or "error" for a failed trial.
+        fault: "out_of_memory" or "error" for a failed trial.
         enqueued: "arguments" for the trial of the arguments' own values (enqueue_arguments).
     """
 
