@@ -20,9 +20,9 @@ import optuna
 def study_stop_requested(study: optuna.Study) -> bool:
     """Whether `study.stop()` was called since its last `optimize` began.
 
-    `Study._stop_flag` (optuna >=4.2,<6): `Study.stop()` only ends the `optimize` call it is made in, and the study loop
-    starts one `optimize` per trial (search/loop.py); Optuna keeps the request there until the next `optimize` resets
-    it and has no public accessor. Test: `test_study_stop_sets_the_flag_read_here`.
+    `Study._stop_flag` (optuna >=4.2,<6): `Study.stop()` only ends the `optimize` call it is made in, and the study
+    loop starts one `optimize` per trial (search/loop.py); Optuna keeps the request there until the next `optimize`
+    resets it and has no public accessor. Test: `test_study_stop_sets_the_flag_read_here`.
     """
     return bool(getattr(study, "_stop_flag", False))
 
@@ -40,9 +40,9 @@ def set_train_batch_size(trainer: Any, size: int) -> None:
 def set_process_group_timeout(timeout: datetime.timedelta) -> bool:
     """Set the default process group's timeout; False where this torch cannot.
 
-    `torch.distributed.distributed_c10d._set_pg_timeout` (torch >=2.4,<3; shipped since 2.2): torch has no public setter for an existing
-    group's timeout, and with `use_cpu=True` transformers leaves gloo at torch's 30-minute default whatever
-    `ddp_timeout` says. Test: `test_torch_can_set_a_group_timeout`.
+    `torch.distributed.distributed_c10d._set_pg_timeout` (torch >=2.4,<3; shipped since 2.2): torch has no public
+    setter for an existing group's timeout, and with `use_cpu=True` transformers leaves gloo at torch's 30-minute
+    default whatever `ddp_timeout` says. Test: `test_torch_can_set_a_group_timeout`.
     """
     import torch.distributed as dist
 
@@ -84,11 +84,34 @@ def trl_skips_dataset_preparation(trainer: Any) -> bool:
     return bool(getattr(trainer, "_skip_prepare_dataset", False) or getattr(trainer, "_is_vision_dataset", False))
 
 
+def trl_sft_prepare_dataset(
+    trainer: Any, dataset: Any, args: Any, *, packing: bool, formatting_func: Any, name: str
+) -> Any:
+    """`dataset` tokenized, truncated and packed by a TRL `SFTTrainer` as `args` say, as its `__init__` does.
+
+    `SFTTrainer._prepare_dataset(dataset, processing_class, args, packing, formatting_func, dataset_name)`
+    (trl >=1.16,<2): the only entry to TRL's preparation; integrations/trl.py prepares a trial's datasets again when
+    the trial changes what it reads (`max_length`, `packing`, ...). Test: `test_trl_prepares_datasets_as_told`.
+    """
+    return trainer._prepare_dataset(dataset, trainer.processing_class, args, packing, formatting_func, name)
+
+
+def trl_dpo_prepare_dataset(trainer: Any, dataset: Any, args: Any, *, name: str) -> Any:
+    """`dataset` tokenized by a TRL `DPOTrainer` as `args` say (prompts that fill `max_length` dropped).
+
+    `DPOTrainer._prepare_dataset(dataset, processing_class, args, dataset_name)` (trl >=1.16,<2), as
+    `trl_sft_prepare_dataset`. Test: `test_trl_prepares_datasets_as_told`.
+    """
+    return trainer._prepare_dataset(dataset, trainer.processing_class, args, name)
+
+
 __all__ = [
     "set_process_group_timeout",
     "set_train_batch_size",
     "storage_location",
     "study_storage",
     "study_stop_requested",
+    "trl_dpo_prepare_dataset",
+    "trl_sft_prepare_dataset",
     "trl_skips_dataset_preparation",
 ]

@@ -324,8 +324,8 @@ class OptunaTrainingArguments(OptunaSearchArguments, TrainingArguments):
 
     Every field of `TrainingArguments`, plus the search fields of `OptunaSearchArguments` (see its docstring):
     `hp_space`, `n_trials`, `timeout`, `direction`, `objective_metric`, `sampler`, `pruner`, `storage`, `study_name`,
-    `prune_metric`, `prune_budget`, `enqueue_arguments`, `target_value`, `trials_without_improvement`, `heartbeat_interval`,
-    `save_best_model`, `search_report`, `continue_on_oom`.
+    `prune_metric`, `prune_budget`, `enqueue_arguments`, `target_value`, `trials_without_improvement`,
+    `heartbeat_interval`, `save_best_model`, `search_report`, `continue_on_oom`.
     """
 
 
@@ -362,7 +362,8 @@ def validate_search_fields(args: Any) -> None:
 
 
 def search_values(args: Any) -> dict[str, Any]:
-    """The search fields of `args`; an arguments object without them (a plain `TrainingArguments`) gets the defaults."""
+    """The search fields of `args`; an arguments object without them (a plain `TrainingArguments`) gets the
+    defaults."""
     return {name: getattr(args, name, default) for name, default in SEARCH_DEFAULTS.items()}
 
 
@@ -411,7 +412,8 @@ def user_metric_for_best_model(args: TrainingArguments) -> str | None:
 
 
 def output_dir_of(args: TrainingArguments) -> str:
-    """`args.output_dir`: typed optional, always set by `TrainingArguments.__post_init__` ("trainer_output" by default)."""
+    """`args.output_dir`: typed optional, always set by `TrainingArguments.__post_init__` ("trainer_output" by
+    default)."""
     if args.output_dir is None:
         raise ValueError("output_dir: the search writes its study and runs there; give a folder")
     return args.output_dir

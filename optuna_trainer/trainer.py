@@ -93,10 +93,10 @@ class OptunaSearchMixin:
         """Make `args` this trainer's arguments: called before each trial with the trial's arguments, and once when the
         search ends with the user's own.
 
-        The default rebuilds what `Trainer` derives from its arguments (the accelerator, the train batch size) and
-        sets again every attribute the trainer or its collator copied from a changed argument under the same name
-        (training/binding.py: `use_arguments`). A trainer that prepares data from its arguments in `__init__` extends this to
-        prepare it again (integrations/trl.py).
+        The default rebuilds what `Trainer` derives from its arguments (the accelerator, the train batch size) and sets
+        again every attribute the trainer or its collator copied from a changed argument under the same name
+        (training/binding.py: `use_arguments`). A trainer that prepares data from its arguments in `__init__` extends
+        this to prepare it again (integrations/trl.py).
         """
         use_arguments(cast(Trainer, self), args)
 

@@ -3,8 +3,11 @@ name disappears or stops meaning what the package reads it for, so that an upgra
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
+import inspect
 from dataclasses import fields
+from typing import Any
 
 import optuna
 import pytest
@@ -17,6 +20,8 @@ from optuna_trainer._compat import (
     storage_location,
     study_stop_requested,
     study_storage,
+    trl_dpo_prepare_dataset,
+    trl_sft_prepare_dataset,
     trl_skips_dataset_preparation,
 )
 from tests.support import make_dataset, tiny_model
@@ -88,3 +93,47 @@ def test_trl_keeps_its_dataset_flags(tmp_path):
     )
     assert trl_skips_dataset_preparation(trainer) is True
     assert trl_skips_dataset_preparation(object()) is False
+
+
+def test_trl_prepares_datasets_as_told(tmp_path):
+    """Both trainers' `_prepare_dataset` keep the parameters they are called with, and read the arguments given to
+    the call, not the trainer's own (a trial's `max_length` reaches its datasets)."""
+    trl = pytest.importorskip("trl")
+    from datasets import Dataset
+
+    from tests.integrations.test_trl import common_args, preference_data, tiny_llama, word_tokenizer
+
+    sft_params = list(inspect.signature(trl.SFTTrainer._prepare_dataset).parameters)
+    dpo_params = list(inspect.signature(trl.DPOTrainer._prepare_dataset).parameters)
+    assert sft_params == ["self", "dataset", "processing_class", "args", "packing", "formatting_func", "dataset_name"]
+    assert dpo_params == ["self", "dataset", "processing_class", "args", "dataset_name"]
+
+    tokenizer = word_tokenizer()
+
+    def config(cls: type) -> Any:
+        names = {f.name for f in fields(cls)}
+        values = {k: v for k, v in common_args(str(tmp_path)).items() if k in names}
+        return cls(**{**values, "eval_strategy": "no", "max_length": 16})
+
+    sft_args = config(trl.SFTConfig)
+    texts = Dataset.from_dict({"text": ["red green blue one two three cat dog"] * 4})
+    sft = trl.SFTTrainer(
+        model=tiny_llama(len(tokenizer)), args=sft_args, train_dataset=texts, processing_class=tokenizer
+    )
+    assert len(sft.train_dataset[0]["input_ids"]) == 9  # eight words and the end of sequence
+    short = dataclasses.replace(sft_args, max_length=3)
+    prepared = trl_sft_prepare_dataset(sft, texts, short, packing=False, formatting_func=None, name="train")
+    assert [len(ids) for ids in prepared["input_ids"]] == [3] * 4
+
+    dpo_args = config(trl.DPOConfig)
+    pairs = preference_data(0, n=4)
+    dpo = trl.DPOTrainer(
+        model=tiny_llama(len(tokenizer)),
+        ref_model=tiny_llama(len(tokenizer)),
+        args=dpo_args,
+        train_dataset=pairs,
+        processing_class=tokenizer,
+    )
+    assert len(dpo.train_dataset) == 4
+    # Two-word prompts fill a max_length of 2: TRL drops them, which it does only when it reads these arguments.
+    assert len(trl_dpo_prepare_dataset(dpo, pairs, dataclasses.replace(dpo_args, max_length=2), name="train")) == 0

@@ -5,11 +5,11 @@ construction (with its `peft_config` adapter, if any), as for any trainer given 
 
 Both trainers prepare (tokenize, truncate, pack) their datasets in `__init__` with the arguments they were given, and
 copy some arguments into attributes (`DPOTrainer.beta`, its collator's `max_length`). A searched argument must change
-the training, not only `trainer.args`: the copies follow each trial's arguments (`use_trial_arguments`, training/binding.py:
-`follow_arguments`), and when a trial changes an argument the preparation reads (`max_length`, `truncation_mode`,
-SFT's `packing`, `dataset_text_field`, ...), the datasets given to `__init__` are prepared again with the trial's
-arguments. That calls TRL's private `_prepare_dataset` (the only entry to its preparation; supported trl range:
-pyproject.toml's `trl` extra); tests/integrations/test_seq2seq.py fails if it changes.
+the training, not only `trainer.args`: the copies follow each trial's arguments (`use_trial_arguments`,
+training/binding.py: `follow_arguments`), and when a trial changes an argument the preparation reads (`max_length`,
+`truncation_mode`, SFT's `packing`, `dataset_text_field`, ...), the datasets given to `__init__` are prepared again
+with the trial's arguments. That calls TRL's private `_prepare_dataset` (the only entry to its preparation) through
+_compat.py, which names the supported trl range and the test that fails if it changes.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ try:
 except ImportError as err:  # pragma: no cover - depends on the environment
     raise ImportError('optuna_trainer.integrations.trl needs TRL: pip install "optuna-trainer[trl]"') from err
 
-from optuna_trainer._compat import trl_skips_dataset_preparation
+from optuna_trainer._compat import trl_dpo_prepare_dataset, trl_sft_prepare_dataset, trl_skips_dataset_preparation
 from optuna_trainer.arguments import OptunaSearchArguments
 from optuna_trainer.trainer import OptunaSearchMixin
 from optuna_trainer.training.binding import changed_fields
@@ -96,8 +96,8 @@ class OptunaSFTTrainer(_PreparedAgain, SFTTrainer):
 
     def _prepare(self, dataset: Any, args: Any, name: str, eval_set: bool) -> Any:
         packing = args.eval_packing if eval_set and args.eval_packing is not None else args.packing
-        return self._prepare_dataset(
-            dataset, cast(Any, self.processing_class), args, packing, self._formatting_func, name
+        return trl_sft_prepare_dataset(
+            self, dataset, args, packing=packing, formatting_func=self._formatting_func, name=name
         )
 
 
@@ -116,14 +116,15 @@ class OptunaDPOTrainer(_PreparedAgain, DPOTrainer):
         previous = self.args
         super().use_trial_arguments(args)
         # DPOTrainer copies `loss_type` in __init__ under another name (`loss_types`, with `loss_weights` derived from
-        # it), which the copies under the same name (training/binding.py: `follow_arguments`) do not reach; the loss reads them.
+        # it), which the copies under the same name (training/binding.py: `follow_arguments`) do not reach; the loss
+        # reads them.
         if changed_fields(previous, args) & {"loss_type", "loss_weights"}:
             dpo_args = cast(DPOConfig, args)
             self.loss_types = list(dpo_args.loss_type)
             self.loss_weights = dpo_args.loss_weights or [1.0] * len(self.loss_types)
 
     def _prepare(self, dataset: Any, args: Any, name: str, eval_set: bool) -> Any:
-        return self._prepare_dataset(dataset, cast(Any, self.processing_class), args, name)
+        return trl_dpo_prepare_dataset(self, dataset, args, name=name)
 
 
 __all__ = ["OptunaDPOConfig", "OptunaDPOTrainer", "OptunaSFTConfig", "OptunaSFTTrainer"]

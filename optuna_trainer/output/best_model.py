@@ -58,8 +58,8 @@ def recover(output_dir: str) -> None:
 def save_best_model(trainer: Trainer, output_dir: str, record: dict[str, Any], saved: str | None = None) -> str:
     """Write the trainer's model as the new `best_model/` with `record` as its `trial.json`; return its path.
 
-    Every process calls it (`save_model` gathers sharded weights); only the one that saves touches the files.
-    `saved`: a folder `save_model` already wrote (the best evaluation of a sharded model, training/best_weights.py), moved in
+    Every process calls it (`save_model` gathers sharded weights); only the one that saves touches the files. `saved`:
+    a folder `save_model` already wrote (the best evaluation of a sharded model, training/best_weights.py), moved in
     instead of saving the model as it is now.
     """
     should_save = trainer.args.should_save

@@ -310,7 +310,8 @@ def write_plots(study: optuna.Study, report_dir: str) -> tuple[dict[str, list[st
             continue
         files = []
         with warnings.catch_warnings():
-            # The matplotlib backend of optuna.visualization is marked experimental; the warning says nothing useful here.
+            # The matplotlib backend of optuna.visualization is marked experimental; the warning says nothing useful
+            # here.
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             if have_matplotlib:
                 files += _try(name, skipped, functools.partial(_save_png, study, function, report_dir, name))

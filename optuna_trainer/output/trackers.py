@@ -80,8 +80,8 @@ class TrialTrackers:
         is_main: bool,
         lock: ClaimLock | None = None,
     ) -> None:
-        """`lock`: the study's claim lock (study/claims.py), which every worker of the study shares, across machines too;
-        without it a file lock under `output_dir` serializes the workers of one machine."""
+        """`lock`: the study's claim lock (study/claims.py), which every worker of the study shares, across machines
+        too; without it a file lock under `output_dir` serializes the workers of one machine."""
         wanted = _report_to(trainer)
         self.trainer = trainer
         self.study = study

@@ -9,8 +9,9 @@ point of the program, so that no rank waits on a collective another rank will no
   rank 0 sends "next" or "stop" (with the error every rank then raises);
 - the parameters: a `SyncTrial` on every rank, so that `hp_space(trial)` and `model_init(trial)` get rank 0's values;
   they are sent pickled, so floats arrive bit-identical;
-- report and prune: `OptunaPruningCallback` asks rank 0's trial, and its `decide` (here `DistributedCoordinator.decide`) shares
-  rank 0's decision, or an error raised on any rank, at every evaluation: all ranks stop at the same global step;
+- report and prune: `OptunaPruningCallback` asks rank 0's trial, and its `decide` (here
+  `DistributedCoordinator.decide`) shares rank 0's decision, or an error raised on any rank, at every evaluation: all
+  ranks stop at the same global step;
 - the end of a trial: every rank sends its outcome (value, pruned, or its error); an error on any rank fails the trial
   on all of them, and rank 0's `study.optimize` (with or without `catch`) decides what happens next.
 
@@ -199,7 +200,7 @@ class SyncTrial(optuna.trial.BaseTrial):
 
 
 class DistributedCoordinator:
-    """The `Coordinator` (processes/coordinator.py) of a DDP group: keeps its processes in step; see the module docstring.
+    """The `Coordinator` (processes/coordinator.py) of a DDP group: keeps its processes in step (module docstring).
 
     Every exchange on the control group is an `all_gather_object` of a tagged record, so that a rank that left a trial
     early (its end-of-trial record) and a rank still training (its evaluation record) still meet in the same
@@ -297,7 +298,7 @@ class DistributedCoordinator:
                 pass  # already destroyed with the default group (a `destroy_process_group()` and a new init)
 
     def _close_at_exit(self) -> None:
-        """The `atexit` end: local only (no barrier, the other processes may be gone), while the interpreter is alive."""
+        """The `atexit` end: local only (no barrier, the other processes may be gone), while the interpreter lives."""
         try:
             self._destroy_own_groups()
             if self._made_default is not None and dist.is_initialized() and dist.group.WORLD is self._made_default:

@@ -19,8 +19,8 @@ A worker that dies is reported, its running trial is marked FAIL and queued agai
 its checkpoint by whichever worker takes it), and the worker is started again. Ctrl-C is passed to every worker (each
 marks its running trial FAIL, queues it again and leaves), so the study is left consistent and the same command
 continues it; SIGTERM (what Slurm, Kubernetes and spot preemption send) is handled the same way and passed on as
-SIGTERM, which the search turns into the same interrupt (processes/signals.py). The launcher keeps reading the workers' output
-until every process of every worker has left (a worker writing to a closed pipe would fail its trial with a
+SIGTERM, which the search turns into the same interrupt (processes/signals.py). The launcher keeps reading the workers'
+output until every process of every worker has left (a worker writing to a closed pipe would fail its trial with a
 `BrokenPipeError` instead), and queues again any trial a worker left RUNNING. The command exits once every worker has
 left: 0 when the study holds its `n_trials` finished trials (or a stop rule ended it), 1 otherwise, 130 after Ctrl-C,
 143 after SIGTERM; 127 when the command does not exist.
@@ -374,7 +374,8 @@ class Launcher:
         """SIGINT or SIGTERM: pass it on to every process of every worker, and keep watching them until they leave.
 
         SIGTERM is passed on as SIGTERM: a cluster that stops a job sends it to every process of it as well, and the
-        search takes a second SIGTERM as the same request (processes/signals.py), where a SIGTERM and a SIGINT would be two."""
+        search takes a second SIGTERM as the same request (processes/signals.py), where a SIGTERM and a SIGINT would be
+        two."""
         if self.stopping:
             return
         self.stopping = True

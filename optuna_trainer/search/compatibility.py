@@ -36,7 +36,10 @@ logger = logging.getLogger(__name__)
 def check_continuation(study: optuna.Study, settings: SearchSettings) -> None:
     """Raise `ValueError` if `settings` cannot continue `study`; record the objective on a new study."""
     finished = study.get_trials(deepcopy=False, states=FINISHED)
-    how = f"to start a new study instead, give another study_name (now {settings.storage.study_name!r}) or another output_dir"
+    how = (
+        f"to start a new study instead, give another study_name (now {settings.storage.study_name!r}) or another "
+        "output_dir"
+    )
     where = f"study {settings.storage.study_name!r} in {settings.storage.description}"
     old_directions = [d.name.lower() for d in study.directions]
     new_directions = list(settings.objective.directions)

@@ -77,8 +77,9 @@ def stored_trials(study_name: str, storage: optuna.storages.BaseStorage | None) 
 
 
 def launched_storage(args: TrainingArguments, call: dict[str, Any], launched: LaunchEnv) -> Any:
-    """The storage of a worker of `optuna-trainer workers` (processes/launcher.py): the launcher's `--storage`, else the
-    search's own, else a journal file under output_dir (it takes concurrent writers; the SQLite default does not)."""
+    """The storage of a worker of `optuna-trainer workers` (processes/launcher.py): the launcher's `--storage`, else
+    the search's own, else a journal file under output_dir (it takes concurrent writers; the SQLite default does
+    not)."""
     given = call.get("storage", getattr(args, "storage", None))
     storage = launched.storage or given or launched.default_storage(output_dir_of(args))
     if isinstance(storage, str) and storage.strip().lower() in ("memory", ":memory:"):
@@ -102,6 +103,7 @@ def create_study(settings: SearchSettings) -> optuna.Study:
         )
     except optuna.exceptions.DuplicatedStudyError:
         raise ValueError(
-            f"load_if_exists=False: study {settings.storage.study_name!r} already exists in {settings.storage.description}; "
+            f"load_if_exists=False: study {settings.storage.study_name!r} already exists in "
+            f"{settings.storage.description}; "
             "give a new study_name or output_dir, or load_if_exists=True to continue it"
         ) from None

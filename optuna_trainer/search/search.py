@@ -115,8 +115,8 @@ class Search:
                 )
             elif self.study is not None:
                 logger.info(
-                    f"Study {self.settings.storage.study_name!r} already has {count_finished(self.study)} finished trials of "
-                    f"n_trials={self.settings.control.n_trials}; no trial to run"
+                    f"Study {self.settings.storage.study_name!r} already has {count_finished(self.study)} finished "
+                    f"trials of n_trials={self.settings.control.n_trials}; no trial to run"
                 )
         else:
             self.run_trials()
@@ -158,8 +158,8 @@ class Search:
         except KeyboardInterrupt:
             interrupted = True
             logger.warning(
-                f"Interrupted: the running trial is marked FAIL and study {self.settings.storage.study_name!r} is consistent; "
-                "run the same command again to continue it"
+                "Interrupted: the running trial is marked FAIL and study "
+                f"{self.settings.storage.study_name!r} is consistent; run the same command again to continue it"
             )
             raise
         finally:

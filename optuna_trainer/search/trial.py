@@ -271,8 +271,9 @@ class TrialRun:
         )
         self.trainer.add_callback(self.guard)
         if self.settings.control.save_best_model and not self.objective.multi:
-            # best_model/ must hold the weights of the evaluation the trial's value comes from (training/best_weights.py);
-            # added after the pruning callback, which records each evaluation's value first.
+            # best_model/ must hold the weights of the evaluation the trial's value comes from
+            # (training/best_weights.py); added after the pruning callback, which records each evaluation's value
+            # first.
             on_disk = shards_weights(self.trainer)
             self.best_weights = BestWeightsCallback(
                 self.objective,
@@ -335,7 +336,8 @@ class TrialRun:
         return self.score()
 
     def score(self) -> ObjectiveValue | None:
-        """The trial's value: the best objective over its evaluations whose weights are kept (training/best_weights.py)."""
+        """The trial's value: the best objective over its evaluations whose weights are kept
+        (training/best_weights.py)."""
         assert self.pruning is not None
         metrics = self.pruning.last_metrics
         if self.objective.compute_objective is not None and metrics is not None:

@@ -49,7 +49,8 @@ def build_sampler(spec: Any, search_space: SearchSpace | None = None) -> optuna.
 def describe_sampler(
     sampler: optuna.samplers.BaseSampler, spec: Any = None, search_space: SearchSpace | None = None
 ) -> str:
-    """The sampler's class with the arguments it was given (Optuna's defaults for the rest), for the printed settings."""
+    """The sampler's class with the arguments it was given (Optuna's defaults for the rest), for the printed
+    settings."""
     kwargs: dict[str, Any] = {}
     grid: Any = None
     if spec is not None and not isinstance(spec, optuna.samplers.BaseSampler):

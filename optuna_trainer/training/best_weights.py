@@ -1,11 +1,11 @@
 """The weights of a trial's best evaluation, kept while the trial trains, so that `best_model/` holds them.
 
-A trial's value is its best evaluation (space/objective.py), which is seldom its last step: a learning rate that overshoots
-late, or a run that starts to overfit, ends below its best. Saving the model as it is when training ends would hand
-back weights that re-evaluate to less than the value the study records. transformers keeps a best checkpoint for the
-same reason (`save_strategy="best"`, a checkpoint written when an evaluation beats the best); here the weights are
-copied to the CPU instead, because a copy of what training changes (the parameters that require a gradient, and every
-buffer; for a PEFT adapter only the adapter and its fully trained modules) costs less than a save and no disk
+A trial's value is its best evaluation (space/objective.py), which is seldom its last step: a learning rate that
+overshoots late, or a run that starts to overfit, ends below its best. Saving the model as it is when training ends
+would hand back weights that re-evaluate to less than the value the study records. transformers keeps a best checkpoint
+for the same reason (`save_strategy="best"`, a checkpoint written when an evaluation beats the best); here the weights
+are copied to the CPU instead, because a copy of what training changes (the parameters that require a gradient, and
+every buffer; for a PEFT adapter only the adapter and its fully trained modules) costs less than a save and no disk
 (docs/benchmarks.md figure 1), and the checkpoints a user asked for stay exactly the ones `save_strategy` writes.
 
 Every process keeps its own copy (under DDP each holds the full replica and judges the same metrics, so all keep the

@@ -52,7 +52,8 @@ class OptunaPruningCallback(TrainerCallback):
         prune: whether to ask the pruner at all (off for several objectives, which Optuna cannot prune).
         decide: shares a decision made on the main process with every process (identity in one process).
         budget: what the step of a reported value is: "samples" (training samples seen, so that trials with other
-            batch sizes are compared at equal budget; see space/budget.py) or "steps" (the optimizer step, as transformers).
+            batch sizes are compared at equal budget; see space/budget.py) or "steps" (the optimizer step, as
+            transformers).
         signal: what is reported to the pruner, when not the objective itself (`prune_metric`): an `Objective` whose
             value is negated where its direction is not the study's, so that the pruner's comparisons hold.
     """
@@ -134,7 +135,8 @@ class OptunaPruningCallback(TrainerCallback):
         return None
 
     def signal_value(self, metrics: dict[str, float]) -> float:
-        """The pruning signal, oriented in the study's direction (a minimized loss is negated for a maximizing study)."""
+        """The pruning signal, oriented in the study's direction (a minimized loss is negated for a maximizing
+        study)."""
         assert self.signal is not None
         value = self.signal(metrics)
         assert not isinstance(value, tuple)
@@ -183,9 +185,9 @@ def current_best_metric(args: TrainingArguments, state: TrainerState, metrics: d
     """`state.best_metric` as it stands once this evaluation counts, for as long as a user objective reads it.
 
     `Trainer` updates `best_metric` only after the evaluation callbacks have run (`Trainer._determine_best_metric`,
-    transformers 5.x): an objective that reads it (the seed note's `best_metric if not None else eval_accuracy`)
-    would see the best of the evaluations before this one, and the trial would credit this evaluation's weights with
-    another evaluation's value (training/best_weights.py keeps the weights of the evaluation whose value is best). The same
+    transformers 5.x): an objective that reads it (the seed note's `best_metric if not None else eval_accuracy`) would
+    see the best of the evaluations before this one, and the trial would credit this evaluation's weights with another
+    evaluation's value (training/best_weights.py keeps the weights of the evaluation whose value is best). The same
     rule as transformers' (`metric_for_best_model`, `greater_is_better`) is applied to a view that is undone
     afterwards, so that transformers' own update runs unchanged.
     """

@@ -9,8 +9,8 @@ diverge). Each of them must end one trial, with its reason kept on the trial, an
 - any other exception: the trial is FAIL with its ``fail_reason``, and the search stops unless the exception's class
   is listed in ``catch`` (Optuna's own rule).
 - a NaN or infinite training loss (or gradient norm): the trial stops at that step and ends PRUNED, like a NaN
-  objective (`NonFiniteLossCallback` in training/callbacks.py), so the sampler keeps the trial's earlier finite intermediate values, ranks it below
-  every completed trial, and never receives NaN.
+  objective (`NonFiniteLossCallback` in training/callbacks.py), so the sampler keeps the trial's earlier finite
+  intermediate values, ranks it below every completed trial, and never receives NaN.
 """
 
 from __future__ import annotations
