@@ -14,7 +14,7 @@ os.environ.setdefault("WANDB_DISABLED", "true")
 
 # The kinds of tests the quick tier (`pytest -m "not slow"`) leaves out: a test is marked by what it is, and is slow
 # because of it (setup.cfg declares each marker).
-SLOW_KINDS = ("distributed", "processes", "services", "benchmark")
+SLOW_KINDS = ("distributed", "processes", "services", "benchmark", "data")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

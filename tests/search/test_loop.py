@@ -62,7 +62,14 @@ def _storage(kind: str, request: pytest.FixtureRequest, tmp_path) -> str:
     return str(tmp_path / "journal.log")
 
 
-@pytest.mark.parametrize("kind", ["postgresql", "journal file", "redis"])
+@pytest.mark.parametrize(
+    "kind",
+    [
+        pytest.param("postgresql", marks=pytest.mark.services),
+        "journal file",
+        pytest.param("redis", marks=pytest.mark.services),
+    ],
+)
 class TestLastSlotRace:
     """N workers that all see `n_trials - 1` finished trials at the same moment: exactly one trial runs."""
 
@@ -176,8 +183,7 @@ class TestFailedTrialIsReplaced:
 
 
 @pytest.mark.processes
-@pytest.mark.services
-@pytest.mark.parametrize("kind", ["postgresql", "journal file"])
+@pytest.mark.parametrize("kind", [pytest.param("postgresql", marks=pytest.mark.services), "journal file"])
 class TestThreeWorkerProcesses:
     def test_three_workers_share_one_grid_study(self, kind, request, tmp_path, study_name):
         storage = _storage(kind, request, tmp_path)

