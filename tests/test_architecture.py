@@ -1,5 +1,5 @@
 """The package's structure, as docs/architecture.md draws it: no import cycle between modules, subpackages that
-import only the layers below them, tests that mirror the package, and no module reaching for the launcher or the
+import only the layers below them, and no module reaching for the launcher or the
 study loop for a constant. Read from the source with `ast` (every import, inside functions and `TYPE_CHECKING` too,
 relative ones resolved). An edge is an import a module writes: the parent packages Python runs first are left out, as
 every `optuna_trainer.x` import would otherwise lead back to `optuna_trainer/__init__.py`."""
@@ -10,7 +10,6 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "optuna_trainer"
-TESTS = Path(__file__).resolve().parent
 
 # Which part of the package may import which (docs/architecture.md, "Layers"). A part is a subpackage, or one of
 # the groups of top-level modules: "base" (what everything may use), "arguments" (the search fields and their
@@ -146,15 +145,3 @@ def test_nothing_reaches_for_the_launcher_or_the_loop():
     assert loop == ["optuna_trainer.search.search"], (
         f"only search/search.py may import search/loop.py, imported by {loop}"
     )
-
-
-def test_tests_mirror_the_package():
-    subpackages = {p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
-    folders = {p.name for p in TESTS.iterdir() if p.is_dir() and p.name != "__pycache__"}
-    assert subpackages <= folders, f"no tests/ folder for {sorted(subpackages - folders)}"
-    assert folders <= subpackages, f"tests/ folders with no package counterpart: {sorted(folders - subpackages)}"
-    for name in folders:
-        assert (TESTS / name / "__init__.py").exists(), f"tests/{name}/ needs an __init__.py"
-    for test_file in TESTS.rglob("test_*.py"):
-        if test_file.parent != TESTS and test_file.parent.name != "distributed":
-            assert test_file.parent.name in subpackages, test_file

@@ -164,9 +164,9 @@ def _tokenizer(folder: Path) -> BertTokenizerFast:
             words.update(
                 line.split("\t", 1)[1].lower().replace(",", " ,").replace(".", " .").replace("!", " !").split()
             )
-    vocab = folder / "vocab.txt"
-    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(words)]) + "\n")
-    return BertTokenizerFast(vocab_file=str(vocab))
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(words)]
+    # transformers 5 ignores `vocab_file=` here (every word became [UNK]): the vocabulary goes in as a dict.
+    return BertTokenizerFast(vocab={token: i for i, token in enumerate(tokens)})
 
 
 @pytest.fixture(scope="module")
