@@ -110,6 +110,12 @@ class OptunaSearchArguments:
             Seconds between heartbeats of a running trial, for RDB storages (SQLite, PostgreSQL, MySQL). A trial
             whose heartbeat is older than twice this is taken as killed: it is marked failed and run again with the
             same parameters from its last checkpoint. `0` turns heartbeats off. Journal and memory storages have none.
+        artifact_store (`str`, *optional*):
+            Where the study keeps what its trials write, beside the storage, as Optuna artifacts: a directory on a
+            filesystem every machine mounts, or `s3://bucket/prefix` (any S3-compatible endpoint, configured through
+            the AWS environment variables; needs `boto3`). Each trial's newest checkpoint is uploaded there (a trial
+            killed on one machine resumes from it on another) and the best model too (`optuna-trainer best-model`
+            fetches it anywhere). Defaults to none: everything stays under `output_dir`. See docs/multi_node.md.
         save_best_model (`bool`, *optional*, defaults to `True`):
             Save the best trial's model to `output_dir/best_model` at the end of the search.
         search_report (`bool`, *optional*, defaults to `True`):
@@ -231,6 +237,14 @@ class OptunaSearchArguments:
             "have none)."
         },
     )
+    artifact_store: str | None = field(
+        default=None,
+        metadata={
+            "help": "Keep each trial's newest checkpoint and the best model in an artifact store, so that a killed "
+            "trial resumes on another machine and the best model can be fetched anywhere: a shared directory or "
+            "s3://bucket/prefix (AWS environment variables; needs boto3). Default: none (all stays under output_dir)."
+        },
+    )
     save_best_model: bool = field(
         default=True, metadata={"help": "Save the best trial's model to output_dir/best_model (default true)."}
     )
@@ -325,7 +339,7 @@ class OptunaTrainingArguments(OptunaSearchArguments, TrainingArguments):
     Every field of `TrainingArguments`, plus the search fields of `OptunaSearchArguments` (see its docstring):
     `hp_space`, `n_trials`, `timeout`, `direction`, `objective_metric`, `sampler`, `pruner`, `storage`, `study_name`,
     `prune_metric`, `prune_budget`, `enqueue_arguments`, `target_value`, `trials_without_improvement`,
-    `heartbeat_interval`, `save_best_model`, `search_report`, `continue_on_oom`.
+    `heartbeat_interval`, `artifact_store`, `save_best_model`, `search_report`, `continue_on_oom`.
     """
 
 

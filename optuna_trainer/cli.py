@@ -1,8 +1,10 @@
 """The `optuna-trainer` command: `optuna-trainer report` writes the end-of-search report of a stored study;
+`optuna-trainer best-model` writes its best model into a folder, on any machine (from the artifact store);
 `optuna-trainer workers N -- <command>` runs N copies of a training command on one study (processes/launcher.py).
 
     optuna-trainer report --storage sqlite:///out/optuna_study.db --study-name out --output-dir out
     optuna-trainer workers 4 -- python train.py config.yaml
+    optuna-trainer best-model --storage postgresql+psycopg://host/db --study-name sst2 --output best
 
 The arguments are a dataclass parsed by `HfArgumentParser`, like the training arguments, so `--study_name` and
 `--study-name` both work.
@@ -20,7 +22,10 @@ import optuna
 from transformers import HfArgumentParser
 
 from optuna_trainer import log as _log  # noqa: F401  (the package logger prints INFO)
+from optuna_trainer.output.best_model import fetch_best_model
 from optuna_trainer.output.report import REPORT_DIR, write_report
+from optuna_trainer.study.artifacts import open_artifact_store
+from optuna_trainer.study.attrs import ARTIFACT_STORE_ATTR
 from optuna_trainer.study.storage import mask_url, resolve_storage
 
 logger = logging.getLogger(__name__)
@@ -28,6 +33,7 @@ logger = logging.getLogger(__name__)
 COMMANDS = {
     "report": "write the report (summary.json, trials.csv, plots) of a stored study",
     "workers": "run N copies of a training command on one shared study (optuna-trainer workers N -- <command>)",
+    "best-model": "write a stored study's best model (weights, config, tokenizer, trial.json) into a folder",
 }
 
 
@@ -48,9 +54,29 @@ class ReportArguments:
     plots: bool = field(default=True, metadata={"help": "Draw the plots (default true)."})
 
 
+@dataclass
+class BestModelArguments:
+    """Arguments of `optuna-trainer best-model`."""
+
+    storage: str = field(
+        metadata={"help": "The study's storage: postgresql+psycopg://..., sqlite:///..., redis://..., a journal file."}
+    )
+    output: str = field(metadata={"help": "The folder to write the model into (new, or empty)."})
+    study_name: str | None = field(
+        default=None, metadata={"help": "The study's name; may be left out when the storage holds a single study."}
+    )
+    artifact_store: str | None = field(
+        default=None,
+        metadata={
+            "help": "The search's artifact_store (a shared directory or s3://bucket/prefix). Default: the one the "
+            "study records."
+        },
+    )
+
+
 def _usage() -> str:
     lines = ["usage: optuna-trainer <command> [options]", "", "commands:"]
-    lines += [f"  {name:<8} {help_}" for name, help_ in COMMANDS.items()]
+    lines += [f"  {name:<10} {help_}" for name, help_ in COMMANDS.items()]
     lines += ["", "optuna-trainer <command> --help shows a command's options."]
     return "\n".join(lines)
 
@@ -82,6 +108,25 @@ def report(argv: list[str]) -> int:
     return 0
 
 
+def best_model(argv: list[str]) -> int:
+    parser = HfArgumentParser(
+        cast(Any, BestModelArguments), prog="optuna-trainer best-model", description=COMMANDS["best-model"]
+    )
+    (args,) = parser.parse_args_into_dataclasses(args=argv)
+    study = load_study(args.storage, args.study_name)
+    where = args.artifact_store or study.user_attrs.get(ARTIFACT_STORE_ATTR)
+    try:
+        artifacts = open_artifact_store(where) if where else None
+        record = fetch_best_model(study, artifacts, args.output)
+    except ValueError as err:
+        raise SystemExit(f"optuna-trainer best-model: {err}") from None
+    logger.info(
+        f"Best model of study {study.study_name!r} (trial {record.get('number')}, value {record.get('value')}) "
+        f"written to {args.output}"
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
@@ -90,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     command, rest = argv[0], argv[1:]
     if command == "report":
         return report(rest)
+    if command == "best-model":
+        return best_model(rest)
     if command == "workers":
         from optuna_trainer.processes.launcher import main as workers
 

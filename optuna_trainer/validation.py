@@ -15,6 +15,7 @@ from typing import Any
 
 from optuna_trainer.space.budget import check_budget
 from optuna_trainer.space.objective import normalize_direction
+from optuna_trainer.study.artifacts import validate_artifact_store
 from optuna_trainer.study.storage import MAX_HEARTBEAT_INTERVAL, check_study_name, validate_storage
 
 
@@ -113,6 +114,7 @@ FIELD_VALIDATORS: dict[str, Callable[[Any], object]] = {
     "study_name": check_study_name_text,
     "storage": validate_storage,
     "heartbeat_interval": check_heartbeat_interval,
+    "artifact_store": validate_artifact_store,
     "prune_metric": check_prune_metric,
     "prune_budget": check_budget,
     "target_value": check_target_value,

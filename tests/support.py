@@ -5,7 +5,8 @@ What is here, by concern:
         built from a config and a learnable synthetic task, so that a trial trains in well under a second on a CPU;
     recording: `RecordingPruner` (which trials a pruner pruned), `TrialRecorder` (steps and evaluations per trial),
         `capture_logs` (what the package logger said, whatever stream its handler holds);
-    services: `require_service` (skip, or fail under OPTUNA_TRAINER_REQUIRE_SERVICES=1, where a server does not answer);
+    services: `require_service` (skip, or fail under OPTUNA_TRAINER_REQUIRE_SERVICES=1, where a server does not answer),
+        `s3_server` (moto's S3 server, started for a test);
     processes: `kill_process_tree` (the one process-tree killer), `start_worker` / `wait_all` / `wait_for_file`
         (search workers as subprocesses under a hard wall-clock bound: a test fails, it never hangs).
 
@@ -228,6 +229,54 @@ def require_service(name: str, host: str, port: int) -> None:
     pytest.skip(reason)
 
 
+def _unavailable(reason: str) -> None:
+    import pytest
+
+    if os.environ.get("OPTUNA_TRAINER_REQUIRE_SERVICES") == "1":
+        pytest.fail(f"{reason}, and OPTUNA_TRAINER_REQUIRE_SERVICES=1 requires it")
+    pytest.skip(reason)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+S3_TEST_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+@contextmanager
+def s3_server(auth: bool = False) -> Iterator[dict[str, str]]:
+    """moto's standalone S3 server (PyPI `moto[server]`) on a free 127.0.0.1 port, the tests' stand-in for S3; yields
+    the AWS environment (endpoint, test credentials, region) that points boto3 at it. `auth`: the server checks
+    credentials (moto's INITIAL_NO_AUTH_ACTION_COUNT=0), so that unknown keys are refused as S3 refuses them. Skips
+    with the reason (fails under OPTUNA_TRAINER_REQUIRE_SERVICES=1) where the server cannot start."""
+    try:
+        import boto3  # noqa: F401
+        import moto.server  # noqa: F401
+    except ImportError as err:
+        _unavailable(f"moto's S3 server cannot start: {err} (pip install 'moto[server]' boto3)")
+    port = free_port()
+    env = {**os.environ, **({"INITIAL_NO_AUTH_ACTION_COUNT": "0"} if auth else {})}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not service_answers("127.0.0.1", port, timeout=0.5):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                _unavailable(f"moto's S3 server did not answer on 127.0.0.1:{port} (exit code {proc.poll()})")
+            time.sleep(0.2)
+        yield {**S3_TEST_ENV, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
+    finally:
+        kill_process_tree(proc)
+
+
 # ---- processes -------------------------------------------------------------------------------------------------
 
 REPO = Path(__file__).resolve().parent.parent
@@ -304,9 +353,16 @@ def run_bounded(command: list[str], bound_s: float, **popen: Any) -> tuple[int, 
     return proc.returncode, output
 
 
-def start_worker(spec: dict[str, Any], log: Path, module: str = "tests.support_worker") -> subprocess.Popen[bytes]:
-    """Start `python -m <module> '<spec as JSON>'` from the repository root in its own session, output to `log`."""
+def start_worker(
+    spec: dict[str, Any],
+    log: Path,
+    module: str = "tests.support_worker",
+    extra_env: dict[str, str] | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start `python -m <module> '<spec as JSON>'` from the repository root in its own session, output to `log`;
+    `extra_env` on top of the test's environment (another machine's TMPDIR, an S3 endpoint)."""
     env = {**os.environ, **QUIET_ENV, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env.update(extra_env or {})
     with open(log, "wb") as out:  # the child holds its own descriptor
         return subprocess.Popen(
             [sys.executable, "-m", module, json.dumps(spec)],

@@ -432,6 +432,21 @@ CASES = [
     ),
     # ---- storage ---------------------------------------------------------------------------------------------
     Case(
+        "artifact_store_unknown_scheme",
+        {"artifact_store": "gs://bucket/searches"},
+        key="artifact_store",
+        wrong="unknown scheme 'gs'",
+        right="s3://bucket/prefix",
+    ),
+    Case(
+        "artifact_store_cannot_be_created",
+        {"artifact_store": "{tmp}/a-file/store"},
+        files={"a-file": ""},
+        key="artifact_store",
+        wrong=r"cannot create the directory .* \(Not a directory\)",
+        right="give a directory this user can create and write",
+    ),
+    Case(
         "storage_unknown_scheme",
         {"storage": "postgress://localhost/db"},
         key="storage",

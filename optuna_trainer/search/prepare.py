@@ -19,6 +19,7 @@ from optuna_trainer.search.checks import check_before_study, check_output_dir
 from optuna_trainer.search.compatibility import check_continuation
 from optuna_trainer.search.control import enqueue_arguments
 from optuna_trainer.search.settings import SearchSettings, resolve_settings
+from optuna_trainer.study.attrs import ARTIFACT_STORE_ATTR
 from optuna_trainer.study.storage import default_storage_url
 from optuna_trainer.training.adapters import has_adapter_keys
 
@@ -49,6 +50,9 @@ def settle(trainer: Trainer, is_main: bool, call: dict[str, Any]) -> tuple[Searc
         return settings, None
     study = create_study(settings)
     check_continuation(study, settings)
+    if settings.storage.artifacts is not None:
+        # What `optuna-trainer best-model` opens when no --artifact-store is given.
+        study.set_user_attr(ARTIFACT_STORE_ATTR, settings.storage.artifacts.url)
     if launched is not None and settings.storage.url is not None:
         launched.announce(
             storage=settings.storage.url or default_storage_url(output_dir_of(trainer.args)),

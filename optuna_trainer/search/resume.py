@@ -16,11 +16,13 @@ import os
 import re
 import shutil
 from dataclasses import dataclass, field
+from typing import Any
 
 import optuna
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from optuna_trainer.study.artifacts import OpenedArtifactStore, download_folder
 from optuna_trainer.study.attrs import read
 
 logger = logging.getLogger(__name__)
@@ -52,26 +54,48 @@ def checkpoint_step(path: str) -> int:
     return int(os.path.basename(os.path.normpath(path)).rsplit("-", 1)[-1])
 
 
-def find_resume_point(study: optuna.Study, number: int) -> ResumePoint | None:
-    """The resume point of trial `number`, when it was re-queued after its worker died; None for any other trial."""
+def find_resume_point(
+    study: optuna.Study,
+    number: int,
+    artifacts: OpenedArtifactStore | None = None,
+    local_run_dir: str | None = None,
+) -> ResumePoint | None:
+    """The resume point of trial `number`, when it was re-queued after its worker died; None for any other trial.
+
+    The checkpoint is the newest complete one of the original's run directory when this machine has it, else (with
+    an artifact store) the one the trial's `checkpoint_artifact` names, downloaded into `local_run_dir` (this
+    machine's run directory for the trial); the newer of the two when both exist.
+    """
     by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
     frozen = by_number[number]
     original = frozen.system_attrs.get("failed_trial")
     if original is None:
         return None
     retry_history: list[int] = frozen.system_attrs.get("retry_history", [original])
-    run_dir = read(frozen).get("run_dir")
+    recorded = read(frozen)
+    run_dir = recorded.get("run_dir")
     point = ResumePoint(original=original, run_dir=run_dir)
-    if run_dir is None or not os.path.isdir(run_dir):
+    local = last_complete_checkpoint(run_dir) if run_dir is not None and os.path.isdir(run_dir) else None
+    # The retry copy carries the user attributes of the attempt it copies: the newest checkpoint uploaded in the series.
+    stored = recorded.get("checkpoint_artifact") if artifacts is not None else None
+    if stored is not None and (local is None or checkpoint_step(local) < int(stored["step"])):
+        assert artifacts is not None
+        downloaded = _download(artifacts, stored, local_run_dir or run_dir, number)
+        if downloaded is not None:
+            local, point.run_dir = downloaded, os.path.dirname(downloaded)
+    if local is None:
+        where = (
+            f"no checkpoint in {run_dir}"
+            if run_dir is not None and os.path.isdir(run_dir)
+            else f"its run directory {run_dir!r} is not on this machine"
+            + ("" if artifacts is None else " and the artifact store holds no checkpoint of it")
+        )
         logger.info(
-            f"Trial {number} retries trial {original} (its worker stopped), with the same parameters; its run "
-            f"directory {run_dir!r} is not on this machine, so it starts from step 0"
+            f"Trial {number} retries trial {original} (its worker stopped) with the same parameters; {where}, so it "
+            "starts from step 0"
         )
         return point
-    point.checkpoint = last_complete_checkpoint(run_dir)
-    if point.checkpoint is None:
-        logger.info(f"Trial {number} retries trial {original} from step 0: no checkpoint in {run_dir}")
-        return point
+    point.checkpoint = local
     # The latest attempt in the series wrote the checkpoint; it reported the evaluations up to it (attempts before
     # it carried their own over in the same way).
     last = retry_history[-1]
@@ -85,6 +109,25 @@ def find_resume_point(study: optuna.Study, number: int) -> ResumePoint | None:
         f"{point.checkpoint} (step {point.step})"
     )
     return point
+
+
+def _download(artifacts: OpenedArtifactStore, stored: dict[str, Any], run_dir: str | None, number: int) -> str | None:
+    """The stored checkpoint unpacked into `run_dir`, or None (with a warning: the trial then starts over, which
+    costs time but hands back nothing it did not measure)."""
+    if run_dir is None:
+        return None
+    dest = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{int(stored['step'])}")
+    shutil.rmtree(dest, ignore_errors=True)  # a leftover of this name is not the stored checkpoint
+    try:
+        download_folder(artifacts, stored, dest)
+    except Exception as err:  # noqa: BLE001 - any failure: start over rather than resume from something unchecked
+        logger.warning(
+            f"Trial {number}: could not take its checkpoint (step {stored['step']}) from {artifacts.description} "
+            f"({type(err).__name__}: {err}); it starts from step 0"
+        )
+        return None
+    logger.info(f"Trial {number}: checkpoint of step {stored['step']} downloaded from {artifacts.description}")
+    return dest
 
 
 def logged_evaluations(checkpoint: str) -> list[tuple[int, dict[str, float]]]:

@@ -25,7 +25,14 @@ from transformers.trainer_utils import BestRun
 
 from optuna_trainer.arguments import output_dir_of
 from optuna_trainer.exceptions import NoCompletedTrialError
-from optuna_trainer.output.best_model import BEST_MODEL_DIR, best_model_lock, recover, save_best_model, stored_record
+from optuna_trainer.output.best_model import (
+    BEST_MODEL_DIR,
+    best_model_lock,
+    publish_best_model,
+    recover,
+    save_best_model,
+    stored_record,
+)
 from optuna_trainer.output.progress import TrialProgress
 from optuna_trainer.output.report import write_report
 from optuna_trainer.output.trackers import TrialTrackers
@@ -211,6 +218,8 @@ class Search:
             if self.study is not None:
                 requeue(self.study, outcome.number)
             return
+        if outcome.uploads is not None:
+            outcome.uploads.discard()  # the store keeps a checkpoint only for a trial that may resume
         if outcome.run_dir and not (outcome.state == TrialState.COMPLETE and self.best.run_dir == outcome.run_dir):
             delete_checkpoints(outcome.run_dir, self.trainer.args.should_save)
 
@@ -371,11 +380,25 @@ class Search:
                 step = held.held.step
                 per_step = outcome.samples_per_step
                 record.update(step=step, samples=step * per_step if per_step else None)
-            save_best_model(self.trainer, output_dir, record, saved=saved)
+            save_best_model(self.trainer, output_dir, record, saved=saved, publish=self._publisher(record))
             return True
         finally:
             if lock is not None:
                 lock.release()
+
+    def _publisher(self, record: dict[str, Any]) -> Callable[[str], None] | None:
+        """With an artifact store, what uploads a new best model before it replaces the local one (on the process
+        that saves; a failed upload fails the trial and leaves the previous best where it was)."""
+        artifacts = self.settings.storage.artifacts
+        study = self.study
+        if artifacts is None or study is None or not self.trainer.args.should_save:
+            return None
+        lock = self.settings.storage.claim_lock or local_lock()
+
+        def publish(folder: str) -> None:
+            publish_best_model(artifacts, study, folder, record, lock)
+
+        return publish
 
     def best_runs(self) -> BestRun | list[BestRun]:
         """transformers' `BestRun` of the best trial (the Pareto front for several objectives)."""

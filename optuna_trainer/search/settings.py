@@ -32,6 +32,7 @@ from optuna_trainer.space.objective import Objective, resolve_objective, resolve
 from optuna_trainer.space.pruners import DEFAULT_PRUNER, build_pruner, describe_pruner
 from optuna_trainer.space.samplers import build_sampler, continued_sampler, describe_sampler
 from optuna_trainer.space.search_space import DEFAULT_HP_SPACE, SearchSpace, describe_hp_space
+from optuna_trainer.study.artifacts import OpenedArtifactStore, open_artifact_store
 from optuna_trainer.study.claims import ClaimLock
 from optuna_trainer.study.storage import default_study_name, open_storage
 from optuna_trainer.validation import validate_call
@@ -152,6 +153,7 @@ class StorageSettings:
         heartbeat_interval: seconds between heartbeats, None when the storage has none.
         claim_lock: the lock that makes "count the budget, then create a trial" one step across workers.
         load_if_exists: False: an existing study of this name is an error instead of being continued.
+        artifacts: the artifact store (`artifact_store`), opened and checked once; None keeps everything local.
     """
 
     storage: optuna.storages.BaseStorage | None
@@ -162,6 +164,7 @@ class StorageSettings:
     heartbeat_interval: int | None = None
     claim_lock: ClaimLock | None = field(default=None, repr=False)
     load_if_exists: bool = True
+    artifacts: OpenedArtifactStore | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -232,7 +235,12 @@ class SearchSettings:
             "stop_when": self._stop_rules(),
             "storage": self.storage.description,
             "study_name": self.storage.study_name,
+            **({"artifacts": self._artifacts()} if self.storage.artifacts is not None else {}),
         }
+
+    def _artifacts(self) -> str:
+        assert self.storage.artifacts is not None
+        return f"{self.storage.artifacts.description} (each trial's newest checkpoint, the best model)"
 
     def _pruned_on(self) -> str:
         if not self.pruning.active:
@@ -446,6 +454,8 @@ def resolve_storage_settings(
         heartbeat_interval=opened.heartbeat_interval,
         claim_lock=opened.make_lock(study_name),
         load_if_exists=call.get("load_if_exists", True),
+        # Checked by a write and a read now, so that a store that cannot be used fails before any training.
+        artifacts=open_artifact_store(fields["artifact_store"]) if fields["artifact_store"] else None,
     )
 
 

@@ -39,6 +39,7 @@ from optuna_trainer.training.adapters import Adapters, split_peft
 from optuna_trainer.training.best_weights import BEST_EVALUATION_DIR, BestWeightsCallback, shards_weights
 from optuna_trainer.training.binding import apply_arguments
 from optuna_trainer.training.callbacks import NonFiniteLossCallback, OptunaPruningCallback
+from optuna_trainer.training.checkpoint_upload import CheckpointUploadCallback
 from optuna_trainer.training.faults import trial_failure
 from optuna_trainer.training.memory import release_trial_memory
 from optuna_trainer.training.models import apply_config_values
@@ -93,6 +94,7 @@ class TrialOutcome:
         best_weights: where the best evaluation's weights are (in memory, or on disk under ZeRO-3/FSDP); None when
             no best model is kept.
         samples_per_step: training samples per optimizer step (the best model's record names its samples).
+        uploads: with an artifact store, what holds the trial's checkpoint there (removed when the trial ends).
     """
 
     number: int
@@ -103,6 +105,7 @@ class TrialOutcome:
     error: BaseException | None = None
     best_weights: BestWeightsCallback | None = None
     samples_per_step: int | None = None
+    uploads: CheckpointUploadCallback | None = None
 
     @property
     def interrupted(self) -> bool:
@@ -163,6 +166,7 @@ class TrialRun:
         self.pruning: OptunaPruningCallback | None = None
         self.guard: NonFiniteLossCallback | None = None
         self.best_weights: BestWeightsCallback | None = None
+        self.uploads: CheckpointUploadCallback | None = None
 
     def execute(self) -> TrialOutcome:
         """Prepare and run the trial; an error is recorded on the trial and returned in the outcome, not raised."""
@@ -197,6 +201,7 @@ class TrialRun:
             error=error,
             best_weights=self.best_weights,
             samples_per_step=attrs.read(self.trial).get("samples_per_step"),
+            uploads=self.uploads,
         )
 
     # ---- prepare ---------------------------------------------------------------------------------------------
@@ -213,8 +218,9 @@ class TrialRun:
         self.run_dir = os.path.join(output_dir_of(self.context.base_args), run_name)
         # A trial re-queued after its worker died continues in the original's run directory, from its checkpoint.
         number = self.trial.number  # rank 0's number on every process (SyncTrial)
+        artifacts = self.settings.storage.artifacts
         self.resume = self.coordinator.share(
-            find_resume_point(self.context.study, number)
+            find_resume_point(self.context.study, number, artifacts, local_run_dir=self.run_dir)
             if self.coordinator.is_main and self.context.study is not None
             else None
         )
@@ -282,6 +288,15 @@ class TrialRun:
                 save=self.trainer.save_model if on_disk else None,
             )
             self.trainer.add_callback(self.best_weights)
+        if artifacts is not None:
+            # Each checkpoint to the store as it is saved; a retry copy starts with the artifact it inherited.
+            self.uploads = CheckpointUploadCallback(
+                self.trial if self.coordinator.is_main else None,
+                artifacts,
+                current=attrs.read(self.trial).get("checkpoint_artifact") if self.coordinator.is_main else None,
+                decide=self.coordinator.decide,
+            )
+            self.trainer.add_callback(self.uploads)
         if self.context.trackers is not None and self.context.trackers.active:
             self.context.trackers.before_trial(self.trial.number)
 
@@ -382,7 +397,7 @@ class TrialRun:
             attrs.write(self.trial, samples=state.global_step * per_step)
             if state.max_steps:
                 attrs.write(self.trial, max_samples=state.max_steps * per_step)
-        for callback in (self.pruning, self.guard, self.best_weights):
+        for callback in (self.pruning, self.guard, self.best_weights, self.uploads):
             if callback is not None:
                 self.trainer.remove_callback(callback)
         if self.guard is not None:

@@ -32,6 +32,9 @@ class TrialAttrs(TypedDict, total=False):
         fail_reason: `ExceptionClass: message` of a failed trial.
         fault: "out_of_memory" or "error" for a failed trial.
         enqueued: "arguments" for the trial of the arguments' own values (enqueue_arguments).
+        checkpoint_artifact: with `artifact_store`, the trial's newest checkpoint in the store (`artifact_id`, `step`,
+            `sha256`, `bytes`; training/checkpoint_upload.py); None once the trial ended and it was removed. A retry
+            copy inherits it and resumes from it on any machine.
     """
 
     run_dir: str
@@ -49,6 +52,7 @@ class TrialAttrs(TypedDict, total=False):
     fail_reason: str
     fault: str
     enqueued: str
+    checkpoint_artifact: dict[str, Any] | None
 
 
 TRIAL_ATTRS: tuple[str, ...] = tuple(TrialAttrs.__annotations__)
@@ -58,6 +62,9 @@ OBJECTIVE_ATTR = "optuna_trainer_objective"  # the objective's metric and direct
 PRUNING_ATTR = "optuna_trainer_pruning"  # what is reported at which step (search/compatibility.py)
 SETTINGS_ATTR = "optuna_trainer_settings"  # the resolved settings, described (output/report.py)
 MLFLOW_PARENT_ATTR = "mlflow_parent_run_id"  # the study's one MLflow parent run (output/trackers.py)
+ARTIFACT_STORE_ATTR = "optuna_trainer_artifact_store"  # the artifact_store the search used (study/artifacts.py)
+# The study's best model in the artifact store: artifact_id, sha256, bytes, number, value (output/best_model.py).
+BEST_MODEL_ARTIFACT_ATTR = "optuna_trainer_best_model_artifact"
 
 
 def write(trial: optuna.trial.BaseTrial, **attrs: Unpack[TrialAttrs]) -> None:
@@ -73,6 +80,8 @@ def read(trial: optuna.trial.FrozenTrial | optuna.trial.BaseTrial) -> TrialAttrs
 
 
 __all__ = [
+    "ARTIFACT_STORE_ATTR",
+    "BEST_MODEL_ARTIFACT_ATTR",
     "MLFLOW_PARENT_ATTR",
     "OBJECTIVE_ATTR",
     "PRUNING_ATTR",

@@ -22,7 +22,7 @@ import optuna
 import torch
 from accelerate.utils.memory import should_reduce_batch_size
 
-from optuna_trainer.exceptions import TrialOutOfMemoryError
+from optuna_trainer.exceptions import ArtifactUploadError, TrialOutOfMemoryError
 from optuna_trainer.study import attrs
 
 logger = logging.getLogger(__name__)
@@ -47,10 +47,11 @@ def is_out_of_memory(err: BaseException) -> bool:
 
 
 def catch_for(catch: tuple[type[Exception], ...], continue_on_oom: bool) -> tuple[type[Exception], ...]:
-    """The exception classes `Study.optimize` catches: the user's `catch`, plus out-of-memory when it continues."""
+    """The exception classes `Study.optimize` catches: the user's `catch`, plus out-of-memory when it continues, plus
+    a failed upload to the artifact store (the store may recover; the trial's checkpoint is what was lost)."""
     if continue_on_oom and TrialOutOfMemoryError not in catch:
-        return (*catch, TrialOutOfMemoryError)
-    return catch
+        catch = (*catch, TrialOutOfMemoryError)
+    return catch if ArtifactUploadError in catch else (*catch, ArtifactUploadError)
 
 
 def trial_failure(
@@ -71,7 +72,7 @@ def trial_failure(
     oom = is_out_of_memory(err)
     attrs.write(trial, fail_reason=reason, fault=OOM_FAULT if oom else ERROR_FAULT)
     if not (oom and continue_on_oom):
-        if isinstance(err, catch) and err.__traceback__ is not None:
+        if isinstance(err, (*catch, ArtifactUploadError)) and err.__traceback__ is not None:
             traceback.clear_frames(err.__traceback__)  # caught: the search goes on with the next trial
         # Otherwise raised as it is: the search stops, with the full traceback (and its frames) to debug.
         return err

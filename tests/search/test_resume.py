@@ -171,3 +171,66 @@ class TestResumeAfterSigkill:
         # The evaluations the original reported up to its checkpoint were carried over (eval every 2 steps).
         assert sorted(retry.intermediate_values) == [16, 32, 48, 64]  # samples seen, batch 8
         print(f"crash/resume test on {kind}: {elapsed:.1f} s, trials {[t.state.name for t in trials]}")
+
+
+class TestResumePointWithAStore:
+    """Which checkpoint a retried trial takes: this machine's or the artifact store's, the newer; a damaged artifact
+    is not resumed from (the trial starts over, which costs time but hands back nothing unmeasured)."""
+
+    @staticmethod
+    def _retried(tmp_path, run_dir, local_steps, stored_step):
+        from optuna_trainer.study.artifacts import open_artifact_store, upload_folder
+
+        opened = open_artifact_store(str(tmp_path / "store"))
+        study = optuna.create_study()
+        trial = study.ask()
+        for step in local_steps:
+            folder = run_dir / f"checkpoint-{step}"
+            folder.mkdir(parents=True)
+            (folder / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+        source = tmp_path / "uploaded" / f"checkpoint-{stored_step}"
+        source.mkdir(parents=True)
+        (source / "trainer_state.json").write_text(json.dumps({"global_step": stored_step, "from": "store"}))
+        record = upload_folder(opened, str(source), trial)
+        trial.set_user_attr("run_dir", str(run_dir))
+        trial.set_user_attr("checkpoint_artifact", {**record, "step": stored_step})
+        study.tell(trial, state=TrialState.FAIL)
+        optuna.storages.RetryHeartbeatStaleTrialCallback()(study, study.trials[0])
+        return study, opened, record
+
+    def test_the_store_when_this_machine_lacks_the_run(self, tmp_path):
+        from optuna_trainer.search.resume import find_resume_point
+
+        study, opened, _ = self._retried(tmp_path, tmp_path / "gone" / "run-0", [], 4)
+        here = tmp_path / "here" / "run-1"
+        point = find_resume_point(study, 1, opened, local_run_dir=str(here))
+        assert (point.checkpoint, point.run_dir, point.step) == (str(here / "checkpoint-4"), str(here), 4)
+        assert json.loads((here / "checkpoint-4" / "trainer_state.json").read_text())["from"] == "store"
+
+    def test_a_newer_local_checkpoint_wins(self, tmp_path):
+        from optuna_trainer.search.resume import find_resume_point
+
+        run_dir = tmp_path / "run-0"
+        study, opened, _ = self._retried(tmp_path, run_dir, [2, 6], 4)
+        point = find_resume_point(study, 1, opened, local_run_dir=str(tmp_path / "run-1"))
+        assert (point.checkpoint, point.run_dir) == (str(run_dir / "checkpoint-6"), str(run_dir))
+        assert not (tmp_path / "run-1").exists()  # nothing downloaded
+
+    def test_a_newer_stored_checkpoint_wins(self, tmp_path):
+        from optuna_trainer.search.resume import find_resume_point
+
+        run_dir = tmp_path / "run-0"
+        study, opened, _ = self._retried(tmp_path, run_dir, [2], 4)
+        point = find_resume_point(study, 1, opened, local_run_dir=str(run_dir))
+        assert point.checkpoint == str(run_dir / "checkpoint-4") and point.step == 4
+
+    def test_a_damaged_artifact_means_step_0(self, tmp_path):
+        from optuna_trainer.search.resume import find_resume_point
+
+        study, opened, record = self._retried(tmp_path, tmp_path / "gone" / "run-0", [], 4)
+        (tmp_path / "store" / record["artifact_id"]).write_bytes(b"truncated")
+        with capture_logs() as logs:
+            point = find_resume_point(study, 1, opened, local_run_dir=str(tmp_path / "run-1"))
+        assert point.checkpoint is None and point.step == 0
+        assert "could not take its checkpoint (step 4)" in logs.text and "is not the one recorded" in logs.text
+        assert not (tmp_path / "run-1" / "checkpoint-4").exists()
