@@ -311,3 +311,12 @@ def test_adapters(tmp_path):
     assert ours["base model MiB"] == workaround["base model MiB"] > 0
     assert ours["adapter MiB (largest)"] == workaround["adapter MiB (largest)"] > 0
     assert table["meta"]["setup speedup (workaround / ours, medians)"] > 0
+
+
+@pytest.mark.services
+def test_artifact_store(tmp_path):
+    """Figure 11: a real checkpoint up to a directory store and moto's S3 server and back, byte for byte."""
+    table = run_quick("artifact_store", tmp_path)
+    numbers(table, "checkpoint MB", "local write s", "upload s", "upload MB/s", "download + check s")
+    assert [r["store"] for r in table["rows"]] == ["directory", "S3 (moto, 127.0.0.1)"]
+    assert all(r["identical"] is True and r["checkpoint MB"] > 1 for r in table["rows"])

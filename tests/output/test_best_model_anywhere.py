@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -90,3 +91,38 @@ def test_refusals(tmp_path):
     assert (full / "keep.txt").read_text() == "mine"
     with pytest.raises(SystemExit, match="artifact_store: unknown scheme 'gs'"):
         main(["best-model", "--storage", storage, "--output", str(tmp_path / "x"), "--artifact-store", "gs://b"])
+
+
+class TestPublish:
+    """The study's best model in the store is replaced only by a better one; the loser's upload is removed."""
+
+    @staticmethod
+    def _folder(tmp_path: Path, number: int, value: float) -> Path:
+        folder = tmp_path / f"best-{number}"
+        folder.mkdir()
+        (folder / "trial.json").write_text(json.dumps({"number": number, "value": value}))
+        return folder
+
+    @pytest.mark.parametrize(
+        "direction, values, named", [("maximize", [0.6, 0.8, 0.7], 1), ("minimize", [0.6, 0.8, 0.5], 2)]
+    )
+    def test_compare_and_replace(self, tmp_path, direction, values, named):
+        import optuna
+
+        from optuna_trainer.output.best_model import publish_best_model
+        from optuna_trainer.study.artifacts import open_artifact_store
+        from optuna_trainer.study.attrs import BEST_MODEL_ARTIFACT_ATTR
+        from optuna_trainer.study.claims import local_lock
+
+        store = open_artifact_store(str(tmp_path / "store"))
+        study = optuna.create_study(direction=direction)
+        won = [
+            publish_best_model(
+                store, study, str(self._folder(tmp_path, n, v)), {"number": n, "value": v}, local_lock()
+            )
+            for n, v in enumerate(values)
+        ]
+        assert won == [True, direction == "maximize", direction == "minimize"]
+        entry = study.user_attrs[BEST_MODEL_ARTIFACT_ATTR]
+        assert (entry["number"], entry["value"]) == (named, values[named])
+        assert os.listdir(tmp_path / "store") == [entry["artifact_id"]]  # the others were removed
