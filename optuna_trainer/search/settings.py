@@ -445,6 +445,12 @@ def resolve_storage_settings(
     opened = open_storage(spec, output_dir_of(args), heartbeat_interval=fields["heartbeat_interval"])
     notes.extend(opened.notes)
     study_name = call.get("study_name", fields["study_name"]) or default_study_name(output_dir_of(args))
+    strategy = getattr(args, "save_strategy", "no")
+    if fields["artifact_store"] and getattr(strategy, "value", strategy) == "no":
+        notes.append(
+            "artifact_store: save_strategy is 'no', so trials save no checkpoint to resume from (a killed trial starts "
+            "over); only the best model goes to the store. Set save_strategy='steps' and save_steps to resume"
+        )
     return StorageSettings(
         storage=opened.storage,
         description=opened.description,

@@ -13,7 +13,7 @@ from transformers import TrainerCallback
 
 from optuna_trainer import OptunaTrainer, OptunaTrainingArguments
 from optuna_trainer.study.attrs import ARTIFACT_STORE_ATTR, BEST_MODEL_ARTIFACT_ATTR
-from tests.support import base_args, compute_metrics, make_dataset, tiny_model
+from tests.support import base_args, capture_logs, compute_metrics, make_dataset, tiny_model
 
 HP = {"learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}}
 
@@ -107,3 +107,14 @@ def test_a_failed_upload_fails_that_trial_and_the_search_goes_on(out_dir, tmp_pa
     record = json.loads((out_dir / "best_model" / "trial.json").read_text())
     assert record["number"] == study.best_trial.number
     assert study.user_attrs[BEST_MODEL_ARTIFACT_ATTR]["number"] == study.best_trial.number
+
+
+def test_without_checkpoints_only_the_best_model_goes_up_and_the_settings_say_so(out_dir, tmp_path):
+    store = tmp_path / "store"
+    trainer = _trainer(out_dir, store, save_strategy="no", n_trials=2)
+    with capture_logs() as logs:
+        trainer.hyperparameter_search()
+    assert "artifact_store: save_strategy is 'no', so trials save no checkpoint to resume from" in logs.text
+    study = trainer.study
+    assert all("checkpoint_artifact" not in t.user_attrs for t in study.trials)
+    assert os.listdir(store) == [study.user_attrs[BEST_MODEL_ARTIFACT_ATTR]["artifact_id"]]

@@ -4,7 +4,7 @@ tests/processes/distributed/test_distributed_best_model.py).
 Every rank spoils the classifier at each trial's last step (the same on both, so the replicas stay equal), so that
 each trial's last evaluation is its worst. Every rank records the sha256 of the weights it holds at every evaluation
 (`<out>/hashes<r>.json`, per run directory and step), so the test can check that `best_model/` is the best
-evaluation's weights, gathered, and not the last step's.
+evaluation's weights, gathered, and not the last step's. With an artifact store: checkpoints at steps 4 and 8.
 
     accelerate launch --multi_gpu --num_processes 2 tests/processes/distributed/best_model_script.py --out DIR
 """
@@ -55,6 +55,10 @@ def main() -> None:
             eval_steps=1,
             sampler={"name": "random", "seed": 0},
             storage="sqlite:///" + os.path.join(cli.out, "study.db"),
+            # Under DDP the main process uploads each checkpoint and the best model; every rank learns the outcome.
+            artifact_store=os.path.join(cli.out, "store"),
+            save_strategy="steps",
+            save_steps=4,
             hp_space={"learning_rate": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}},
         )
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import optuna
@@ -10,6 +11,8 @@ import pytest
 from transformers import BertForSequenceClassification
 
 from optuna_trainer.output.best_model import BEST_MODEL_DIR
+from optuna_trainer.study.artifacts import download_folder, open_artifact_store
+from optuna_trainer.study.attrs import BEST_MODEL_ARTIFACT_ATTR
 from tests.support import accelerate_launch, run_bounded, weights_hash
 
 from .test_distributed_search import BOUND_S, ROOT, _free_port, launch_env
@@ -38,3 +41,13 @@ def test_best_model_is_the_best_evaluations_gathered_weights(tmp_path: Path) -> 
     at_eval = ranks[0]["hashes"][best.user_attrs["run_dir"]]
     assert weights_hash(saved) == at_eval[str(record["step"])]
     assert weights_hash(saved) != at_eval["8"]  # not the spoiled last step
+
+    # The artifact store: each trial's two checkpoints went up (the first removed when the second arrived, the second
+    # when the trial ended); what stays is the best model, the same weights as best_model/.
+    for trial in study.trials:
+        assert len([k for k in trial.system_attrs if k.startswith("artifacts:")]) == 2
+        assert trial.user_attrs["checkpoint_artifact"] is None
+    entry = study.user_attrs[BEST_MODEL_ARTIFACT_ATTR]
+    assert entry["number"] == best.number and os.listdir(tmp_path / "store") == [entry["artifact_id"]]
+    fetched = download_folder(open_artifact_store(str(tmp_path / "store")), entry, str(tmp_path / "fetched"))
+    assert weights_hash(BertForSequenceClassification.from_pretrained(fetched)) == weights_hash(saved)
