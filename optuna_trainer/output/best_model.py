@@ -173,7 +173,15 @@ def fetch_best_model(study: optuna.Study, artifacts: OpenedArtifactStore | None,
             os.rmdir(output)  # empty: download_folder renames the unpacked folder into place
         download_folder(artifacts, entry, output)
         return read_record(output) or {}
-    best = study.best_trial  # raises ValueError without a completed trial
+    if len(study.directions) > 1:
+        raise ValueError(
+            f"study {study.study_name!r} has {len(study.directions)} objectives: no single best model; pick a trial "
+            "of study.best_trials and load its run directory's checkpoint"
+        )
+    try:
+        best = study.best_trial
+    except ValueError:
+        raise ValueError(f"study {study.study_name!r} has no completed trial yet: no best model to write") from None
     run_dir = best.user_attrs.get("run_dir")
     local = os.path.join(os.path.dirname(run_dir), BEST_MODEL_DIR) if isinstance(run_dir, str) else None
     record = read_record(local) if local is not None else None

@@ -89,8 +89,28 @@ def test_refusals(tmp_path):
     with pytest.raises(SystemExit, match="exists and is not empty"):
         main(["best-model", "--storage", storage, "--output", str(full)])
     assert (full / "keep.txt").read_text() == "mine"
+    import optuna
+
+    optuna.create_study(storage=storage, study_name="empty")
+    with pytest.raises(SystemExit, match="study 'empty' has no completed trial yet: no best model to write"):
+        main(["best-model", "--storage", storage, "--study-name", "empty", "--output", str(tmp_path / "e")])
+    optuna.create_study(storage=storage, study_name="two", directions=["minimize", "maximize"])
+    with pytest.raises(SystemExit, match="study 'two' has 2 objectives: no single best model"):
+        main(["best-model", "--storage", storage, "--study-name", "two", "--output", str(tmp_path / "t")])
     with pytest.raises(SystemExit, match="artifact_store: unknown scheme 'gs'"):
-        main(["best-model", "--storage", storage, "--output", str(tmp_path / "x"), "--artifact-store", "gs://b"])
+        main(
+            [
+                "best-model",
+                "--storage",
+                storage,
+                "--study-name",
+                "anywhere",
+                "--output",
+                str(tmp_path / "x"),
+                "--artifact-store",
+                "gs://b",
+            ]
+        )
 
 
 class TestPublish:
