@@ -5,6 +5,7 @@
     optuna-trainer report --storage sqlite:///out/optuna_study.db --study-name out --output-dir out
     optuna-trainer workers 4 -- python train.py config.yaml
     optuna-trainer best-model --storage postgresql+psycopg://host/db --study-name sst2 --output best
+    optuna-trainer simulate --storage sqlite:///out/optuna_study.db --pruners median hyperband --orders 20
 
 The arguments are a dataclass parsed by `HfArgumentParser`, like the training arguments, so `--study_name` and
 `--study-name` both work.
@@ -12,6 +13,7 @@ The arguments are a dataclass parsed by `HfArgumentParser`, like the training ar
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -24,6 +26,8 @@ from transformers import HfArgumentParser
 from optuna_trainer import log as _log  # noqa: F401  (the package logger prints INFO)
 from optuna_trainer.output.best_model import fetch_best_model
 from optuna_trainer.output.report import REPORT_DIR, write_report
+from optuna_trainer.output.simulate import DEFAULT_PRUNERS, format_simulation
+from optuna_trainer.output.simulate import simulate as run_simulation
 from optuna_trainer.study.artifacts import open_artifact_store
 from optuna_trainer.study.attrs import ARTIFACT_STORE_ATTR
 from optuna_trainer.study.storage import mask_url, resolve_storage
@@ -34,6 +38,7 @@ COMMANDS = {
     "report": "write the report (summary.json, trials.csv, plots) of a stored study",
     "workers": "run N copies of a training command on one shared study (optuna-trainer workers N -- <command>)",
     "best-model": "write a stored study's best model (weights, config, tokenizer, trial.json) into a folder",
+    "simulate": "replay a stored study's recorded curves under other pruners (and samplers): samples saved, best found",
 }
 
 
@@ -74,9 +79,41 @@ class BestModelArguments:
     )
 
 
+@dataclass
+class SimulateArguments:
+    """Arguments of `optuna-trainer simulate`."""
+
+    storage: str = field(
+        metadata={"help": "The study's storage: sqlite:///out/optuna_study.db, postgresql+psycopg://..., ..."}
+    )
+    study_name: str | None = field(
+        default=None, metadata={"help": "The study's name; may be left out when the storage holds a single study."}
+    )
+    pruners: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Pruners to replay, each a name or a JSON spec as in the pruner field, e.g. median "
+            '\'{"name": "percentile", "percentile": 25}\'. When left out: none, median, median with 5 startup trials '
+            "and 2 warm-up evaluations, percentile 25, successive_halving, hyperband."
+        },
+    )
+    orders: int = field(
+        default=0, metadata={"help": "Also replay this many random orders of the trials (the rows give the median)."}
+    )
+    samplers: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Samplers to replay as well (random, tpe, ...), on a study whose searched values are all "
+            "categorical with full recorded curves."
+        },
+    )
+    seeds: int = field(default=10, metadata={"help": "Seeds per sampler replay."})
+    json: str | None = field(default=None, metadata={"help": "Also write the rows to this JSON file."})
+
+
 def _usage() -> str:
     lines = ["usage: optuna-trainer <command> [options]", "", "commands:"]
-    lines += [f"  {name:<10} {help_}" for name, help_ in COMMANDS.items()]
+    lines += [f"  {name:<11} {help_}" for name, help_ in COMMANDS.items()]
     lines += ["", "optuna-trainer <command> --help shows a command's options."]
     return "\n".join(lines)
 
@@ -127,6 +164,31 @@ def best_model(argv: list[str]) -> int:
     return 0
 
 
+def simulate(argv: list[str]) -> int:
+    parser = HfArgumentParser(
+        cast(Any, SimulateArguments), prog="optuna-trainer simulate", description=COMMANDS["simulate"]
+    )
+    (args,) = parser.parse_args_into_dataclasses(args=argv)
+    study = load_study(args.storage, args.study_name)
+    if args.orders < 0 or args.seeds < 1:
+        raise SystemExit("optuna-trainer simulate: --orders must be >= 0 and --seeds >= 1")
+    try:
+        result = run_simulation(
+            study,
+            pruners=args.pruners or DEFAULT_PRUNERS,
+            orders=args.orders,
+            samplers=args.samplers or (),
+            seeds=args.seeds,
+        )
+    except (ValueError, TypeError) as err:
+        raise SystemExit(f"optuna-trainer simulate: {err}") from None
+    print(format_simulation(result))
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=2, default=str)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
@@ -135,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     command, rest = argv[0], argv[1:]
     if command == "report":
         return report(rest)
+    if command == "simulate":
+        return simulate(rest)
     if command == "best-model":
         return best_model(rest)
     if command == "workers":
