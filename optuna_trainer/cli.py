@@ -5,6 +5,7 @@
     optuna-trainer report --storage sqlite:///out/optuna_study.db --study-name out --output-dir out
     optuna-trainer workers 4 -- python train.py config.yaml
     optuna-trainer best-model --storage postgresql+psycopg://host/db --study-name sst2 --output best
+    optuna-trainer storage-proxy --storage postgresql+psycopg://host/db --port 13000
     optuna-trainer simulate --storage sqlite:///out/optuna_study.db --pruners median hyperband --orders 20
 
 The arguments are a dataclass parsed by `HfArgumentParser`, like the training arguments, so `--study_name` and
@@ -17,6 +18,7 @@ import json
 import logging
 import os
 import sys
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -32,12 +34,14 @@ from optuna_trainer.study.artifacts import open_artifact_store
 from optuna_trainer.study.attrs import ARTIFACT_STORE_ATTR
 from optuna_trainer.study.storage import mask_url, resolve_storage
 
-logger = logging.getLogger(__name__)
+# Named, not __name__: under `python -m optuna_trainer.cli` that is "__main__", outside the package's logger.
+logger = logging.getLogger("optuna_trainer.cli")
 
 COMMANDS = {
     "report": "write the report (summary.json, trials.csv, plots) of a stored study",
     "workers": "run N copies of a training command on one shared study (optuna-trainer workers N -- <command>)",
     "best-model": "write a stored study's best model (weights, config, tokenizer, trial.json) into a folder",
+    "storage-proxy": "serve a study database to many workers through Optuna's gRPC proxy (workers: grpc://host:port)",
     "simulate": "replay a stored study's recorded curves under other pruners (and samplers): samples saved, best found",
 }
 
@@ -56,7 +60,7 @@ class ReportArguments:
     study_name: str | None = field(
         default=None, metadata={"help": "The study's name; may be left out when the storage holds a single study."}
     )
-    plots: bool = field(default=True, metadata={"help": "Draw the plots (default true)."})
+    plots: bool = field(default=True, metadata={"help": "Draw the plots (PNG files, and on the report page)."})
 
 
 @dataclass
@@ -73,7 +77,7 @@ class BestModelArguments:
     artifact_store: str | None = field(
         default=None,
         metadata={
-            "help": "The search's artifact_store (a shared directory or s3://bucket/prefix). Default: the one the "
+            "help": "The search's artifact_store (a shared directory or s3://bucket/prefix). Unset: the one the "
             "study records."
         },
     )
@@ -111,9 +115,29 @@ class SimulateArguments:
     json: str | None = field(default=None, metadata={"help": "Also write the rows to this JSON file."})
 
 
+@dataclass
+class ProxyArguments:
+    """Arguments of `optuna-trainer storage-proxy`."""
+
+    storage: str = field(
+        metadata={
+            "help": "The database the proxy serves: postgresql+psycopg://..., mysql+pymysql://..., sqlite:///..."
+        }
+    )
+    port: int = field(default=13000, metadata={"help": "The port to listen on."})
+    host: str = field(default="0.0.0.0", metadata={"help": "The address to listen on (0.0.0.0: every interface)."})
+    threads: int = field(
+        default=32,
+        metadata={
+            "help": "Threads serving the workers' calls (Optuna's own default is 10); each may hold one database "
+            "connection while it works, so this bounds the proxy's connections."
+        },
+    )
+
+
 def _usage() -> str:
     lines = ["usage: optuna-trainer <command> [options]", "", "commands:"]
-    lines += [f"  {name:<11} {help_}" for name, help_ in COMMANDS.items()]
+    lines += [f"  {name:<13} {help_}" for name, help_ in COMMANDS.items()]
     lines += ["", "optuna-trainer <command> --help shows a command's options."]
     return "\n".join(lines)
 
@@ -164,6 +188,37 @@ def best_model(argv: list[str]) -> int:
     return 0
 
 
+def storage_proxy(argv: list[str]) -> int:
+    parser = HfArgumentParser(
+        cast(Any, ProxyArguments), prog="optuna-trainer storage-proxy", description=COMMANDS["storage-proxy"]
+    )
+    (args,) = parser.parse_args_into_dataclasses(args=argv)
+    if args.threads < 1:
+        raise SystemExit(f"threads: expected a positive number of threads, got {args.threads}")
+    if args.storage.startswith("grpc://"):
+        raise SystemExit("storage: the proxy serves a database URL, not another proxy (grpc://)")
+    try:
+        # Heartbeats off here: they are written by the workers, which the proxy cannot do for them.
+        storage, description = resolve_storage(args.storage, output_dir=".", heartbeat_interval=None)
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
+    if storage is None:
+        raise SystemExit("storage: an in-memory storage cannot be served; give a database URL")
+    logger.info(
+        f"Serving {description} on {args.host}:{args.port}; workers use storage='grpc://<this host>:{args.port}'"
+    )
+    from concurrent.futures import ThreadPoolExecutor
+
+    # get_storage wraps an RDBStorage in Optuna's in-process cache (as create_study does for a worker); the proxy's
+    # docs ask for it: without it every call of every worker is a database round trip.
+    served = optuna.storages.get_storage(storage)
+    pool = ThreadPoolExecutor(max_workers=args.threads, thread_name_prefix="optuna-proxy")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # GRPC_NOTE says what it lacks
+        optuna.storages.run_grpc_proxy_server(served, host=args.host, port=args.port, thread_pool=pool)
+    return 0
+
+
 def simulate(argv: list[str]) -> int:
     parser = HfArgumentParser(
         cast(Any, SimulateArguments), prog="optuna-trainer simulate", description=COMMANDS["simulate"]
@@ -197,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     command, rest = argv[0], argv[1:]
     if command == "report":
         return report(rest)
+    if command == "storage-proxy":
+        return storage_proxy(rest)
     if command == "simulate":
         return simulate(rest)
     if command == "best-model":

@@ -122,6 +122,8 @@ FIELD_VALIDATORS: dict[str, Callable[[Any], object]] = {
     "save_best_model": _check_bool("save_best_model", "true or false"),
     "search_report": _check_bool("search_report", "true or false"),
     "continue_on_oom": _check_bool("continue_on_oom", "true or false"),
+    "oom_infeasible": _check_bool("oom_infeasible", "true or false"),
+    "isolate_trials": _check_bool("isolate_trials", "true or false"),
     "enqueue_arguments": _check_bool("enqueue_arguments", "true or false"),
 }
 # `hyperparameter_search(...)`'s own keyword arguments (transformers passes them on to Optuna).

@@ -69,6 +69,12 @@ _REVIEWED = {
         "pickle.loads(",
     ): "round trip of bytes this process has just pickled itself, to "
     "check that a value can be sent to the other ranks; nothing read from a file or a storage",
+    (
+        "optuna_trainer/search/isolated.py",
+        "pickle.loads(",
+    ): "isolate_trials: a round trip of an exception this process pickled itself (can it be sent?), and the trial's "
+    "recipe that the search process pickled and handed to its own child through multiprocessing (whose transport is "
+    "pickle anyway); nothing read from a file, a storage or the network",
 }
 
 

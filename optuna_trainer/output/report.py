@@ -7,7 +7,12 @@
   pruning, wall time, and the resolved search settings;
 - `trials.csv`: one row per trial (number, state, value, parameters, steps, seconds, ...);
 - `optimization_history`, `intermediate_values`, `param_importances`, `parallel_coordinate` and `slice` plots, as PNG
-  through `optuna.visualization.matplotlib` and, when plotly is installed, as HTML through `optuna.visualization`.
+  through `optuna.visualization.matplotlib`;
+- `index.html`: all of it on one page that opens offline (output/report_page.py), with the plots drawn by
+  `optuna.visualization` (plotly) when plotly is installed.
+
+The intermediate values are plotted against what the search reports them at: training samples seen (the default
+`prune_budget="samples"`) or optimizer steps, and the x axis says which.
 
 A plot that cannot be drawn (parameter importances need two completed trials and more than one parameter) is skipped
 with its reason in the log and in `summary.json`; it never fails the search.
@@ -18,6 +23,7 @@ from __future__ import annotations
 import csv
 import datetime
 import functools
+import html
 import importlib.util
 import json
 import logging
@@ -32,7 +38,8 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from optuna_trainer._compat import storage_location, study_storage
-from optuna_trainer.study.attrs import SETTINGS_ATTR, read
+from optuna_trainer.output.report_page import PAGE_FILE, render_page
+from optuna_trainer.study.attrs import PRUNING_ATTR, SETTINGS_ATTR, read
 from optuna_trainer.study.storage import mask_url
 
 logger = logging.getLogger(__name__)
@@ -68,7 +75,7 @@ def write_report(
         settings: the search's `SearchSettings` (its `describe()` is written and kept on the study for later reports).
         storage_url: the storage URL or journal file, for the `optuna-dashboard` command (read from the settings or
             the study's storage when not given). Passwords are masked wherever it is shown.
-        plots: draw the plots (PNG always, HTML when plotly is installed).
+        plots: draw the plots (PNG, and on the page when plotly is installed); the page is written either way.
         print_summary: print the summary table to stdout.
 
     Returns:
@@ -83,15 +90,18 @@ def write_report(
     summary = summarize(study, trials)
     summary["settings"] = described
     summary["dashboard"] = dashboard
-    summary["files"] = {"summary": SUMMARY_FILE, "trials": TRIALS_FILE}
+    summary["files"] = {"summary": SUMMARY_FILE, "trials": TRIALS_FILE, "page": PAGE_FILE}
     write_trials_csv(trials, os.path.join(report_dir, TRIALS_FILE))
+    _remove_stale(report_dir)
+    figures: dict[str, str] = {}
     if plots:
-        summary["plots"], summary["skipped_plots"] = write_plots(study, report_dir)
+        summary["plots"], summary["skipped_plots"] = write_plots(study, report_dir, figures=figures)
     with open(os.path.join(report_dir, SUMMARY_FILE), "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=2, default=str)
+    page = write_page(study, report_dir, summary, trials, figures)
     if print_summary:
         print(format_summary(summary, trials), flush=True)
-    logger.info(f"Search report written to {report_dir}")
+    logger.info(f"Search report written to {page} (open it in a browser; the data files are next to it)")
     if dashboard is not None:
         logger.info(f"Explore the study: {dashboard}")
     else:
@@ -99,6 +109,15 @@ def write_report(
             "The study was kept in memory only: give a storage (e.g. the default SQLite file) to open it in optuna-dashboard"
         )
     return summary
+
+
+def _remove_stale(report_dir: str) -> None:
+    """Remove what an earlier version wrote beside the page (one HTML file per plot and plotly.min.js), so that a
+    report written again into the same folder does not show an older search's plots next to the new page."""
+    for name in (*(f"{plot}.html" for plot in (*PLOTS, "pareto_front")), "plotly.min.js"):
+        path = os.path.join(report_dir, name)
+        if os.path.isfile(path):
+            os.remove(path)
 
 
 # ---- summary ---------------------------------------------------------------------------------------------------
@@ -124,6 +143,8 @@ def summarize(study: optuna.Study, trials: Sequence[FrozenTrial] | None = None) 
         "directions": [d.name.lower() for d in study.directions],
         "n_trials": len(trials),
         "states": {k: v for k, v in counts.items() if v or k in ("COMPLETE", "PRUNED", "FAIL")},
+        # Out of memory recorded infeasible (PRUNED with a constraint, training/faults.py): apart from failures.
+        "infeasible": sum(1 for t in trials if read(t).get("infeasible")),
         "best_trial": None,
         "total_steps": total_steps,
         "steps_saved_by_pruning": saved,
@@ -283,8 +304,32 @@ def _skip_reason(name: str, study: optuna.Study, complete: list[FrozenTrial]) ->
     return None
 
 
-def write_plots(study: optuna.Study, report_dir: str) -> tuple[dict[str, list[str]], dict[str, str]]:
-    """Draw every plot that the study supports, as PNG and (when plotly is installed) HTML.
+def budget_unit(study: optuna.Study) -> str:
+    """What the trials' intermediate values are reported at: "samples" (training samples seen) or "steps".
+
+    The search records it on the study (search/compatibility.py); a study without it (made by Optuna alone, or before
+    `prune_budget` existed) reported at optimizer steps, unless its trials say otherwise.
+    """
+    stored = study.user_attrs.get(PRUNING_ATTR)
+    if isinstance(stored, dict) and stored.get("budget") in ("samples", "steps"):
+        return str(stored["budget"])
+    for trial in study.get_trials(deepcopy=False):
+        attrs = read(trial)
+        if "budget_per_step" in attrs and "samples_per_step" in attrs and attrs["samples_per_step"] != 1:
+            return "samples" if attrs["budget_per_step"] == attrs["samples_per_step"] else "steps"
+    return "steps"
+
+
+def axis_title(unit: str) -> str:
+    """The x axis of the intermediate values: what a reported step counts."""
+    return "Training samples seen" if unit == "samples" else "Optimizer step"
+
+
+def write_plots(
+    study: optuna.Study, report_dir: str, figures: dict[str, str] | None = None
+) -> tuple[dict[str, list[str]], dict[str, str]]:
+    """Draw every plot that the study supports: a PNG file each and, when plotly is installed and `figures` is
+    given, a plotly figure for the page (`figures[name]`: its `<div>` and script, without plotly.js).
 
     Returns:
         `(written, skipped)`: plot name -> file names, and plot name -> the reason it was not drawn.
@@ -301,6 +346,7 @@ def write_plots(study: optuna.Study, report_dir: str) -> tuple[dict[str, list[st
         return written, skipped
     if have_matplotlib:
         _use_headless_backend()
+    unit = budget_unit(study)
     for name in _plot_names(multi):
         function = f"plot_{name}"
         reason = _skip_reason(name, study, complete)
@@ -313,10 +359,14 @@ def write_plots(study: optuna.Study, report_dir: str) -> tuple[dict[str, list[st
             # The matplotlib backend of optuna.visualization is marked experimental; the warning says nothing useful
             # here.
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            # matplotlib's "identical low and high xlims" and the like, for a parameter all trials share: the plot is
+            # drawn all the same, and the warning would be the only thing the search log says about it.
+            warnings.simplefilter("ignore", UserWarning)
             if have_matplotlib:
-                files += _try(name, skipped, functools.partial(_save_png, study, function, report_dir, name))
-            if have_plotly:
-                files += _try(name, skipped, functools.partial(_save_html, study, function, report_dir, name))
+                files += _try(name, skipped, functools.partial(_save_png, study, function, report_dir, name, unit))
+            if have_plotly and figures is not None:
+                for div in _try(name, skipped, functools.partial(_plotly_div, study, name, unit)):
+                    figures[name] = div
         if files:
             written[name] = files
     return written, skipped
@@ -331,7 +381,7 @@ def _try(name: str, skipped: dict[str, str], draw: Callable[[], str]) -> list[st
         return []
 
 
-def _save_png(study: optuna.Study, function: str, report_dir: str, name: str) -> str:
+def _save_png(study: optuna.Study, function: str, report_dir: str, name: str, unit: str) -> str:
     import matplotlib.pyplot as plt
     from optuna.visualization import matplotlib as optuna_matplotlib
 
@@ -339,6 +389,7 @@ def _save_png(study: optuna.Study, function: str, report_dir: str, name: str) ->
     first = next(iter(result.flat)) if hasattr(result, "flat") else result
     figure = first.figure
     if name == "intermediate_values":
+        first.set_xlabel(axis_title(unit))  # Optuna labels it "Step" whatever the step counts
         _mark_pruned(study, first)
     width, height = figure.get_size_inches()
     figure.set_size_inches(max(width, 8), max(height, 5))
@@ -363,14 +414,111 @@ def _mark_pruned(study: optuna.Study, axes: Any) -> None:
         axes.set_title(f"{axes.get_title()} (x: pruned here)")
 
 
-def _save_html(study: optuna.Study, function: str, report_dir: str, name: str) -> str:
+def _pruned_points(study: optuna.Study) -> list[tuple[int, int, float]]:
+    """(trial number, last reported step, value there) of each pruned trial: where it was cut short."""
+    points = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.PRUNED,)):
+        if t.intermediate_values:
+            step = max(t.intermediate_values)
+            if math.isfinite(t.intermediate_values[step]):
+                points.append((t.number, step, t.intermediate_values[step]))
+    return points
+
+
+def _plotly_div(study: optuna.Study, name: str, unit: str) -> str:
+    """One of Optuna's plotly figures as a `<div>` for the page (plotly.js is on the page once, not in the div)."""
+    import plotly.graph_objects as go
+    import plotly.io as pio
     from optuna import visualization
 
-    figure = getattr(visualization, function)(study)
-    path = os.path.join(report_dir, f"{name}.html")
-    # plotly.min.js is written once next to the pages: they open offline and stay small.
-    figure.write_html(path, include_plotlyjs="directory")
-    return os.path.basename(path)
+    figure = getattr(visualization, f"plot_{name}")(study)
+    if name == "intermediate_values":
+        figure.update_xaxes(title_text=axis_title(unit))
+        figure.update_layout(showlegend=True)  # which line is which trial, and what the red x is
+        points = _pruned_points(study)
+        if points:
+            figure.add_trace(
+                go.Scatter(
+                    x=[s for _, s, _ in points],
+                    y=[v for _, _, v in points],
+                    mode="markers",
+                    marker={"symbol": "x", "size": 11, "color": "red"},
+                    name="pruned here",
+                    text=[f"Trial {n} pruned" for n, _, _ in points],
+                )
+            )
+    return pio.to_html(
+        figure,
+        full_html=False,
+        include_plotlyjs=False,
+        div_id=f"plot-{name}",
+        config={"displaylogo": False, "responsive": True},
+    )
+
+
+def write_page(
+    study: optuna.Study,
+    report_dir: str,
+    summary: dict[str, Any],
+    trials: Sequence[FrozenTrial],
+    figures: dict[str, str],
+) -> str:
+    """Write `index.html` (output/report_page.py) and return its path. Without plotly the page has no figures, and
+    says so, but still holds the summary and the trials table."""
+    skipped = dict(summary.get("skipped_plots") or {})
+    plotly_js = ""
+    if figures:
+        import plotly.offline
+
+        plotly_js = plotly.offline.get_plotlyjs()
+    elif importlib.util.find_spec("plotly") is None and "plots" in summary:
+        skipped["all"] = "plotly is not installed: the plots are the PNG files (pip install optuna-trainer[report])"
+    columns, rows = trial_rows(trials)
+    page = render_page(
+        summary, columns, rows, figures, skipped, plotly_js, report_dir=report_dir, unit=budget_unit(study)
+    )
+    path = os.path.join(report_dir, PAGE_FILE)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(page)
+    return path
+
+
+def show_report(output_dir: str | os.PathLike, *, embed: bool = True, height: int = 900) -> Any:
+    """Show the report page of the search in `output_dir` in a notebook cell, and return what was displayed.
+
+    Args:
+        output_dir: the search's output directory (the page is `output_dir/report/index.html`).
+        embed: True: the page itself, inside the cell (an iframe whose `srcdoc` is the page): it needs no server and
+            works offline in Jupyter, JupyterLab, VS Code and Colab, and the saved notebook keeps it (the page's size,
+            about 5 MB with plotly.js). False: an `IPython.display.IFrame` pointing at the file, relative to the
+            working directory: small, but the notebook server must serve the file (the output under the notebook's
+            folder).
+        height: the frame's height in pixels.
+
+    Returns:
+        The `IPython.display.HTML` or `IFrame` object, displayed when IPython runs the notebook.
+    """
+    from IPython.display import HTML, IFrame, display
+
+    page = os.path.join(os.fspath(output_dir), REPORT_DIR, PAGE_FILE)
+    if not os.path.isfile(page):
+        raise FileNotFoundError(
+            f"output_dir: no report page at {page}; it is written at the end of a search (search_report=True), or "
+            "by `optuna-trainer report --storage ... --output-dir ...`"
+        )
+    shown: Any
+    if embed:
+        with open(page, encoding="utf-8") as f:
+            srcdoc = html.escape(f.read(), quote=True)
+        # In a <div>: IPython warns about an HTML object that is a bare <iframe> (it means a URL's IFrame).
+        shown = HTML(
+            f'<div><iframe srcdoc="{srcdoc}" width="100%" height="{int(height)}" style="border:1px solid #ddd" '
+            'sandbox="allow-scripts allow-popups"></iframe></div>'
+        )
+    else:
+        shown = IFrame(os.path.relpath(page), width="100%", height=int(height))
+    display(shown)
+    return shown
 
 
 # ---- printed table and the dashboard command -------------------------------------------------------------------
@@ -386,7 +534,8 @@ def format_summary(summary: dict[str, Any], trials: Sequence[FrozenTrial]) -> st
     line = "  ".join("-" * w for w in widths)
     out = [
         f"Optuna search {summary['study_name']!r}: {summary['n_trials']} trials "
-        + ", ".join(f"{v} {k.lower()}" for k, v in summary["states"].items()),
+        + ", ".join(f"{v} {k.lower()}" for k, v in summary["states"].items())
+        + (f" ({summary['infeasible']} of them infeasible: out of memory)" if summary.get("infeasible") else ""),
         line,
         "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)),
         line,
@@ -449,13 +598,18 @@ def dashboard_command(storage: str | None) -> str | None:
 
 
 __all__ = [
+    "PAGE_FILE",
     "REPORT_DIR",
     "SUMMARY_FILE",
     "TRIALS_FILE",
+    "axis_title",
+    "budget_unit",
     "dashboard_command",
     "format_summary",
+    "show_report",
     "summarize",
     "trial_rows",
+    "write_page",
     "write_plots",
     "write_report",
     "write_trials_csv",

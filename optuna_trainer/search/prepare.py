@@ -18,6 +18,7 @@ from optuna_trainer.processes.worker_env import LaunchEnv, launch_env
 from optuna_trainer.search.checks import check_before_study, check_output_dir
 from optuna_trainer.search.compatibility import check_continuation
 from optuna_trainer.search.control import enqueue_arguments
+from optuna_trainer.search.isolated import check_isolatable
 from optuna_trainer.search.settings import SearchSettings, resolve_settings
 from optuna_trainer.study.attrs import ARTIFACT_STORE_ATTR
 from optuna_trainer.study.storage import default_storage_url
@@ -48,6 +49,8 @@ def settle(trainer: Trainer, is_main: bool, call: dict[str, Any]) -> tuple[Searc
     )
     if not is_main:
         return settings, None
+    if settings.control.isolate_trials:
+        check_isolatable(trainer, call, settings)  # what a trial's process cannot get, refused before the study
     study = create_study(settings)
     check_continuation(study, settings)
     if settings.storage.artifacts is not None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
@@ -39,6 +40,7 @@ from optuna_trainer.output.trackers import TrialTrackers
 from optuna_trainer.processes.coordinator import Coordinator, StopRequest
 from optuna_trainer.processes.signals import interrupt_on_sigterm
 from optuna_trainer.search.control import StopRules
+from optuna_trainer.search.isolated import TrialProcessDied, make_recipe, run_isolated
 from optuna_trainer.search.loop import run_trials
 from optuna_trainer.search.prepare import settle
 from optuna_trainer.search.settings import SearchSettings
@@ -99,6 +101,9 @@ class Search:
         self._pre_search_model: torch.nn.Module | None = None
         self._initial_model: InitialModel | None = None
         self._adapters: Adapters | None = None  # with peft.<field> keys
+        # isolate_trials: the search call (the child processes resolve it again) and the pickled trainer recipe.
+        self.call: dict[str, Any] = {}
+        self._recipe: bytes | None = None
 
     @classmethod
     def prepare(cls, trainer: Trainer, coordinator: Coordinator, **call: Any) -> Search:
@@ -107,7 +112,9 @@ class Search:
         Raises before the study exists in the storage for any input that would only fail once trials run.
         """
         settings, study = coordinator.setup(functools.partial(settle, trainer, coordinator.is_main, call))
-        return cls(trainer, settings, study, coordinator)
+        search = cls(trainer, settings, study, coordinator)
+        search.call = call
+        return search
 
     # ---- the search ------------------------------------------------------------------------------------------
 
@@ -154,6 +161,9 @@ class Search:
             self.coordinator.is_main,
             lock=self.settings.storage.claim_lock,  # one parent run per study, across the workers of every machine
         )
+        if self.settings.control.isolate_trials:
+            # Before _take_trainer changes the trainer: what each trial's process rebuilds (search/isolated.py).
+            self._recipe = pickle.dumps(make_recipe(self.trainer, self.call, self.settings, type(self), settle))
         self.context = self._take_trainer()
         interrupted = False
         try:
@@ -183,7 +193,10 @@ class Search:
             lock=self.settings.storage.claim_lock or local_lock(),
             heartbeat_interval=self.settings.storage.heartbeat_interval,
             timeout=self.settings.control.timeout,
-            catch=catch_for(self.settings.control.catch, self.settings.control.continue_on_oom),
+            catch=(
+                *catch_for(self.settings.control.catch, self.settings.control.continue_on_oom),
+                *((TrialProcessDied,) if self.settings.control.isolate_trials else ()),
+            ),
             callbacks=[
                 *([self.progress] if self.progress is not None else []),
                 *([self.trackers] if self.trackers is not None and self.trackers.active else []),
@@ -198,6 +211,16 @@ class Search:
     def run_trial(self, trial: optuna.trial.BaseTrial) -> Any:
         """The objective: one trial (search/trial.py), then what follows from its outcome."""
         assert self.context is not None  # set by run_trials
+        if self._recipe is not None:
+            # isolate_trials: the same code path below, in a fresh child process (search/isolated.py).
+            try:
+                value, best = run_isolated(trial, self._recipe, (self.best.value, self.best.run_dir))
+            except KeyboardInterrupt:
+                if self.study is not None:
+                    requeue(self.study, trial.number)  # Ctrl-C/SIGTERM: its place kept, as in-process
+                raise
+            self.best = BestSoFar(*best)
+            return value
         run = TrialRun(self.context, trial)
         outcome = run.execute()
         try:
@@ -406,10 +429,13 @@ class Search:
         assert study is not None
         counts = {s.name: len(study.get_trials(deepcopy=False, states=(s,))) for s in TrialState}
         if not counts["COMPLETE"]:
+            # Out-of-memory trials recorded infeasible are PRUNED (training/faults.py): said apart.
+            oom = sum(1 for t in study.get_trials(deepcopy=False) if t.user_attrs.get("infeasible"))
             raise NoCompletedTrialError(
-                f"Study {self.settings.storage.study_name!r} has no completed trial: {counts['PRUNED']} pruned, "
-                f"{counts['FAIL']} failed, {counts['RUNNING']} running. Loosen the pruner (e.g. more n_startup_trials "
-                "or n_warmup_steps) or fix the failures (see each trial's user attribute 'fail_reason')"
+                f"Study {self.settings.storage.study_name!r} has no completed trial: {counts['PRUNED']} pruned"
+                + (f" ({oom} of them out of memory: lower the batch size range in hp_space)" if oom else "")
+                + f", {counts['FAIL']} failed, {counts['RUNNING']} running. Loosen the pruner (e.g. more "
+                "n_startup_trials or n_warmup_steps) or fix the failures (see each trial's user attribute 'fail_reason')"
             )
         if len(study.directions) > 1:
             return [BestRun(str(t.number), t.values, t.params) for t in study.best_trials]

@@ -179,7 +179,8 @@ class ControlSettings:
         gc_after_trial: a full garbage collection after every trial (off by default: each trial already releases
             its memory, training/memory.py, and a full collection costs 0.2-1 s with torch loaded).
         show_progress_bar: the trials' progress bar (off under the launcher, which shows one for the study).
-        save_best_model / search_report / continue_on_oom / enqueue_arguments: the search fields of those names.
+        save_best_model / search_report / continue_on_oom / oom_infeasible / isolate_trials / enqueue_arguments: the
+            search fields of those names.
         target_value / trials_without_improvement: stop rules (search/control.py).
     """
 
@@ -192,6 +193,8 @@ class ControlSettings:
     save_best_model: bool = True
     search_report: bool = True
     continue_on_oom: bool = True
+    oom_infeasible: bool = True
+    isolate_trials: bool = False
     enqueue_arguments: bool = False
     target_value: float | None = None
     trials_without_improvement: int | None = None
@@ -233,6 +236,10 @@ class SearchSettings:
             "prune_metric": self._pruned_on(),
             "prune_step": self.pruning.budget_description,
             "stop_when": self._stop_rules(),
+            "on_oom": self._out_of_memory(),
+            **(
+                {"isolation": "each trial in a fresh child process (isolate_trials)"} if control.isolate_trials else {}
+            ),
             "storage": self.storage.description,
             "study_name": self.storage.study_name,
             **({"artifacts": self._artifacts()} if self.storage.artifacts is not None else {}),
@@ -252,6 +259,16 @@ class SearchSettings:
         own = signal.directions[0]
         turn = "" if own == study else f", reported negated to the {study.removesuffix('e')}ing study"
         return f"{signal.metric} ({own}d{turn}; prune_metric)"
+
+    def _out_of_memory(self) -> str:
+        if not self.control.continue_on_oom:
+            return "stops the search (continue_on_oom=false)"
+        if self.control.oom_infeasible:
+            return (
+                "the trial is recorded infeasible (PRUNED, constraint out_of_memory=1: the sampler avoids its region); "
+                "the search goes on"
+            )
+        return "the trial is FAIL; the search goes on"
 
     def _stop_rules(self) -> str:
         control = self.control
@@ -485,6 +502,8 @@ def resolve_control_settings(
         save_best_model=fields["save_best_model"],
         search_report=fields["search_report"] and launched is None,
         continue_on_oom=fields["continue_on_oom"],
+        oom_infeasible=fields["oom_infeasible"],
+        isolate_trials=fields["isolate_trials"],
         enqueue_arguments=fields["enqueue_arguments"],
         target_value=fields["target_value"],
         trials_without_improvement=fields["trials_without_improvement"],

@@ -184,12 +184,15 @@ class TrialRun:
 
     def failed(self, err: BaseException) -> TrialOutcome:
         """The outcome of a trial that raised `err` (in training, or while the search kept its model)."""
+        control = self.settings.control
         failure = trial_failure(
-            self.trial, err, self.settings.control.continue_on_oom, catch=self.settings.control.catch
+            self.trial, err, control.continue_on_oom, catch=control.catch, oom_infeasible=control.oom_infeasible
         )
         if failure is not err:
             failure.__suppress_context__ = True  # raised in place of `err`, whose frames are cleared
-        return self.outcome(TrialState.FAIL, error=failure)
+        # Out of memory recorded infeasible ends PRUNED (training/faults.py: the state samplers learn from).
+        infeasible = isinstance(failure, optuna.TrialPruned)
+        return self.outcome(TrialState.PRUNED if infeasible else TrialState.FAIL, error=failure)
 
     def outcome(self, state: TrialState, value: Any = None, error: BaseException | None = None) -> TrialOutcome:
         return TrialOutcome(

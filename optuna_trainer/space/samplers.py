@@ -21,6 +21,14 @@ SAMPLERS: dict[str, type[optuna.samplers.BaseSampler]] = {
     "nsga2": optuna.samplers.NSGAIISampler,
 }
 DEFAULT_SAMPLER = "tpe"
+# Samplers that avoid infeasible trials (an out-of-memory trial, training/faults.py `record_infeasible`).
+CONSTRAINED_SAMPLERS = ("tpe", "gp", "nsga2")
+
+
+def infeasible_constraints(trial: optuna.trial.FrozenTrial) -> tuple[float]:
+    """The constraint of a trial marked infeasible by its user attribute (1.0, else 0.0): the `constraints_func`
+    given to TPE, GP and NSGA-II on optuna 4, which has no `Trial.set_constraint`."""
+    return (1.0 if trial.user_attrs.get("infeasible") else 0.0,)
 
 
 def build_sampler(spec: Any, search_space: SearchSpace | None = None) -> optuna.samplers.BaseSampler:
@@ -43,6 +51,9 @@ def build_sampler(spec: Any, search_space: SearchSpace | None = None) -> optuna.
                 "declaratively (a callable hp_space has no grid to read)"
             )
         kwargs["search_space"] = search_space.grid()
+    if name in CONSTRAINED_SAMPLERS and "constraints_func" not in kwargs:
+        if not hasattr(optuna.trial.Trial, "set_constraint"):  # optuna 4: constraints only through constraints_func
+            kwargs["constraints_func"] = infeasible_constraints
     return construct("sampler", name, SAMPLERS, kwargs)
 
 

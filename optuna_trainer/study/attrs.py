@@ -31,6 +31,8 @@ class TrialAttrs(TypedDict, total=False):
         stopped_reason: why training stopped early (pruned, a non-finite loss).
         fail_reason: `ExceptionClass: message` of a failed trial.
         fault: "out_of_memory" or "error" for a failed trial.
+        infeasible: why a trial is infeasible ("out_of_memory"): it ran out of memory and is recorded PRUNED with the
+            Optuna constraint of that name set to 1.0 (training/faults.py), so constraint-aware samplers avoid it.
         enqueued: "arguments" for the trial of the arguments' own values (enqueue_arguments).
         checkpoint_artifact: with `artifact_store`, the trial's newest checkpoint in the store (`artifact_id`, `step`,
             `sha256`, `bytes`; training/checkpoint_upload.py); None once the trial ended and it was removed. A retry
@@ -51,6 +53,7 @@ class TrialAttrs(TypedDict, total=False):
     stopped_reason: str | None
     fail_reason: str
     fault: str
+    infeasible: str
     enqueued: str
     checkpoint_artifact: dict[str, Any] | None
 

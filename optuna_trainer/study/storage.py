@@ -92,11 +92,14 @@ def validate_storage(storage: Any) -> None:
         )
     if scheme == "redis" or scheme == "rediss":
         return
+    if scheme == "grpc":
+        _grpc_address(storage)
+        return
     if scheme not in _RDB_SCHEMES:
         raise ValueError(
             f"storage: unknown scheme {scheme!r} in {mask_url(storage)!r}; use sqlite:///path.db, "
-            "postgresql+psycopg://user:pass@host/db, mysql+pymysql://..., redis://host:port, a journal file path, "
-            "or 'memory'"
+            "postgresql+psycopg://user:pass@host/db, mysql+pymysql://..., redis://host:port, grpc://host:port (an "
+            "optuna-trainer storage-proxy), a journal file path, or 'memory'"
         )
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
@@ -136,6 +139,47 @@ def default_storage_url(output_dir: str) -> str:
 
 def default_study_name(output_dir: str) -> str:
     return os.path.basename(os.path.normpath(os.path.abspath(output_dir))) or "optuna_trainer"
+
+
+def _grpc_address(url: str) -> tuple[str, int]:
+    """`grpc://host:port` (Optuna's gRPC storage proxy, `optuna-trainer storage-proxy`) as (host, port)."""
+    rest = url.split("://", 1)[1].rstrip("/")
+    host, _, port = rest.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536 or "/" in rest:
+        raise ValueError(
+            f"storage: {mask_url(url)!r} is not a gRPC proxy address; write it as grpc://host:port, e.g. "
+            "grpc://optuna-proxy.example:13000 (started with optuna-trainer storage-proxy)"
+        )
+    return host, int(port)
+
+
+GRPC_READY_TIMEOUT_S = 10
+
+
+def _open_proxy(url: str) -> OpenedStorage:
+    host, port = _grpc_address(url)
+    try:
+        with warnings.catch_warnings():
+            # Experimental since Optuna 4.2; docs/storage.md says what it lacks (GRPC_NOTE, logged at start).
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            proxy = optuna.storages.GrpcStorageProxy(host=host, port=port)
+        proxy.wait_server_ready(timeout=GRPC_READY_TIMEOUT_S)
+    except ImportError as err:
+        raise ValueError(f"storage: {url!r} needs grpcio: pip install 'optuna-trainer[grpc]' ({err})") from None
+    except Exception:  # noqa: BLE001 - grpc's timeout error: say what to start
+        raise ValueError(
+            f"storage: no storage proxy answers at {host}:{port} within {GRPC_READY_TIMEOUT_S} s; start one with "
+            f"optuna-trainer storage-proxy --storage <database URL> --port {port} (and check host and port)"
+        ) from None
+    return OpenedStorage(proxy, f"gRPC storage proxy {host}:{port}", notes=[GRPC_NOTE], target=None)
+
+
+# What a search through Optuna's gRPC proxy cannot do (docs/storage.md, "The storage proxy").
+GRPC_NOTE = (
+    "grpc:// (Optuna's GrpcStorageProxy) has no heartbeat: a trial of a killed worker stays RUNNING and is not "
+    "retried; and the claim lock is this process's own: workers that start trials at the same moment may run up to "
+    "one trial each beyond n_trials (docs/storage.md, 'The storage proxy')"
+)
 
 
 @dataclass
@@ -201,6 +245,8 @@ def open_storage(
     if storage is None:
         os.makedirs(output_dir, exist_ok=True)
         storage = default_storage_url(output_dir)
+    if _scheme(storage) == "grpc":
+        return _open_proxy(storage)
     try:
         with warnings.catch_warnings():
             # heartbeat_interval and the retry callback are marked experimental by Optuna; they are what crash

@@ -104,11 +104,12 @@ class TestWriteReport:
         assert {"params_learning_rate", "params_per_device_train_batch_size", "steps", "seconds"} <= set(rows[0])
         assert rows[1]["steps"] == "4" and rows[1]["max_steps"] == "10"
 
+        page = (report / "index.html").read_text()
         for name in PLOTS:
             assert_png_not_blank(str(report / f"{name}.png"))
-            html = (report / f"{name}.html").read_text()
-            assert "plotly" in html.lower()
-        assert (report / "plotly.min.js").is_file()
+            assert f'id="plot-{name}"' in page  # every plot on the one page (tests/output/test_report_page.py)
+        # One page instead of an HTML file per plot and plotly.min.js beside them.
+        assert not any(f.endswith((".html", ".js")) and f != "index.html" for f in os.listdir(report))
         assert summary["skipped_plots"] == {}
 
         printed = capsys.readouterr().out
@@ -124,7 +125,9 @@ class TestWriteReport:
         write_report(study, tmp_path, print_summary=False)
         files = set(os.listdir(tmp_path / REPORT_DIR))
         assert "optimization_history.png" in files
-        assert not any(f.endswith(".html") for f in files)
+        # The page is still written, with the summary and the table, and says why it has no figures.
+        page = (tmp_path / REPORT_DIR / "index.html").read_text()
+        assert "plotly is not installed" in page and 'id="trials"' in page and "Plotly.newPlot" not in page
 
     def test_importances_need_two_trials_and_two_params(self, tmp_path, caplog):
         s = optuna.create_study(direction="maximize")

@@ -167,6 +167,35 @@ def test_a_dead_worker_is_reported_and_its_trial_retried(tmp_path):
 
 
 @pytest.mark.processes
+def test_workers_with_isolated_trials(tmp_path):
+    # isolate_trials under the launcher: each worker keeps its part of the study, and each trial runs in a process of
+    # its own, started by that worker.
+    out = tmp_path / "out"
+    record = tmp_path / "record.jsonl"
+    spec = {
+        "output_dir": str(out),
+        "storage": None,
+        "hp_space": grid(4),
+        "sampler": "grid",
+        "n_trials": 4,
+        "isolate_trials": True,
+        "_test": {"record": str(record)},
+    }
+    log = tmp_path / "launcher.log"
+    assert wait(launch(2, spec, log), log) == 0, log.read_text()[-4000:]
+    study = load(out)
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 4
+    assert sorted(t.params["learning_rate"] for t in study.trials) == grid(4)["learning_rate"]["choices"]
+    workers = {int(t.user_attrs["worker"].rpartition(":")[2]) for t in study.trials}
+    trained = [json.loads(line) for line in record.read_text().splitlines()]
+    # Four trainings, each in a process of its own: neither worker trained in its own process.
+    assert len(trained) == 4 and len({r["pid"] for r in trained}) == 4
+    assert not {r["pid"] for r in trained} & workers
+    record_best = json.loads((out / "best_model" / "trial.json").read_text())
+    assert record_best["number"] == study.best_trial.number and record_best["value"] == study.best_value
+
+
+@pytest.mark.processes
 def test_ctrl_c_stops_every_worker_and_leaves_the_study_consistent(tmp_path):
     out = tmp_path / "out"
     spec = {

@@ -136,6 +136,7 @@ class TestOutOfMemory:
             pruner="none",
             save_strategy="steps",
             save_steps=2,
+            oom_infeasible=False,  # the FAIL path; the default (infeasible) is in test_oom_constraint.py
         )
         gc.disable()
         try:
@@ -158,7 +159,12 @@ class TestOutOfMemory:
             2, lambda: RuntimeError("CUDA out of memory. Tried to allocate 20.00 MiB"), lambda a: a.seed == 0
         )
         trainer = make_trainer(
-            tmp_path, [oom], hp_space={"seed": {"type": "categorical", "choices": [0, 1]}}, sampler=GRID, pruner="none"
+            tmp_path,
+            [oom],
+            hp_space={"seed": {"type": "categorical", "choices": [0, 1]}},
+            sampler=GRID,
+            pruner="none",
+            oom_infeasible=False,
         )
         trainer.hyperparameter_search()
         failed = trainer.study.get_trials(states=(optuna.trial.TrialState.FAIL,))
@@ -414,11 +420,26 @@ class TestNothingFinished:
     def test_every_trial_out_of_memory(self, tmp_path):
         oom = RaiseAt(1, lambda: torch.OutOfMemoryError("CUDA out of memory."))
         trainer = make_trainer(
-            tmp_path, [oom], hp_space={"seed": {"type": "int", "low": 0, "high": 9}}, pruner="none", n_trials=2
+            tmp_path,
+            [oom],
+            hp_space={"seed": {"type": "int", "low": 0, "high": 9}},
+            pruner="none",
+            n_trials=2,
+            oom_infeasible=False,
         )
         with pytest.raises(NoCompletedTrialError, match="0 pruned, 10 failed"):
             trainer.hyperparameter_search()
         assert [t.user_attrs["fault"] for t in trainer.study.trials] == ["out_of_memory"] * 10
+
+    def test_every_trial_out_of_memory_recorded_infeasible(self, tmp_path):
+        # Infeasible trials are PRUNED and count towards n_trials: the search ends after n_trials, and says why.
+        oom = RaiseAt(1, lambda: torch.OutOfMemoryError("CUDA out of memory."))
+        trainer = make_trainer(
+            tmp_path, [oom], hp_space={"seed": {"type": "int", "low": 0, "high": 9}}, pruner="none", n_trials=2
+        )
+        with pytest.raises(NoCompletedTrialError, match=r"2 pruned \(2 of them out of memory.*0 failed"):
+            trainer.hyperparameter_search()
+        assert [t.user_attrs["infeasible"] for t in trainer.study.trials] == ["out_of_memory"] * 2
 
 
 def test_trial_out_of_memory_error_is_a_runtime_error():

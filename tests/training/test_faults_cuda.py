@@ -60,6 +60,7 @@ def test_real_cuda_oom_fails_one_trial_and_frees_its_memory(tmp_path) -> None:
             sampler={"name": "grid", "seed": 0},
             pruner="none",
             n_trials=2,
+            oom_infeasible=False,  # FAIL, as this test reads (the default, PRUNED + constraint: test_oom_constraint.py)
         )
     )
     trainer = OptunaTrainer(
