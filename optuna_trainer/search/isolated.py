@@ -21,6 +21,9 @@ How:
 - the child sends back the objective's value or the exception it raised (TrialPruned, an out-of-memory error
   recorded infeasible, a failure), and the best value and run directory it knows of (it may have written best_model/
   under the best-model file lock);
+- the search process shows the progress: a child draws no step bar of its own (it would fight the trials bar for the
+  terminal) and, where no bar is drawn, logs its trial's start line; the end line is the search process's. A search
+  stopped by Ctrl-C or SIGTERM ends its trial's process (and the fork server with it) and queues the trial again;
 - a child that dies without answering (a signal, or a non-zero exit) makes the trial FAIL with the cause in
   `fail_reason` (`TrialProcessDied: ... killed by SIGKILL ...`), and the search goes on (`TrialProcessDied` is added to
   the study's `catch`).
@@ -48,8 +51,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import optuna
-from transformers import Trainer, TrainerCallback
+from transformers import ProgressCallback, Trainer, TrainerCallback
+from transformers.utils import logging as hf_logging
 
+from optuna_trainer.output.progress import TrialLines, TrialProgress, bars_wanted
 from optuna_trainer.processes.coordinator import LocalCoordinator
 from optuna_trainer.study import attrs
 
@@ -287,6 +292,15 @@ def child_main(conn: multiprocessing.connection.Connection, recipe_bytes: bytes,
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     recipe: TrialRecipe = pickle.loads(recipe_bytes)
     trainer = recipe.build()
+    # The search process shows the progress (its trials bar, or a line per trial start and end): a step bar of this
+    # process would fight it for the terminal, or print transformers' redrawn bar and log dicts into a log file.
+    # With disable_tqdm, transformers' PrinterCallback (not popped) still prints the dicts, as in-process.
+    trainer.pop_callback(ProgressCallback)
+    hf_logging.disable_progress_bar()
+    if not bars_wanted():
+        # The line a trial's start logs where no bar is drawn (output/progress.py) comes from the trainer that trains,
+        # this one; the search process logs the end line.
+        trainer.add_callback(TrialLines(TrialProgress(None, 0, trainer=trainer)))
     settings, _ = recipe.settle(trainer, False, recipe.call)  # not main: an in-memory storage, no study
     search = recipe.search_class(trainer, settings, None, LocalCoordinator())
     search.best = type(search.best)(*best)
@@ -299,8 +313,11 @@ def child_main(conn: multiprocessing.connection.Connection, recipe_bytes: bytes,
         answer = ("raised", _picklable(err), (search.best.value, search.best.run_dir))
     finally:
         search._give_trainer_back()
-    conn.send(answer)
-    conn.close()
+    try:
+        conn.send(answer)
+        conn.close()
+    except OSError:  # BrokenPipeError: the search process stopped (Ctrl-C, SIGTERM) and ends this one; no one to tell
+        pass
 
 
 # ---- the parent ----------------------------------------------------------------------------------------------------

@@ -7,7 +7,10 @@ the slow mark; the refusals run no trial and are fast.
 from __future__ import annotations
 
 import os
+import re
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -21,7 +24,15 @@ from transformers import TrainerCallback
 
 from optuna_trainer import OptunaTrainer, OptunaTrainingArguments
 from optuna_trainer.search.isolated import TrialProxy
-from tests.support import base_args, compute_metrics, make_dataset, tiny_model
+from tests.support import (
+    QUIET_ENV,
+    REPO,
+    base_args,
+    compute_metrics,
+    kill_process_tree,
+    make_dataset,
+    tiny_model,
+)
 
 SEEDS = {"seed": {"type": "categorical", "choices": [0, 1, 2]}}
 PID_FILE = "child.pid"
@@ -214,3 +225,76 @@ class TestIsolated:
             assert [len(leak) for leak in LEAKED] == [LEAK_MB * 2**20] * 2
         finally:
             LEAKED.clear()
+
+
+def start_search(out: Path, n_trials: int, step_sleep: float = 0.0) -> tuple[subprocess.Popen[bytes], Path]:
+    """tests/search/isolated_worker.py in a process of its own (a session: its trials' processes are its
+    descendants), its output in a file."""
+    log = out.parent / "search.log"
+    out.mkdir(parents=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.search.isolated_worker", str(out), str(n_trials), str(step_sleep)],
+        cwd=REPO,
+        env={**os.environ, **QUIET_ENV, "PYTHONPATH": str(REPO)},
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    return proc, log
+
+
+def descendants_alive(pgid: int) -> list[int]:
+    """Processes still in the search's session (its fork server, its trials' processes)."""
+    alive = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.getpgid(int(entry.name)) == pgid:
+                    alive.append(int(entry.name))
+            except ProcessLookupError:
+                pass
+    return alive
+
+
+@pytest.mark.slow
+@pytest.mark.processes
+class TestIsolatedSearchProcess:
+    def test_a_log_file_gets_one_line_per_trial_start_and_end(self, tmp_path):
+        proc, log = start_search(tmp_path / "out", n_trials=2)
+        try:
+            assert proc.wait(timeout=300) == 0, log.read_text()[-4000:]
+        finally:
+            kill_process_tree(proc)
+        text = log.read_text()
+        for number in (0, 1):
+            # The start line comes from the trial's process, the end line from the search's.
+            assert (
+                len(re.findall(rf"Trial {number} started: learning_rate=\S+ \(8 steps, 64 samples planned\)", text))
+                == 1
+            )
+            assert len(re.findall(rf"Trial {number} COMPLETE: value ", text)) == 1
+        assert "Traceback" not in text and "{'loss'" not in text and "\r" not in text
+
+    def test_sigterm_mid_trial_ends_its_process_and_queues_the_trial_again(self, tmp_path):
+        out = tmp_path / "out"
+        proc, log = start_search(out, n_trials=2, step_sleep=1.0)
+        try:
+            deadline = time.monotonic() + 120
+            while "Trial 0 started" not in log.read_text():
+                assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-4000:]
+                time.sleep(0.2)
+            time.sleep(1.5)  # a step or two into trial 0
+            os.kill(proc.pid, signal.SIGTERM)  # what a scheduler sends
+            assert proc.wait(timeout=60) != 0
+            deadline = time.monotonic() + 30  # the fork server and the trial's process end with the search
+            while descendants_alive(proc.pid) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert descendants_alive(proc.pid) == []
+        finally:
+            kill_process_tree(proc)
+        text = log.read_text()
+        assert "BrokenPipeError" not in text and "Process optuna-trial-0" not in text
+        study = optuna.load_study(study_name="out", storage=f"sqlite:///{out}/study.db")
+        first, again = study.trials
+        assert first.state == TrialState.FAIL and again.state == TrialState.WAITING
+        assert again.params == first.params  # queued again with its values: the next run continues it
