@@ -382,3 +382,34 @@ def test_isolation(tmp_path):
     assert len(base["rss_mib_after_trial"]) == len(iso["rss_mib_after_trial"]) == 2
     assert iso["median_trial_s"] > base["median_trial_s"] > 0
     assert "per-trial overhead of isolation (median): " in output
+
+
+# Figure 10's documented rows (docs/benchmarks.md, the summary's row 10): per committed curve table, samples saved
+# (median over 20 seeds, %) and the median best-accuracy difference against no pruning (points), for random and TPE,
+# the project's default and transformers' default setting.
+DOCUMENTED_REPLAY = {
+    "curves.json": {"project": ((62.9, 0.0), (50.8, 0.0)), "transformers": ((57.1, 0.0), (42.2, 0.0))},
+    "curves_n1024_seed1.json": {"project": ((58.3, 0.0), (47.3, -0.34)), "transformers": ((46.2, 0.0), (35.8, -0.69))},
+    "curves_n1024_seed2.json": {"project": ((50.0, 0.0), (37.7, 0.0)), "transformers": ((42.9, 0.0), (36.7, -0.34))},
+}
+
+
+@pytest.mark.parametrize("table_file", sorted(DOCUMENTED_REPLAY))
+def test_the_documented_replay_rows_of_each_committed_table(table_file):
+    """The claims of figure 10 are what the replay gives on the committed tables today (no training: seconds)."""
+    replay = load("replay")
+    table = replay.load_table(str(BENCHMARKS / "results" / table_file))
+    project = replay.Row("project's default: median (defaults)", "median")
+    settings = [replay.Row("none", "none"), replay.transformers_rows()[0], project]
+    rows = replay.summarize(table, 20, 30, ["random", "tpe"], settings=settings)
+    found = {
+        (r["sampler"], "project" if r["pruner"] == project.label else "transformers"): (
+            round(r["saved median"], 1),
+            round(r["points median"], 2),
+        )
+        for r in rows
+        if r["spec"] != "none"
+    }
+    for side, (random_row, tpe_row) in DOCUMENTED_REPLAY[table_file].items():
+        assert found[("random", side)] == random_row, (table_file, side)
+        assert found[("tpe", side)] == tpe_row, (table_file, side)
