@@ -79,7 +79,11 @@ def test_the_logged_dashboard_command_serves_the_study(out_dir):
     assert command[1].startswith("sqlite:///") and command[1].endswith("optuna_study.db")
 
     port = _free_port()
-    executable = shutil.which("optuna-dashboard")
+    # The script beside this interpreter first: a venv's bin/ is on PATH only when the venv is activated, and
+    # optuna-dashboard 0.21 has no __main__ for `python -m`.
+    executable = shutil.which("optuna-dashboard", path=os.path.dirname(sys.executable)) or shutil.which(
+        "optuna-dashboard"
+    )
     argv = [executable] if executable else [sys.executable, "-m", "optuna_dashboard"]
     proc = subprocess.Popen(
         [*argv, *command[1:], "--host", "127.0.0.1", "--port", str(port)],
