@@ -413,3 +413,30 @@ def test_the_documented_replay_rows_of_each_committed_table(table_file):
     for side, (random_row, tpe_row) in DOCUMENTED_REPLAY[table_file].items():
         assert found[("random", side)] == random_row, (table_file, side)
         assert found[("tpe", side)] == tpe_row, (table_file, side)
+
+
+def test_peers_on_a_committed_table(tmp_path):
+    """benchmarks/peers.py (the `bench` extra): every method's row on one table, the project's rows computed by the
+    same replay as figure 10, and Syne Tune's schedulers stopping trials (fewer samples than no pruning)."""
+    pytest.importorskip("syne_tune")
+    peers = load("peers")
+    result = peers.main(["--seeds", "2", "--tables", "curves_n1024_seed2.json", "--out", str(tmp_path)])
+    rows = {r["method"]: r for r in result["rows"]}
+    assert list(rows) == list(peers.METHODS)
+    replay = load("replay")
+    table = replay.load_table(str(BENCHMARKS / "results" / "curves_n1024_seed2.json"))
+    row = replay.Row("project's default: median (defaults)", "median")
+    used = [sum(t["samples"] for t in replay.replay_search(table, row, "random", s, 30)) for s in (0, 1)]
+    full = 30 * table["curves"][0]["points"][-1]["samples"]
+    assert rows["project's default (median at samples), random"]["samples used % (median)"] == round(
+        100 * sum(used) / 2 / full, 1
+    )
+    for method, r in rows.items():
+        assert 0 < r["samples used % (median)"] < 100, method
+        assert 0 <= r["regret median"] <= r["regret worst"], method
+        shares = [r[f"within 0.5 at {b}% (share)"] for b in peers.BUDGETS]
+        assert shares == sorted(shares) and all(0 <= s <= 1 for s in shares), method
+    assert (tmp_path / "peers.md").is_file() and (tmp_path / "peers.json").is_file()
+    # A peer's row is the same on every run (the script seeds the generators Syne Tune draws from).
+    asha = peers.METHODS["Syne Tune ASHA"]
+    assert asha(table, 3) == asha(table, 3)
