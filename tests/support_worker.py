@@ -6,6 +6,7 @@ that steers this script:
     pause_run / pause_step / marker: in the run directory named `pause_run`, once the checkpoint of `pause_step` is
         saved, write `marker` and sleep, so that the test can kill this process in the middle of that trial;
     trial_sleep: seconds each trial sleeps before training (makes several workers' trials overlap);
+    step_sleep: seconds each step sleeps (a trial long enough for a test to signal the search in its middle);
     every_trial_best: each trial scores higher than the one before (each becomes the best model);
     best_saves / pause_best_save: append the sha256 of each best model's weights (and the run it came from) to the
         file `best_saves`; at the save numbered `pause_best_save` (from 1), once the weights are written beside
@@ -39,6 +40,8 @@ class _Steer(TrainerCallback):
             time.sleep(self.test["trial_sleep"])
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.test.get("step_sleep"):
+            time.sleep(self.test["step_sleep"])
         if self.first_step is None:
             self.first_step = state.global_step
             if self.test.get("record"):

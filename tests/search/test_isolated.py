@@ -10,7 +10,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -25,12 +24,11 @@ from transformers import TrainerCallback
 from optuna_trainer import OptunaTrainer, OptunaTrainingArguments
 from optuna_trainer.search.isolated import TrialProxy
 from tests.support import (
-    QUIET_ENV,
-    REPO,
     base_args,
     compute_metrics,
     kill_process_tree,
     make_dataset,
+    start_worker,
     tiny_model,
 )
 
@@ -228,19 +226,22 @@ class TestIsolated:
 
 
 def start_search(out: Path, n_trials: int, step_sleep: float = 0.0) -> tuple[subprocess.Popen[bytes], Path]:
-    """tests/search/isolated_worker.py in a process of its own (a session: its trials' processes are its
-    descendants), its output in a file."""
+    """An isolated search (tests/support_worker.py) in a session of its own (its trials' processes are its
+    descendants), its output in a file: no terminal, so no bars and one line per trial start and end."""
     log = out.parent / "search.log"
     out.mkdir(parents=True)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.search.isolated_worker", str(out), str(n_trials), str(step_sleep)],
-        cwd=REPO,
-        env={**os.environ, **QUIET_ENV, "PYTHONPATH": str(REPO)},
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    return proc, log
+    spec = {
+        "output_dir": str(out),
+        "isolate_trials": True,
+        "n_trials": n_trials,
+        "disable_tqdm": False,
+        "logging_strategy": "no",
+        "storage": f"sqlite:///{out}/study.db",
+        "sampler": {"name": "random", "seed": 0},
+        "hp_space": {"learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}},
+        "_test": {"step_sleep": step_sleep},
+    }
+    return start_worker(spec, log), log
 
 
 def descendants_alive(pgid: int) -> list[int]:
