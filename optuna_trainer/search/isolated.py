@@ -119,19 +119,22 @@ class TrialRecipe:
 
     def build(self) -> Trainer:
         """The trainer, built in the child as the user built it."""
+        copied = {name: getattr(self, name) for name in _TRAINER_ATTRS}
         trainer: Trainer = self.trainer_class(
-            model=self.model,
-            model_init=self.model_init,
-            args=self.args,
-            train_dataset=self.train_dataset,
-            eval_dataset=self.eval_dataset,
-            data_collator=self.data_collator,
-            processing_class=self.processing_class,
-            compute_metrics=self.compute_metrics,
-            preprocess_logits_for_metrics=self.preprocess_logits_for_metrics,
-            callbacks=list(self.callbacks),
+            model=self.model, model_init=self.model_init, args=self.args, callbacks=list(self.callbacks), **copied
         )
         return trainer
+
+
+# The trainer's own attributes that the recipe carries as they are (model, model_init and callbacks are chosen).
+_TRAINER_ATTRS = (
+    "train_dataset",
+    "eval_dataset",
+    "data_collator",
+    "processing_class",
+    "compute_metrics",
+    "preprocess_logits_for_metrics",
+)
 
 
 # Only the parent uses these: the child runs against an in-memory storage, and Optuna's callbacks run on the study.
@@ -161,16 +164,11 @@ def make_recipe(
         args=trainer.args,
         model_init=user_model_init,
         model=trainer.model if user_model_init is None else None,
-        train_dataset=trainer.train_dataset,
-        eval_dataset=trainer.eval_dataset,
-        data_collator=trainer.data_collator,
-        processing_class=trainer.processing_class,
-        compute_metrics=trainer.compute_metrics,
-        preprocess_logits_for_metrics=trainer.preprocess_logits_for_metrics,
         callbacks=_user_callbacks(trainer),
         call=child_call,
         search_class=search_class,
         settle=settle,
+        **{name: getattr(trainer, name) for name in _TRAINER_ATTRS},
     )
 
 
