@@ -62,12 +62,6 @@ def side(name: str, s: dict[str, Any], data: str) -> dict[str, Any]:
     pruner = RecordingPruner(optuna.pruners.MedianPruner())
     task = tasks.make_task(s["model"], data, s["n_train"], s["n_dev"], layers=s["layers"])
     rec = TrialRecorder(tasks.SPACE)
-    train = dict(
-        max_steps=s["steps"],
-        per_device_train_batch_size=s["batch"],
-        eval_strategy="steps",
-        eval_steps=s["eval_steps"],
-    )
     out = tempfile.mkdtemp(prefix=f"h2h-{name}-")
     start = time.perf_counter()
     if name == "ours":
@@ -80,7 +74,7 @@ def side(name: str, s: dict[str, Any], data: str) -> dict[str, Any]:
 
         trainer = Trainer(
             model_init=task.model_init,
-            args=TrainingArguments(**tasks.train_args(out, **train)),
+            args=TrainingArguments(**tasks.train_args(out, **tasks.schedule(s))),
             train_dataset=task.train,
             eval_dataset=task.dev,
             compute_metrics=tasks.compute_metrics,

@@ -71,7 +71,16 @@ class Row:
     # whatever its batch, as transformers' search does with an integer eval_steps (its default: logging_steps), so
     # a larger batch evaluates at more samples and less often.
     schedule: str = "samples"
+    # The project's skip_duplicates (search/duplicates.py): a trial drawing the configuration of a finished trial of
+    # its study takes that trial's evaluations, state and value and trains no sample. transformers' search has none.
+    skip_duplicates: bool = False
 
+
+# The project's default pruner, every trial trained: Optuna's MedianPruner keyed by training samples (figure 10's
+# pruner rows differ by their pruning alone).
+DEFAULT_PRUNER = Row("project's default: median (defaults)", "median")
+# The project's defaults as a search runs them: the same pruner, and skip_duplicates (a repeat trains nothing).
+PROJECT_DEFAULT = Row("project's defaults: median (defaults) and skip_duplicates", "median", skip_duplicates=True)
 
 # transformers' search with an integer eval_steps, its default: the same steps for every trial, keyed by step.
 TRANSFORMERS_DEFAULT = (
@@ -110,7 +119,8 @@ def rows() -> list[Row]:
     return [
         Row("none", "none"),
         *transformers_rows(),
-        Row("project's default: median (defaults)", "median"),
+        DEFAULT_PRUNER,
+        PROJECT_DEFAULT,
         Row("median (defaults)", "median", "loss"),
         Row("percentile 40 (defaults)", {"name": "percentile", "percentile": 40.0}),
         Row("percentile 25 (defaults)", {"name": "percentile", "percentile": 25.0}),
@@ -139,7 +149,7 @@ def grid_rows() -> list[Row]:
     return [
         Row("none", "none"),
         *transformers_rows(),
-        Row("project's default: median (defaults)", "median"),
+        DEFAULT_PRUNER,
         *(Row(f"{median}{n}", {"name": "median", "n_startup_trials": n}) for n in (3, 4, 8)),
         Row("median, n_min_trials=3", {"name": "median", "n_min_trials": 3}),
         Row(
@@ -191,11 +201,24 @@ def replay_search(
         pruner=build_pruner(row.spec),
         study_name=f"replay-{seed}",
     )
-    out = []
+    out: list[dict[str, Any]] = []
     for _ in range(n_trials):
         trial = study.ask()
         config = {name: trial.suggest_categorical(name, choices) for name, choices in space.items()}
         points = by_config[recorder.config_key(config)]["points"]
+        twin = next((i for i, t in enumerate(out) if t["config"] == config), None) if row.skip_duplicates else None
+        if twin is not None:
+            # As the project's search/duplicates.py: the twin's evaluations, state and value; no sample trained.
+            # (A trial of `out` is finished: the replay runs one trial at a time.)
+            earlier = study.trials[twin]
+            for step, value in sorted(earlier.intermediate_values.items()):
+                trial.report(value, step)
+            if earlier.state == optuna.trial.TrialState.PRUNED:
+                study.tell(trial, state=earlier.state)
+            else:
+                study.tell(trial, earlier.value)
+            out.append({**out[twin], "samples": 0, "duplicate of": twin})
+            continue
         seen, stopped, reported = 0, False, []
         for p in evaluations(table, points, row):
             seen = p["samples"]
@@ -332,6 +355,7 @@ def live_search(
             storage="memory",
             study_name=f"replay-{seed}",
             save_best_model=False,
+            skip_duplicates=row.skip_duplicates,
             search_report=False,
         )
         trainer = recorder.quiet_trainer(OptunaTrainer, task, args, compute_metrics=metrics)
@@ -412,6 +436,9 @@ LIVE_CASES = [
     # second table with seed 0 and on the first with seed 3.
     (transformers_rows()[0], "random", 0),
     (transformers_rows()[0], "random", 3),
+    # The project's defaults with repeats: more trials than the quick table's 4 configurations repeat some, and the
+    # live search must take each repeat's result from its twin, untrained, as the replay does.
+    (PROJECT_DEFAULT, "random", 0),
 ]
 
 

@@ -30,3 +30,11 @@ run storage_scale
 "$python" benchmarks/oom_constraint.py --direct --seeds 0 1 2 3 4 5 6 7 8 9
 "$python" benchmarks/oom_constraint.py
 "$python" benchmarks/isolation.py
+# Figures 15 and 16 (the `bench` extra): the peers on the recorded curves (seconds), and the live head-to-head against
+# transformers' Ray Tune backend with ASHA (two rounds, about 15 min).
+if "$python" -c "import syne_tune, ray.tune" 2>/dev/null; then
+  run peers
+  run ray_head_to_head
+else
+  echo "== peers and ray_head_to_head skipped: pip install -e '.[bench]'"
+fi

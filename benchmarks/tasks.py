@@ -192,19 +192,20 @@ def hf_space(space: dict[str, dict[str, Any]] = SPACE) -> Callable[[Any], dict[s
     return hp_space
 
 
+def schedule(s: dict[str, Any]) -> dict[str, Any]:
+    """The training arguments of a search benchmark's trial schedule `s`: its steps, batch and evaluation interval."""
+    return dict(
+        max_steps=s["steps"], per_device_train_batch_size=s["batch"], eval_strategy="steps", eval_steps=s["eval_steps"]
+    )
+
+
 def search_trainer(task: Task, s: dict[str, Any], output_dir: str, pruner: Any, callbacks: list[Any]) -> Any:
     """The OptunaTrainer of the search benchmarks: the shared space, TPE(seed 0), an in-memory study named
     `STUDY_NAME`, `s`'s schedule."""
     from optuna_trainer import OptunaTrainer, OptunaTrainingArguments
 
     args = OptunaTrainingArguments(
-        **train_args(
-            output_dir,
-            max_steps=s["steps"],
-            per_device_train_batch_size=s["batch"],
-            eval_strategy="steps",
-            eval_steps=s["eval_steps"],
-        ),
+        **train_args(output_dir, **schedule(s)),
         hp_space=SPACE,
         n_trials=s["n_trials"],
         sampler={"name": "tpe", "seed": 0},

@@ -137,6 +137,12 @@ class OptunaSearchArguments:
             Run each trial in a fresh child process (from a fork server that has imported torch once; the parent keeps the study): a crash, a leak or the
             kernel's OOM killer costs one trial (FAIL, cause in `fail_reason`), never the search. Needs a picklable
             trainer (module-level `model_init`, `compute_metrics`, callbacks). See search/isolated.py.
+        skip_duplicates (`bool`, *optional*, defaults to `True`):
+            A trial whose parameters equal those of a finished (COMPLETE, or pruned) trial trained under the same
+            training arguments is not trained again: it takes that trial's evaluations, state and value, and its
+            user attribute `duplicate_of` names it. Samplers repeat configurations on discrete spaces; every trial
+            starts from the same state with the same seed, so a repeat would measure the same thing. `False` trains
+            every trial. See search/duplicates.py.
     """
 
     # Parameters that define the search
@@ -287,6 +293,13 @@ class OptunaSearchArguments:
             "and callbacks must be picklable (defined at module level). Not under accelerate launch/torchrun."
         },
     )
+    skip_duplicates: bool = field(
+        default=True,
+        metadata={
+            "help": "Do not train a trial whose parameters equal a finished trial's (same training arguments): it "
+            "takes that trial's evaluations, state and value (user attribute duplicate_of). false: train every trial."
+        },
+    )
 
     def __post_init__(self) -> None:
         # The values as the user gave them, before TrainingArguments derives anything: each trial is rebuilt from
@@ -362,7 +375,7 @@ class OptunaTrainingArguments(OptunaSearchArguments, TrainingArguments):
     `hp_space`, `n_trials`, `timeout`, `direction`, `objective_metric`, `sampler`, `pruner`, `storage`, `study_name`,
     `prune_metric`, `prune_budget`, `enqueue_arguments`, `target_value`, `trials_without_improvement`,
     `heartbeat_interval`, `artifact_store`, `save_best_model`, `search_report`, `continue_on_oom`, `oom_infeasible`,
-    `isolate_trials`.
+    `isolate_trials`, `skip_duplicates`.
     """
 
 

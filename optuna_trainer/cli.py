@@ -112,6 +112,13 @@ class SimulateArguments:
         },
     )
     seeds: int = field(default=10, metadata={"help": "Seeds per sampler replay."})
+    skip_duplicates: bool = field(
+        default=True,
+        metadata={
+            "help": "In a sampler replay, a repeated configuration takes its earlier result at no cost, as a search "
+            "with skip_duplicates does; false: it is replayed again in full."
+        },
+    )
     json: str | None = field(default=None, metadata={"help": "Also write the rows to this JSON file."})
 
 
@@ -234,6 +241,7 @@ def simulate(argv: list[str]) -> int:
             orders=args.orders,
             samplers=args.samplers or (),
             seeds=args.seeds,
+            skip_duplicates=args.skip_duplicates,
         )
     except (ValueError, TypeError) as err:
         raise SystemExit(f"optuna-trainer simulate: {err}") from None

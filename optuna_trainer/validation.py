@@ -125,6 +125,7 @@ FIELD_VALIDATORS: dict[str, Callable[[Any], object]] = {
     "oom_infeasible": _check_bool("oom_infeasible", "true or false"),
     "isolate_trials": _check_bool("isolate_trials", "true or false"),
     "enqueue_arguments": _check_bool("enqueue_arguments", "true or false"),
+    "skip_duplicates": _check_bool("skip_duplicates", "true or false"),
 }
 # `hyperparameter_search(...)`'s own keyword arguments (transformers passes them on to Optuna).
 CALL_VALIDATORS: dict[str, Callable[[Any], object]] = {

@@ -69,6 +69,18 @@ def tiny_model(trial: Any = None) -> BertForSequenceClassification:
     return BertForSequenceClassification(tiny_config())
 
 
+class CountingModelInit:
+    """`tiny_model`, counting the models it builds (`built`): the trainer's own call at construction, then one per
+    trial that trains."""
+
+    def __init__(self) -> None:
+        self.built = 0
+
+    def __call__(self, trial: Any = None) -> BertForSequenceClassification:
+        self.built += 1
+        return tiny_model(trial)
+
+
 def make_dataset(n: int = 64, seed: int = 0) -> Dataset:
     """Label 1 iff the first token is in the upper half of the vocabulary: learnable in a few steps."""
     from datasets import Dataset

@@ -114,6 +114,22 @@ def test_head_to_head(tmp_path):
     assert theirs["best trial's value as reported"] == theirs["best trial's last accuracy"]
 
 
+def test_ray_head_to_head(tmp_path):
+    """Figure 16's script, one round of both sides: transformers' Ray backend with ASHA runs the same budget of
+    trials and steps as ours, and each side's figures are its own (the Ray side's process tree is larger)."""
+    pytest.importorskip("ray.tune")
+    table = run_quick("ray_head_to_head", tmp_path, extra=("--data", str(tmp_path / "no-sst2")))
+    numbers(table, "optimizer steps", "best accuracy", "wall seconds", "search seconds per trial")
+    ours, ray = table["rows"]
+    assert (ours["run"], ray["run"]) == (1, 1) and "OptunaTrainer" in ours["side"] and "ray" in ray["side"]
+    for row in (ours, ray):
+        completed, stopped = map(int, row["completed/stopped"].split("/"))
+        assert completed + stopped == 4 and 0 < row["optimizer steps"] <= 4 * 6
+        assert 0.0 <= row["best accuracy"] <= 1.0 and row["search seconds per trial"] >= 0.0
+    # Ray's cluster (raylet, GCS, a worker per trial) beside the trainer: more resident memory than our one process.
+    assert ray["peak memory MiB (process tree)"] > ours["peak memory MiB (process tree)"] > 0
+
+
 def test_pruning(tmp_path):
     # The generated task (no SST-2 folder) wherever the tests run, so that the outcome is the same everywhere.
     table = run_quick("pruning", tmp_path, extra=("--data", str(tmp_path / "no-sst2")))
@@ -160,6 +176,14 @@ def test_pruning_curves_replay(tmp_path):
     # may not: its larger batches evaluate less often than the recording, every evaluation draws from torch's global
     # generator, and it reuses one Trainer across trials; docs/benchmarks.md figure 10.)
     assert ours["largest accuracy gap (points)"] == 0.0
+    # skip_duplicates (the project's defaults): 6 trials over 4 configurations repeat at least 2; the live search
+    # takes each repeat's evaluations, state and value from its twin, untrained, as the replay does.
+    replay = load("replay")
+    curves = replay.load_table(str(tmp_path / "curves_quick.json"))
+    (repeats,) = replay.live_check(curves, [4], 6, str(tmp_path / "no-sst2"))
+    assert repeats["same configurations"] == repeats["same states"] == repeats["same samples seen"] == "6/6"
+    assert repeats["largest accuracy gap (points)"] == 0.0
+    assert sum(t["samples"] == 0 for t in repeats["live"]) >= 2
     # --grid: the second grid's settings on the same curves, every one a real pruner that the replay can run.
     replay = load("replay")
     curves = replay.load_table(str(tmp_path / "curves_quick.json"))
@@ -386,11 +410,24 @@ def test_isolation(tmp_path):
 
 # Figure 10's documented rows (docs/benchmarks.md, the summary's row 10): per committed curve table, samples saved
 # (median over 20 seeds, %) and the median best-accuracy difference against no pruning (points), for random and TPE,
-# the project's default and transformers' default setting.
+# the project's default pruner (every trial trained), the project's defaults as a search runs them (the same pruner
+# and skip_duplicates) and transformers' default setting.
 DOCUMENTED_REPLAY = {
-    "curves.json": {"project": ((62.9, 0.0), (50.8, 0.0)), "transformers": ((57.1, 0.0), (42.2, 0.0))},
-    "curves_n1024_seed1.json": {"project": ((58.3, 0.0), (47.3, -0.34)), "transformers": ((46.2, 0.0), (35.8, -0.69))},
-    "curves_n1024_seed2.json": {"project": ((50.0, 0.0), (37.7, 0.0)), "transformers": ((42.9, 0.0), (36.7, -0.34))},
+    "curves.json": {
+        "pruner": ((62.9, 0.0), (50.8, 0.0)),
+        "defaults": ((70.0, 0.0), (69.4, 0.0)),
+        "transformers": ((57.1, 0.0), (42.2, 0.0)),
+    },
+    "curves_n1024_seed1.json": {
+        "pruner": ((58.3, 0.0), (47.3, -0.34)),
+        "defaults": ((65.2, 0.0), (65.8, -0.34)),
+        "transformers": ((46.2, 0.0), (35.8, -0.69)),
+    },
+    "curves_n1024_seed2.json": {
+        "pruner": ((50.0, 0.0), (37.7, 0.0)),
+        "defaults": ((59.4, 0.0), (59.2, 0.0)),
+        "transformers": ((42.9, 0.0), (36.7, -0.34)),
+    },
 }
 
 
@@ -399,36 +436,44 @@ def test_the_documented_replay_rows_of_each_committed_table(table_file):
     """The claims of figure 10 are what the replay gives on the committed tables today (no training: seconds)."""
     replay = load("replay")
     table = replay.load_table(str(BENCHMARKS / "results" / table_file))
-    project = replay.Row("project's default: median (defaults)", "median")
-    settings = [replay.Row("none", "none"), replay.transformers_rows()[0], project]
+    side = {
+        replay.DEFAULT_PRUNER.label: "pruner",
+        replay.PROJECT_DEFAULT.label: "defaults",
+        replay.transformers_rows()[0].label: "transformers",
+    }
+    settings = [
+        replay.Row("none", "none"),
+        replay.transformers_rows()[0],
+        replay.DEFAULT_PRUNER,
+        replay.PROJECT_DEFAULT,
+    ]
     rows = replay.summarize(table, 20, 30, ["random", "tpe"], settings=settings)
     found = {
-        (r["sampler"], "project" if r["pruner"] == project.label else "transformers"): (
-            round(r["saved median"], 1),
-            round(r["points median"], 2),
-        )
+        (r["sampler"], side[r["pruner"]]): (round(r["saved median"], 1), round(r["points median"], 2))
         for r in rows
         if r["spec"] != "none"
     }
-    for side, (random_row, tpe_row) in DOCUMENTED_REPLAY[table_file].items():
-        assert found[("random", side)] == random_row, (table_file, side)
-        assert found[("tpe", side)] == tpe_row, (table_file, side)
+    for name, (random_row, tpe_row) in DOCUMENTED_REPLAY[table_file].items():
+        assert found[("random", name)] == random_row, (table_file, name)
+        assert found[("tpe", name)] == tpe_row, (table_file, name)
 
 
 def test_peers_on_a_committed_table(tmp_path):
     """benchmarks/peers.py (the `bench` extra): every method's row on one table, the project's rows computed by the
-    same replay as figure 10, and Syne Tune's schedulers stopping trials (fewer samples than no pruning)."""
+    same replay as figure 10, and the peers' schedulers stopping trials (fewer samples than no pruning)."""
     pytest.importorskip("syne_tune")
+    pytest.importorskip("ray.tune")
     peers = load("peers")
     result = peers.main(["--seeds", "2", "--tables", "curves_n1024_seed2.json", "--out", str(tmp_path)])
     rows = {r["method"]: r for r in result["rows"]}
     assert list(rows) == list(peers.METHODS)
     replay = load("replay")
     table = replay.load_table(str(BENCHMARKS / "results" / "curves_n1024_seed2.json"))
-    row = replay.Row("project's default: median (defaults)", "median")
-    used = [sum(t["samples"] for t in replay.replay_search(table, row, "random", s, 30)) for s in (0, 1)]
+    used = [
+        sum(t["samples"] for t in replay.replay_search(table, replay.PROJECT_DEFAULT, "tpe", s, 30)) for s in (0, 1)
+    ]
     full = 30 * table["curves"][0]["points"][-1]["samples"]
-    assert rows["project's default (median at samples), random"]["samples used % (median)"] == round(
+    assert rows["project's defaults (TPE, median at samples, skip_duplicates)"]["samples used % (median)"] == round(
         100 * sum(used) / 2 / full, 1
     )
     for method, r in rows.items():
@@ -437,6 +482,51 @@ def test_peers_on_a_committed_table(tmp_path):
         shares = [r[f"within 0.5 at {b}% (share)"] for b in peers.BUDGETS]
         assert shares == sorted(shares) and all(0 <= s <= 1 for s in shares), method
     assert (tmp_path / "peers.md").is_file() and (tmp_path / "peers.json").is_file()
-    # A peer's row is the same on every run (the script seeds the generators Syne Tune draws from).
-    asha = peers.METHODS["Syne Tune ASHA"]
-    assert asha(table, 3) == asha(table, 3)
+    # A peer's row is the same on every run (the script seeds the generators Syne Tune and Ray draw from).
+    for name in ("Syne Tune ASHA", "Ray Tune ASHA (AsyncHyperBandScheduler)", "Ray Tune HyperBandScheduler"):
+        assert peers.METHODS[name](table, 3) == peers.METHODS[name](table, 3), name
+
+
+def test_the_ray_asha_row_is_what_ray_tune_itself_does():
+    """Figure 15's Ray ASHA row drives Ray Tune's scheduler directly; Ray Tune itself (`tune.run`: its controller,
+    one trial at a time) on the same configurations and curves stops every trial at the same evaluation."""
+    pytest.importorskip("ray.tune")
+    peers = load("peers")
+    replay = load("replay")
+    table = replay.load_table(str(BENCHMARKS / "results" / "curves.json"))
+    n = 14  # trial 13 is the first to pass the first rung and stop at the second
+    live = peers.ray_live_asha(table, 0, n_trials=n)
+    assert [i for i, _ in live] == list(range(n))  # run in the order they were drawn
+    driven = peers.METHODS["Ray Tune ASHA (AsyncHyperBandScheduler)"](table, 0)[:n]
+    samples = [p["samples"] for p in table["curves"][0]["points"]]
+    assert [evaluations for _, evaluations in live] == [samples.index(t["samples"]) + 1 for t in driven]
+    assert {e for _, e in live} == {1, 4, 16}  # stopped at both rungs, and completed
+
+
+# Figure 15's documented rows (docs/benchmarks.md): per committed table, samples used % (median) and median regret
+# (points) over seeds 0-19, for the project's defaults, the nearest peers and the strongest candidate default.
+DOCUMENTED_PEERS = {
+    "project's defaults (TPE, median at samples, skip_duplicates)": ((30.6, 0.46), (34.2, 0.34), (40.8, 0.0)),
+    "project's defaults without skip_duplicates (TPE)": ((49.2, 0.23), (52.7, 0.34), (62.3, 0.0)),
+    "Syne Tune ASHA": ((30.2, 0.46), (38.8, 0.0), (58.5, 0.0)),
+    "Ray Tune ASHA (AsyncHyperBandScheduler)": ((24.7, 0.0), (32.3, 0.0), (41.5, 0.46)),
+    "candidate: TPE, ASHA's rung cut (128 samples, factor 4), skip_duplicates": (
+        (18.9, 0.23),
+        (23.5, 0.69),
+        (34.8, 0.0),
+    ),
+}
+
+
+def test_the_documented_peer_rows_of_each_committed_table():
+    """The claims of figure 15 are what the replay of each method gives on the committed tables today."""
+    pytest.importorskip("syne_tune")
+    pytest.importorskip("ray.tune")
+    peers = load("peers")
+    replay = load("replay")
+    methods = {**peers.METHODS, **peers.CANDIDATES}
+    for i, table_file in enumerate(peers.TABLES):
+        table = replay.load_table(str(BENCHMARKS / "results" / table_file))
+        rows = peers.summarize(table_file, table, list(range(20)), {m: methods[m] for m in DOCUMENTED_PEERS})
+        found = {r["method"]: (r["samples used % (median)"], r["regret median"]) for r in rows}
+        assert found == {m: rows_[i] for m, rows_ in DOCUMENTED_PEERS.items()}, table_file

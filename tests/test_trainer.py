@@ -228,7 +228,8 @@ def test_values_from_an_earlier_trial_do_not_leak(out_dir):
 
 def test_seed_is_set_before_the_model_is_built(out_dir):
     seen = SeenArgs()
-    trainer = make_trainer(out_dir, callbacks=[seen], pruner="none")
+    # skip_duplicates off: trial 1 repeats trial 0's parameters and must train to show its initial weights.
+    trainer = make_trainer(out_dir, callbacks=[seen], pruner="none", skip_duplicates=False)
     trainer.hyperparameter_search(
         hp_space=lambda t: {"seed": t.suggest_categorical("seed", [11]) if t.number < 2 else 12},
         n_trials=3,

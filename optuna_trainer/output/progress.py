@@ -231,6 +231,8 @@ class TrialProgress:
             cost.append(f"{attrs['steps']} step{'' if attrs['steps'] == 1 else 's'}")
         if attrs.get("seconds") is not None:
             cost.append(f"{float(attrs['seconds']):.1f} s")
+        if attrs.get("duplicate_of") is not None:
+            cost = [f"repeats trial {attrs['duplicate_of']}, not trained (skip_duplicates)"]
         best = "" if self.best is None else f", best {_fmt(self.best)} (trial {self.best_number})"
         logger.info(
             f"Trial {trial.number} {state}: {outcome} | {_params(trial.params)} | "

@@ -16,7 +16,12 @@ decisions depend on which trials came before), and the rows give the median and 
 
 With `samplers`, each sampler draws the trials itself, as a search would: only on a study whose searched values are
 all categorical and whose every drawn configuration has a full recorded curve (otherwise a draw has no curve to
-replay, and the row says so).
+replay, and the row says so). As a search does by default (`skip_duplicates`, search/duplicates.py), a draw that
+repeats a configuration replayed before takes that trial's evaluations, state and value and costs no sample
+(`skip_duplicates=False`: it is replayed again in full).
+
+A study's own repeats (trials with the user attribute `duplicate_of`, which trained nothing) are not replayed: they
+are copies of their twins, not measurements.
 """
 
 from __future__ import annotations
@@ -126,9 +131,9 @@ def recorded_trials(study: optuna.Study) -> list[Recorded]:
     """The study's COMPLETE and PRUNED trials with at least one reported evaluation, in their order."""
     out = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
-        if not t.intermediate_values:
-            continue
         attrs = read(t)
+        if not t.intermediate_values or attrs.get("duplicate_of") is not None:
+            continue
         per_step = float(attrs.get("samples_per_step") or 1)
         per_key = per_step / float(attrs.get("budget_per_step") or per_step)
         curve = tuple(sorted(t.intermediate_values.items()))
@@ -216,21 +221,37 @@ def replay_sampler(
     pruner_spec: Any,
     n_trials: int,
     best_number: int | None,
+    skip_duplicates: bool = True,
 ) -> Replay:
-    """A search of `n_trials` drawn by the sampler from the recorded configurations (full curves only)."""
+    """A search of `n_trials` drawn by the sampler from the recorded configurations (full curves only); with
+    `skip_duplicates`, a repeated draw takes its twin's result at no cost, as the search does."""
     by_params = {tuple(sorted(t.params.items())): t for t in trials if t.full}
     study = _quiet_study(direction, build_pruner(pruner_spec), build_sampler(sampler_spec))
     replay = Replay()
+    replayed: dict[tuple[Any, ...], optuna.trial.FrozenTrial] = {}
     draws = 0
     while replay.pruned + replay.completed + replay.cut_short < n_trials and draws < 20 * n_trials:
         draws += 1
         trial = study.ask(dict[str, BaseDistribution](space))
-        recorded = by_params.get(tuple(sorted(trial.params.items())))
+        key = tuple(sorted(trial.params.items()))
+        recorded = by_params.get(key)
         if recorded is None:
             replay.unrecorded += 1
             study.tell(trial, state=TrialState.FAIL)
             continue
+        twin = replayed.get(key) if skip_duplicates else None
+        if twin is not None:
+            for step, value in sorted(twin.intermediate_values.items()):
+                trial.report(value, step)
+            if twin.state == TrialState.PRUNED:
+                replay.pruned += 1
+                study.tell(trial, state=TrialState.PRUNED)
+            else:
+                replay.completed += 1
+                study.tell(trial, twin.value)
+            continue
         _replay_one(study, trial, recorded, replay, best_number)
+        replayed[key] = study.trials[trial.number]
     return replay
 
 
@@ -241,10 +262,11 @@ def simulate(
     samplers: Sequence[Any] = (),
     seeds: int = 10,
     n_trials: int | None = None,
+    skip_duplicates: bool = True,
 ) -> dict[str, Any]:
     """Replay `study` under each pruner (in the study's order, plus `orders` random orders) and, on a recorded
-    categorical space, under each sampler x pruner over `seeds` seeds. Returns the rows (dicts) and what they are
-    measured against."""
+    categorical space, under each sampler x pruner over `seeds` seeds (a repeated draw free with `skip_duplicates`).
+    Returns the rows (dicts) and what they are measured against."""
     if len(study.directions) > 1:
         raise ValueError(f"study {study.study_name!r} has several objectives: its trials are never pruned")
     trials = recorded_trials(study)
@@ -292,6 +314,7 @@ def simulate(
                             spec,
                             n_trials or len(trials),
                             best.number if best else None,
+                            skip_duplicates,
                         )
                     )
                 rows.append(row)
@@ -317,6 +340,8 @@ def _best_of(trials: Sequence[Recorded], direction: str) -> Recorded | None:
 
 
 def _seeded(spec: Any, seed: int) -> Any:
+    if isinstance(spec, optuna.samplers.BaseSampler):
+        return spec  # an object is used as given (its own seed)
     if isinstance(spec, dict):
         return {**spec, "seed": seed}
     return {"name": spec, "seed": seed}

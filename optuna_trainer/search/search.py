@@ -224,7 +224,8 @@ class Search:
         run = TrialRun(self.context, trial)
         outcome = run.execute()
         try:
-            if outcome.state == TrialState.COMPLETE:
+            # A repeat (skip_duplicates) trained nothing: its twin's model was offered when the twin finished.
+            if outcome.state == TrialState.COMPLETE and outcome.duplicate_of is None:
                 try:
                     self.offer_best(outcome)
                 except (Exception, KeyboardInterrupt) as err:

@@ -179,7 +179,8 @@ class ControlSettings:
         gc_after_trial: a full garbage collection after every trial (off by default: each trial already releases
             its memory, training/memory.py, and a full collection costs 0.2-1 s with torch loaded).
         show_progress_bar: the trials' progress bar (off under the launcher, which shows one for the study).
-        save_best_model / search_report / continue_on_oom / oom_infeasible / isolate_trials / enqueue_arguments: the
+        save_best_model / search_report / continue_on_oom / oom_infeasible / isolate_trials / enqueue_arguments /
+            skip_duplicates: the
             search fields of those names.
         target_value / trials_without_improvement: stop rules (search/control.py).
     """
@@ -196,6 +197,7 @@ class ControlSettings:
     oom_infeasible: bool = True
     isolate_trials: bool = False
     enqueue_arguments: bool = False
+    skip_duplicates: bool = True
     target_value: float | None = None
     trials_without_improvement: int | None = None
 
@@ -236,6 +238,7 @@ class SearchSettings:
             "prune_metric": self._pruned_on(),
             "prune_step": self.pruning.budget_description,
             "stop_when": self._stop_rules(),
+            "duplicates": self._duplicates(),
             "on_oom": self._out_of_memory(),
             **(
                 {"isolation": "each trial in a fresh child process (isolate_trials)"} if control.isolate_trials else {}
@@ -244,6 +247,14 @@ class SearchSettings:
             "study_name": self.storage.study_name,
             **({"artifacts": self._artifacts()} if self.storage.artifacts is not None else {}),
         }
+
+    def _duplicates(self) -> str:
+        control = self.control
+        if not control.skip_duplicates:
+            return "every trial trains, repeats too (skip_duplicates=false)"
+        if control.isolate_trials:
+            return "every trial trains, repeats too (isolate_trials: a trial's process sees no study to find its twin)"
+        return "a repeat of a finished trial's parameters takes its result, untrained (skip_duplicates)"
 
     def _artifacts(self) -> str:
         assert self.storage.artifacts is not None
@@ -505,6 +516,7 @@ def resolve_control_settings(
         oom_infeasible=fields["oom_infeasible"],
         isolate_trials=fields["isolate_trials"],
         enqueue_arguments=fields["enqueue_arguments"],
+        skip_duplicates=fields["skip_duplicates"],
         target_value=fields["target_value"],
         trials_without_improvement=fields["trials_without_improvement"],
     )

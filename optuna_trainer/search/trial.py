@@ -4,7 +4,9 @@ A `TrialRun` gets a frozen `TrialContext` (what every trial of the search reads)
 (value, state, run directory, the best evaluation's weights); it never reaches back into the search. The search
 (search/search.py) applies what follows from the outcome: the best model, a requeue, the deletion of checkpoints.
 
-- prepare: suggest the trial's values, find its resume point (a trial re-queued after its worker died), build its
+- repeat (`skip_duplicates`): a trial whose values repeat a finished trial's takes that trial's result and ends
+  without training (search/duplicates.py);
+- prepare: find its resume point (a trial re-queued after its worker died), build its
   arguments from the user's and bind them to the trainer, give it its model factory and its callbacks;
 - run: train, evaluate once if training never did, score (the best evaluation whose weights are kept);
 - close: record the trial's attributes, take the callbacks off, release its memory.
@@ -25,11 +27,12 @@ from typing import TYPE_CHECKING, Any, cast
 
 import optuna
 import torch
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, number_of_arguments
 
-from optuna_trainer.arguments import output_dir_of, trial_arguments
+from optuna_trainer.arguments import SEARCH_FIELDS, output_dir_of, trial_arguments
+from optuna_trainer.search.duplicates import copy_evaluations, find_twin, training_digest
 from optuna_trainer.search.resume import ResumePoint, find_resume_point, logged_evaluations
 from optuna_trainer.space.budget import align_evaluations, samples_per_step
 from optuna_trainer.space.objective import Objective, ObjectiveValue, is_finite
@@ -95,6 +98,8 @@ class TrialOutcome:
             no best model is kept.
         samples_per_step: training samples per optimizer step (the best model's record names its samples).
         uploads: with an artifact store, what holds the trial's checkpoint there (removed when the trial ends).
+        duplicate_of: the number of the finished trial whose result this one repeats without training
+            (search/duplicates.py), or None.
     """
 
     number: int
@@ -106,6 +111,7 @@ class TrialOutcome:
     best_weights: BestWeightsCallback | None = None
     samples_per_step: int | None = None
     uploads: CheckpointUploadCallback | None = None
+    duplicate_of: int | None = None
 
     @property
     def interrupted(self) -> bool:
@@ -167,10 +173,24 @@ class TrialRun:
         self.guard: NonFiniteLossCallback | None = None
         self.best_weights: BestWeightsCallback | None = None
         self.uploads: CheckpointUploadCallback | None = None
+        self.twin: FrozenTrial | None = None
 
     def execute(self) -> TrialOutcome:
         """Prepare and run the trial; an error is recorded on the trial and returned in the outcome, not raised."""
         try:
+            self.values = self.suggest()
+            digest = training_digest(self.context.base_args, SEARCH_FIELDS)
+            attrs.write(self.trial, training_digest=digest)
+            # Only values that all come from the trial's suggestions identify what it trains: a callable space may
+            # return values of its own (a constant, something derived), which the study does not record.
+            if self.settings.control.skip_duplicates and self.values == self.trial.params:
+                self.twin = self.coordinator.share(
+                    find_twin(self.context.study, self.trial, digest)
+                    if self.coordinator.is_main and self.context.study is not None
+                    else None
+                )
+                if self.twin is not None:
+                    return self.repeat(self.twin)
             self.prepare()
             return self.outcome(TrialState.COMPLETE, value=self.run())
         except optuna.TrialPruned as pruned:
@@ -181,6 +201,31 @@ class TrialRun:
             return self.outcome(TrialState.PRUNED, error=pruned)
         except (Exception, KeyboardInterrupt) as err:
             return self.failed(err)
+
+    def repeat(self, twin: FrozenTrial) -> TrialOutcome:
+        """End the trial with its twin's result, untrained: the twin's evaluations, state and value."""
+        single = not self.settings.objective.multi
+        if single:
+            copy_evaluations(self.trial, twin)
+        attrs.write(self.trial, duplicate_of=twin.number, steps=0, samples=0)
+        logger.info(
+            f"Trial {self.trial.number}: the same parameters and training settings as trial {twin.number} "
+            f"({twin.state.name}); its result is repeated without training (skip_duplicates)"
+        )
+        if twin.state == TrialState.PRUNED:
+            attrs.write(
+                self.trial,
+                pruned_at_step=twin.user_attrs.get("pruned_at_step"),
+                stopped_reason=f"as trial {twin.number}: {twin.user_attrs.get('stopped_reason') or 'pruned'}",
+            )
+            error = optuna.TrialPruned(f"the same parameters as trial {twin.number}, which was pruned")
+            return TrialOutcome(
+                self.trial.number, TrialState.PRUNED, "", dict(self.values), error=error, duplicate_of=twin.number
+            )
+        value = twin.value if single else list(twin.values)
+        return TrialOutcome(
+            self.trial.number, TrialState.COMPLETE, "", dict(self.values), value=value, duplicate_of=twin.number
+        )
 
     def failed(self, err: BaseException) -> TrialOutcome:
         """The outcome of a trial that raised `err` (in training, or while the search kept its model)."""
@@ -210,7 +255,6 @@ class TrialRun:
     # ---- prepare ---------------------------------------------------------------------------------------------
 
     def prepare(self) -> None:
-        self.values = self.suggest()
         rest, adapter_values = split_peft(self.values)
         args_values, model_values = split_params(rest)
         run_name = (
@@ -387,8 +431,9 @@ class TrialRun:
 
     def close(self) -> None:
         """Record the trial's final attributes, take its callbacks off the trainer and release its memory."""
-        state = self.trainer.state
         attrs.write(self.trial, seconds=round(time.monotonic() - self.started, 3))
+        # A repeat never trained: the trainer's state is an earlier trial's.
+        state = self.trainer.state if self.twin is None else None
         recorded = attrs.read(self.trial)
         if state is not None and "steps" not in recorded:
             attrs.write(self.trial, steps=state.global_step)

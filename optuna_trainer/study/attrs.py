@@ -34,6 +34,10 @@ class TrialAttrs(TypedDict, total=False):
         infeasible: why a trial is infeasible ("out_of_memory"): it ran out of memory and is recorded PRUNED with the
             Optuna constraint of that name set to 1.0 (training/faults.py), so constraint-aware samplers avoid it.
         enqueued: "arguments" for the trial of the arguments' own values (enqueue_arguments).
+        training_digest: a hash of the training arguments the trial ran under (search/duplicates.py): a repeat of
+            its parameters under the same digest takes its result.
+        duplicate_of: the finished trial whose parameters and training settings this one repeats; it took that
+            trial's evaluations, state and value without training (skip_duplicates).
         checkpoint_artifact: with `artifact_store`, the trial's newest checkpoint in the store (`artifact_id`, `step`,
             `sha256`, `bytes`; training/checkpoint_upload.py); None once the trial ended and it was removed. A retry
             copy inherits it and resumes from it on any machine.
@@ -55,6 +59,8 @@ class TrialAttrs(TypedDict, total=False):
     fault: str
     infeasible: str
     enqueued: str
+    training_digest: str
+    duplicate_of: int
     checkpoint_artifact: dict[str, Any] | None
 
 

@@ -108,12 +108,38 @@ def test_samplers_on_a_recorded_grid():
                 intermediate_values={10: 0.4 + 0.1 * i, 20: 0.5 + 0.1 * i},
             )
         )
-    result = simulate(study, pruners=["none"], samplers=["random", "tpe"], seeds=3, n_trials=4)
+    # skip_duplicates=False: every draw replayed in full, repeats too.
+    result = simulate(study, pruners=["none"], samplers=["random", "tpe"], seeds=3, n_trials=4, skip_duplicates=False)
     rows = {(r["sampler"], r["pruner"]): r for r in result["rows"]}
     assert set(rows) == {("as recorded", "NopPruner()"), ("random", "NopPruner()"), ("tpe", "NopPruner()")}
     for key in (("random", "NopPruner()"), ("tpe", "NopPruner()")):
         assert rows[key]["replays"] == 3 and rows[key]["unrecorded draws (max)"] == 0
         assert rows[key]["samples saved % (median)"] == 0.0  # 4 full trials, every one recorded
+    # A sampler that always draws the same configuration: with skip_duplicates (the default, as a search), the 3
+    # repeats take the first draw's result and train nothing: 1 of 4 trainings.
+    same = optuna.samplers.PartialFixedSampler({"lr": 1e-3, "batch": 16}, optuna.samplers.RandomSampler(seed=0))
+    for skip, saved in ((True, 75.0), (False, 0.0)):
+        result = simulate(study, pruners=["none"], samplers=[same], seeds=1, n_trials=4, skip_duplicates=skip)
+        (row,) = [r for r in result["rows"] if r["sampler"] != "as recorded"]
+        assert row["samples saved % (median)"] == saved and row["best value (median)"] == 0.5 + 0.1 * 3
+        assert row["pruned / completed (median)"] == (0, 4)
+
+
+def test_a_studys_own_repeats_are_not_replayed():
+    """A trial with `duplicate_of` (skip_duplicates) trained nothing: it is a copy of its twin, not a curve."""
+    study = _study()
+    twin = study.trials[1]
+    study.add_trial(
+        create_trial(
+            value=twin.value,
+            params=twin.params,
+            distributions=twin.distributions,
+            intermediate_values=twin.intermediate_values,
+            user_attrs={"samples": 0, "duplicate_of": 1},
+        )
+    )
+    result = simulate(study, pruners=["none"])
+    assert (result["trials"], result["no-pruning samples"]) == (4, 120)
 
 
 def test_refusals():

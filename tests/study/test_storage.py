@@ -12,7 +12,15 @@ import pytest
 
 from optuna_trainer import OptunaTrainer, OptunaTrainingArguments
 from optuna_trainer.study.storage import mask_url, open_storage
-from tests.support import base_args, capture_logs, compute_metrics, make_dataset, require_service, tiny_model
+from tests.support import (
+    CountingModelInit,
+    base_args,
+    capture_logs,
+    compute_metrics,
+    make_dataset,
+    require_service,
+    tiny_model,
+)
 
 PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 SECRET = "s3cr3t-Pw-7f1c"  # trust authentication ignores it, so a real server accepts the URL
@@ -22,17 +30,6 @@ HP = {"learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}
 
 def HP_CALLABLE(trial):  # noqa: N802 - a constant of the tests
     return {"learning_rate": trial.suggest_float("learning_rate", 1e-4, 1e-2)}
-
-
-class _Counting:
-    """A `model_init` that counts its calls (Trainer calls it once at construction)."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    def __call__(self, trial=None):
-        self.calls += 1
-        return tiny_model(trial)
 
 
 def _trainer(out_dir, model_init=tiny_model, **overrides) -> OptunaTrainer:
@@ -176,9 +173,9 @@ class TestClearErrorsBeforeTraining:
         ],
     )
     def test_unreachable_server(self, url, out_dir):
-        model_init = _Counting()
+        model_init = CountingModelInit()
         trainer = _trainer(out_dir, model_init=model_init, storage=url)
-        calls = model_init.calls
+        calls = model_init.built
         with pytest.raises(ValueError) as info:
             trainer.hyperparameter_search(hp_space=HP)
         message = str(info.value)
@@ -186,7 +183,7 @@ class TestClearErrorsBeforeTraining:
         assert "Connection refused" in message or "connection" in message.lower()
         assert SECRET not in message and ":***@" in message
         assert SECRET not in "".join(traceback.format_exception(info.value))
-        assert model_init.calls == calls  # no trial's model was built
+        assert model_init.built == calls  # no trial's model was built
         assert not any(p.name.startswith("run-") for p in Path(out_dir).iterdir())
 
     @pytest.mark.parametrize(

@@ -276,7 +276,12 @@ def _search(out_dir, model=None, model_init=None, space=None, n_trials=3):
         model=model,
         model_init=model_init,
         args=_trainer(
-            out_dir, n_trials=n_trials, sampler={"name": "random", "seed": 0}, hp_space=space or TRAINED_HEAD_SPACE
+            out_dir,
+            n_trials=n_trials,
+            sampler={"name": "random", "seed": 0},
+            hp_space=space or TRAINED_HEAD_SPACE,
+            # Every trial trains, repeats of a configuration too: each must start from the pristine base.
+            skip_duplicates=False,
         ),
         train_dataset=TRAIN,
         eval_dataset=EVAL,
