@@ -70,7 +70,9 @@ class Recorder(TrainerCallback):
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument(
-        "--scenario", choices=["prune", "fail", "fail_nocatch", "timeout", "rank_mismatch", "launcher"], required=True
+        "--scenario",
+        choices=["prune", "fail", "fail_nocatch", "timeout", "rank_mismatch", "launcher", "repeat"],
+        required=True,
     )
     parser.add_argument("--out", required=True)
     cli = parser.parse_args()
@@ -82,7 +84,8 @@ def main() -> None:
 
     def model_init(trial: Any = None) -> BertForSequenceClassification:
         dropout = 0.1
-        if trial is not None and cli.scenario != "launcher":  # (a grid has no such key)
+        # (a grid has no such key; a repeat must be drawn from the space alone)
+        if trial is not None and cli.scenario not in ("launcher", "repeat"):
             # A parameter that only model_init suggests: every rank must get rank 0's value.
             dropout = trial.suggest_float("model_init_dropout", 0.0, 0.3)
             record["model_init"][str(trial.number)] = dropout.hex()
@@ -113,6 +116,10 @@ def main() -> None:
         # One of the workers of `optuna-trainer workers`: the launcher's storage (a journal file under --out).
         grid = {"learning_rate": {"type": "categorical", "choices": [1e-3, 2e-3, 3e-3, 4e-3]}}
         extra = dict(n_trials=4, pruner="none", hp_space=grid, sampler="grid", storage=None)
+    elif cli.scenario == "repeat":
+        # 4 random draws from 2 learning rates: at least 2 repeat an earlier trial (skip_duplicates).
+        lrs = {"learning_rate": {"type": "categorical", "choices": [1e-3, 2e-3]}}
+        extra = dict(n_trials=4, pruner="none", hp_space=lrs, sampler={"name": "random", "seed": 0})
     args = OptunaTrainingArguments(
         **base_args(
             cli.out,

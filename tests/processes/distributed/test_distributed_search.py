@@ -153,6 +153,28 @@ def test_pruned_trials_stop_every_rank_at_the_same_step(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "best_model" / "trial.json").read_text())["number"] == int(rank0["best"][0])
 
 
+def test_a_repeat_trains_on_no_rank(tmp_path: Path) -> None:
+    """skip_duplicates under DDP: rank 0 finds the twin and shares it; no rank trains the repeat, and both end the
+    search with the same BestRun."""
+    run = launch("repeat", tmp_path)
+    assert run.returncode == 0, run.output[-4000:]
+    assert_clean_end(run, rebuilt=False)
+    assert [t["state"] for t in run.trials] == ["COMPLETE"] * 4
+    first: dict[Any, dict[str, Any]] = {}
+    for trial in run.trials:
+        twin = first.setdefault(trial["params"]["learning_rate"], trial)
+        if twin is trial:
+            assert "duplicate_of" not in trial["user_attrs"]
+        else:
+            assert trial["user_attrs"]["duplicate_of"] == twin["number"] and trial["value"] == twin["value"]
+            assert trial["intermediate"] == twin["intermediate"]
+    trained = {str(t["number"]) for t in first.values()}
+    assert len(trained) == 2  # 2 configurations, 4 trials: 2 repeats
+    rank0, rank1 = run.ranks
+    assert set(rank0["stopped_at"]) == set(rank1["stopped_at"]) == trained
+    assert rank0["best"] == rank1["best"]
+
+
 def test_a_trial_failing_on_rank_1_only_fails_on_all_and_the_study_goes_on_with_catch(tmp_path: Path) -> None:
     run = launch("fail", tmp_path)
     assert run.returncode == 0, run.output[-4000:]
