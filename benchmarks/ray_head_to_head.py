@@ -25,14 +25,14 @@ Needs the `bench` extra (ray[tune], pinned).
 
 from __future__ import annotations
 
-import json
+import contextlib
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 sys.path[:0] = [
@@ -142,51 +142,49 @@ def ray_side(s: dict[str, Any], data: str) -> dict[str, Any]:
     }
 
 
-def peak_tree_rss_mib(pid: int, stop: threading.Event, peak: list[float]) -> None:
-    """Sample the resident memory of `pid` and its descendants until `stop`; keep the largest sum in `peak[0]`."""
-    import psutil
+class TreePeak:
+    """The largest sum of resident memory over a process and its descendants, sampled every 0.2 s while `watching`."""
 
-    try:
-        root = psutil.Process(pid)
-    except psutil.NoSuchProcess:
-        return
-    while not stop.is_set():
-        total = 0
+    def __init__(self) -> None:
+        self.mib = 0.0
+
+    @contextlib.contextmanager
+    def watching(self, pid: int) -> Iterator[None]:
+        stop = threading.Event()
+        sampler = threading.Thread(target=self._sample, args=(pid, stop), daemon=True)
+        sampler.start()
         try:
-            procs = [root, *root.children(recursive=True)]
+            yield
+        finally:
+            stop.set()
+            sampler.join()
+
+    def _sample(self, pid: int, stop: threading.Event) -> None:
+        import psutil
+
+        try:
+            root = psutil.Process(pid)
         except psutil.NoSuchProcess:
             return
-        for p in procs:
+        while not stop.is_set():
             try:
-                total += p.memory_info().rss
-            except psutil.Error:
-                continue
-        peak[0] = max(peak[0], total / 2**20)
-        stop.wait(0.2)
+                procs = [root, *root.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                return
+            total = 0
+            for p in procs:
+                try:
+                    total += p.memory_info().rss
+                except psutil.Error:
+                    continue
+            self.mib = max(self.mib, total / 2**20)
+            stop.wait(0.2)
 
 
 def run_one(script: str, side: str, argv: list[str], timeout: float) -> dict[str, Any]:
-    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
-        side_out = f.name
-    cmd = [sys.executable, script, "--side", side, "--side-out", side_out, *argv]
-    proc = subprocess.Popen(cmd, start_new_session=True)
-    stop, peak = threading.Event(), [0.0]
-    sampler = threading.Thread(target=peak_tree_rss_mib, args=(proc.pid, stop, peak), daemon=True)
-    sampler.start()
-    try:
-        rc = proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        sides.kill_process_tree(proc)
-        raise RuntimeError(f"side {side!r} did not finish within {timeout:.0f} s") from None
-    finally:
-        stop.set()
-        sampler.join()
-    if rc != 0:
-        raise RuntimeError(f"side {side!r} exited with {rc}: {' '.join(cmd)}")
-    with open(side_out, encoding="utf-8") as f:
-        result = json.load(f)
-    os.unlink(side_out)
-    result["peak MiB"] = peak[0]
+    peak = TreePeak()
+    result = sides.run_side(script, side, argv, timeout, while_running=peak.watching)
+    result["peak MiB"] = peak.mib
     return result
 
 

@@ -4,6 +4,7 @@ its peak resident memory is its own) under a hard timeout."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 from measure import loadavg
@@ -69,14 +71,24 @@ def two_sides(
     return a, s, results, load_before, loadavg()
 
 
-def run_side(script: str, side: str, argv: Sequence[str], timeout: float, env: dict[str, str] | None = None) -> dict:
-    """Run `script --side side` in a fresh interpreter (its own peak RSS), return what it wrote as JSON."""
+def run_side(
+    script: str,
+    side: str,
+    argv: Sequence[str],
+    timeout: float,
+    env: dict[str, str] | None = None,
+    while_running: Callable[[int], AbstractContextManager[Any]] | None = None,
+) -> dict:
+    """Run `script --side side` in a fresh interpreter (its own peak RSS), return what it wrote as JSON.
+
+    `while_running(pid)`: a context manager held while the side runs (figure 16 samples the process tree's memory)."""
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
         side_out = f.name
     cmd = [sys.executable, script, "--side", side, "--side-out", side_out, *argv]
     proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, start_new_session=True)
     try:
-        rc = proc.wait(timeout=timeout)
+        with while_running(proc.pid) if while_running is not None else contextlib.nullcontext():
+            rc = proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         kill_process_tree(proc)
         raise RuntimeError(f"side {side!r} did not finish within {timeout:.0f} s: {' '.join(cmd)}") from None
