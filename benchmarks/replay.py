@@ -192,6 +192,7 @@ def replay_search(
 
     from optuna_trainer.space.pruners import build_pruner
     from optuna_trainer.space.samplers import build_sampler
+    from optuna_trainer.study.bookkeeping import copy_evaluations
 
     space = table["meta"]["settings"]["space"]
     by_config = {recorder.config_key(c["config"]): c for c in table["curves"]}
@@ -211,8 +212,7 @@ def replay_search(
             # As the project's search/duplicates.py: the twin's evaluations, state and value; no sample trained.
             # (A trial of `out` is finished: the replay runs one trial at a time.)
             earlier = study.trials[twin]
-            for step, value in sorted(earlier.intermediate_values.items()):
-                trial.report(value, step)
+            copy_evaluations(trial, earlier)
             if earlier.state == optuna.trial.TrialState.PRUNED:
                 study.tell(trial, state=earlier.state)
             else:

@@ -40,6 +40,7 @@ from optuna.trial import TrialState
 from optuna_trainer.space.pruners import build_pruner, describe_pruner
 from optuna_trainer.space.samplers import build_sampler
 from optuna_trainer.study.attrs import read
+from optuna_trainer.study.bookkeeping import copy_evaluations
 
 logger = logging.getLogger(__name__)
 
@@ -241,8 +242,7 @@ def replay_sampler(
             continue
         twin = replayed.get(key) if skip_duplicates else None
         if twin is not None:
-            for step, value in sorted(twin.intermediate_values.items()):
-                trial.report(value, step)
+            copy_evaluations(trial, twin)
             if twin.state == TrialState.PRUNED:
                 replay.pruned += 1
                 study.tell(trial, state=TrialState.PRUNED)

@@ -10,8 +10,8 @@ cut the samples of the default 30-trial TPE search from 49-62% of the no-pruning
 
 Only a COMPLETE trial, or one PRUNED by the pruner, is a twin: a FAIL trial runs again (its failure may be
 transient) and so does one recorded infeasible (out of memory: another machine may have more). A twin must have run
-under the same training settings (`TRAINING_DIGEST`, a hash of the training arguments other than where things are
-written and how the search is run): a rerun of the study with another `num_train_epochs`, say, trains again rather
+under the same training settings (its user attribute `training_digest`: `training_digest()`, a hash of the training
+arguments other than where things are written and how the search is run): a rerun of the study with another `num_train_epochs`, say, trains again rather
 than take an earlier setting's result.
 """
 
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from collections.abc import Collection
 from dataclasses import fields
 from typing import Any
@@ -97,12 +96,4 @@ def find_twin(study: optuna.Study, trial: optuna.trial.BaseTrial, digest: str) -
     return None
 
 
-def copy_evaluations(trial: optuna.trial.BaseTrial, twin: FrozenTrial) -> None:
-    """Report the twin's evaluations to `trial` at the same steps, as if it had trained (single objective only:
-    Optuna takes no intermediate values for several)."""
-    for step, value in sorted(twin.intermediate_values.items()):
-        if math.isfinite(value):
-            trial.report(value, step)
-
-
-__all__ = ["copy_evaluations", "find_twin", "training_digest"]
+__all__ = ["find_twin", "training_digest"]

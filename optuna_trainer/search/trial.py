@@ -32,12 +32,13 @@ from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, number_of_arguments
 
 from optuna_trainer.arguments import SEARCH_FIELDS, output_dir_of, trial_arguments
-from optuna_trainer.search.duplicates import copy_evaluations, find_twin, training_digest
+from optuna_trainer.search.duplicates import find_twin, training_digest
 from optuna_trainer.search.resume import ResumePoint, find_resume_point, logged_evaluations
 from optuna_trainer.space.budget import align_evaluations, samples_per_step
 from optuna_trainer.space.objective import Objective, ObjectiveValue, is_finite
 from optuna_trainer.space.search_space import SearchSpace, check_key, check_model_keys, split_params
 from optuna_trainer.study import attrs
+from optuna_trainer.study.bookkeeping import copy_evaluations
 from optuna_trainer.training.adapters import Adapters, split_peft
 from optuna_trainer.training.best_weights import BEST_EVALUATION_DIR, BestWeightsCallback, shards_weights
 from optuna_trainer.training.binding import apply_arguments
@@ -219,13 +220,9 @@ class TrialRun:
                 stopped_reason=f"as trial {twin.number}: {twin.user_attrs.get('stopped_reason') or 'pruned'}",
             )
             error = optuna.TrialPruned(f"the same parameters as trial {twin.number}, which was pruned")
-            return TrialOutcome(
-                self.trial.number, TrialState.PRUNED, "", dict(self.values), error=error, duplicate_of=twin.number
-            )
+            return dataclasses.replace(self.outcome(TrialState.PRUNED, error=error), duplicate_of=twin.number)
         value = twin.value if single else list(twin.values)
-        return TrialOutcome(
-            self.trial.number, TrialState.COMPLETE, "", dict(self.values), value=value, duplicate_of=twin.number
-        )
+        return dataclasses.replace(self.outcome(TrialState.COMPLETE, value=value), duplicate_of=twin.number)
 
     def failed(self, err: BaseException) -> TrialOutcome:
         """The outcome of a trial that raised `err` (in training, or while the search kept its model)."""

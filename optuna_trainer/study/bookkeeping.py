@@ -1,5 +1,5 @@
 """The study's trials as the search counts them: which states are finished, how many there are, which value is
-better, and putting a trial back in the queue.
+better, putting a trial back in the queue, and a trial reporting another's evaluations (a repeat, skip_duplicates).
 
 One place for each of these rules: the loop (search/loop.py), the best model (search/search.py), the progress bar,
 the launcher and the stop rules all read them from here.
@@ -8,6 +8,7 @@ the launcher and the stop rules all read them from here.
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -164,7 +165,16 @@ def log_grid_points_never_completed(study: optuna.Study) -> None:
         )
 
 
+def copy_evaluations(trial: optuna.trial.BaseTrial, twin: optuna.trial.FrozenTrial) -> None:
+    """Report the twin's evaluations to `trial` at the same steps, as if it had trained (single objective only:
+    Optuna takes no intermediate values for several)."""
+    for step, value in sorted(twin.intermediate_values.items()):
+        if math.isfinite(value):
+            trial.report(value, step)
+
+
 __all__ = [
+    "copy_evaluations",
     "FINISHED",
     "TrialCounts",
     "best_value",
