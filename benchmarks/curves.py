@@ -9,20 +9,28 @@ same space reproduces these curves (checked by `replay.py --live`).
     python benchmarks/curves.py                      # 48 configurations, written to benchmarks/results/curves.json
     python benchmarks/curves.py --quick --out /tmp/c # CI: tiny BERT, 4 configurations
     python benchmarks/curves.py --n-train 1024 --seed 1  # a second table: curves_n1024_seed1.json
+    OMP_NUM_THREADS=1 python benchmarks/curves.py --n-train 8192 --seed 3 --shard 1/2 &  # two recorders, one
+    OMP_NUM_THREADS=1 python benchmarks/curves.py --n-train 8192 --seed 3 --shard 2/2    # core each, one file
 
 The file is written after every configuration (by rename, so a kill loses at most the one in progress) and a rerun
-records only what is missing; settings that differ from the file's are refused rather than mixed into it.
+records only what is missing; settings that differ from the file's are refused rather than mixed into it. Two
+recorders of one table (`--shard K/N`: every N-th configuration still missing) merge into the file under a lock:
+on 2 cores, two one-thread recorders record 28% more per hour than one two-thread recorder (0.68 s against 0.46 s
+for a batch-16 step, each). Each curve records the threads that trained it.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import itertools
 import json
 import os
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from typing import Any
 
 # benchmarks/ (its shared modules) and the repository root (tests.support: the tiny models and recorders)
@@ -151,13 +159,15 @@ def record_one(task: tasks.Task, s: dict[str, Any], config: dict[str, Any]) -> d
                 }
             )
 
+    import torch
+
     with tempfile.TemporaryDirectory() as out:
         args = training_arguments(s, config, out)
         trainer = quiet_trainer(Trainer, task, args, callbacks=[Recorder()])
         start = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - start
-    return {"config": config, "points": points, "seconds": round(seconds, 2)}
+    return {"config": config, "points": points, "seconds": round(seconds, 2), "threads": torch.get_num_threads()}
 
 
 def load(path: str) -> dict[str, Any] | None:
@@ -168,10 +178,45 @@ def load(path: str) -> dict[str, Any] | None:
 
 
 def save(path: str, table: dict[str, Any]) -> None:
-    tmp = f"{path}.tmp"
+    tmp = f"{path}.tmp.{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(table, f, indent=1)
     os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def locked(path: str) -> Iterator[None]:
+    """Hold the table's lock file: another recorder of the same table (`--shard`) waits to read and write it."""
+    with open(f"{path}.lock", "w", encoding="utf-8") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def add_curve(path: str, meta: dict[str, Any], curve: dict[str, Any]) -> int:
+    """Add one configuration's curve to the file as it is now (another recorder may have added its own since this
+    one read it); returns how many configurations the file holds."""
+    with locked(path):
+        table = load(path) or {"meta": meta, "curves": []}
+        if all(config_key(c["config"]) != config_key(curve["config"]) for c in table["curves"]):
+            table["curves"].append(curve)
+            save(path, table)
+        return len(table["curves"])
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    """`K/N` (1 <= K <= N): this recorder takes the K-th of every N configurations still missing."""
+    if text is None:
+        return 1, 1
+    try:
+        k, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        k = n = 0
+    if not 1 <= k <= n:
+        raise SystemExit(f"--shard: expected K/N with 1 <= K <= N, e.g. 1/2, got {text!r}")
+    return k, n
 
 
 def main() -> int:
@@ -182,7 +227,9 @@ def main() -> int:
     parser.add_argument("--limit", type=int, default=None, help="record at most this many new configurations")
     parser.add_argument("--n-train", type=int, default=None, help="training sentences (another table: 2048 default)")
     parser.add_argument("--seed", type=int, default=0, help="subsets and training seed (another table: 0 default)")
+    parser.add_argument("--shard", default=None, help="K/N: record the K-th of every N missing configurations")
     a = parser.parse_args()
+    shard, shards = parse_shard(a.shard)
     s = settings(a.quick, a.n_train, a.seed)
     os.makedirs(a.out, exist_ok=True)
     path = os.path.join(a.out, table_file(a.quick, a.n_train, a.seed))
@@ -194,25 +241,26 @@ def main() -> int:
         "command": tables.command_line(),
         "machine": measure.machine(),
     }
-    table = load(path) or {"meta": meta, "curves": []}
+    with locked(path):
+        table = load(path) or {"meta": meta, "curves": []}
     if table["meta"]["settings"] != s or table["meta"]["data"] != task.source:
         raise SystemExit(f"{path} was recorded with other settings or data; move it away to record these")
     done = {config_key(c["config"]) for c in table["curves"]}
-    todo = [c for c in configurations(s["space"]) if config_key(c) not in done][: a.limit]
+    todo = [c for c in configurations(s["space"]) if config_key(c) not in done][shard - 1 :: shards][: a.limit]
     print(
         f"{len(done)} configurations on record, {len(todo)} to record ({task.source}; {task.model_name})", flush=True
     )
+    held = len(done)
     for i, config in enumerate(todo, 1):
         curve = record_one(task, s, config)
-        table["curves"].append(curve)
-        save(path, table)
+        held = add_curve(path, meta, curve)
         final = curve["points"][-1]
         print(
             f"[{i}/{len(todo)}] {config}: final accuracy {final['accuracy']:.4f}, loss {final['loss']:.4f}, "
             f"{curve['seconds']:.1f} s",
             flush=True,
         )
-    print(f"wrote {path}: {len(table['curves'])} configurations")
+    print(f"wrote {path}: {held} configurations")
     return 0
 
 

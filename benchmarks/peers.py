@@ -323,13 +323,14 @@ class RungCutPruner:
         return _RungCut()
 
 
-def candidate_search(spec: Any) -> Callable[[dict[str, Any], int], list[Trial]]:
-    """A candidate default: TPE, skip_duplicates and the pruner `spec` (a spec, or a callable building a pruner)."""
+def candidate_search(spec: Any, **row: Any) -> Callable[[dict[str, Any], int], list[Trial]]:
+    """A candidate default: TPE, skip_duplicates and the pruner `spec` (a spec, or a callable building a pruner);
+    `row`: other `replay.Row` settings (the signal, a first trial)."""
 
     def search(table: dict[str, Any], seed: int) -> list[Trial]:
         pruner = spec() if callable(spec) else spec
         return replay.replay_search(
-            table, replay.Row("candidate", pruner, skip_duplicates=True), "tpe", seed, N_TRIALS
+            table, replay.Row("candidate", pruner, skip_duplicates=True, **row), "tpe", seed, N_TRIALS
         )
 
     return search
@@ -346,6 +347,11 @@ CANDIDATES: dict[str, Callable[[dict[str, Any], int], list[Trial]]] = {
     "candidate: TPE, ASHA's rung cut (128 samples, factor 4), skip_duplicates": candidate_search(
         lambda: RungCutPruner(128, 4)
     ),
+    "candidate: project's defaults, equal accuracies ordered by loss": candidate_search(
+        "median", signal="accuracy, ties by loss"
+    ),
+    "candidate: project's defaults, the middle of the space first": candidate_search("median", first="middle"),
+    "candidate: project's defaults, both": candidate_search("median", signal="accuracy, ties by loss", first="middle"),
 }
 
 METHODS: dict[str, Callable[[dict[str, Any], int], list[Trial]]] = {

@@ -64,7 +64,9 @@ class Row:
 
     label: str
     spec: Any  # the pruner as a user writes it in OptunaTrainingArguments
-    signal: str = "accuracy"  # "accuracy" or "loss" (prune_metric)
+    # "accuracy", "loss" (prune_metric) or "accuracy, ties by loss" (a candidate only: the pruner sees the accuracy
+    # less TIE_WEIGHT x the loss, which orders equal accuracies by their loss and never reorders unequal ones)
+    signal: str = "accuracy"
     budget: str = "samples"  # "samples" or "steps" (prune_budget)
     # "samples": every trial evaluates at the table's equal sample counts (what OptunaTrainer does with its
     # arguments' eval_steps). "fixed steps": every trial evaluates every `fixed_eval_steps(table)` optimizer steps
@@ -74,6 +76,27 @@ class Row:
     # The project's skip_duplicates (search/duplicates.py): a trial drawing the configuration of a finished trial of
     # its study takes that trial's evaluations, state and value and trains no sample. transformers' search has none.
     skip_duplicates: bool = False
+    # A candidate only: "middle", the middle value of each key's choices enqueued as the first trial (a sensible
+    # start, as the user's own values are with enqueue_arguments).
+    first: str | None = None
+
+
+# Accuracy moves by 1/436 (the dev subset) and the loss stays below 2: 1e-4 x the loss is below half a step.
+TIE_WEIGHT = 1e-4
+
+
+def pruning_value(p: dict[str, Any], signal: str) -> float:
+    """What the pruner sees of a recorded evaluation, oriented (the study maximizes)."""
+    if signal == "accuracy":
+        return float(p["accuracy"])
+    if signal == "loss":
+        return -float(p["loss"])
+    return float(p["accuracy"]) - TIE_WEIGHT * float(p["loss"])
+
+
+def middle(space: dict[str, list[Any]]) -> dict[str, Any]:
+    """The middle choice of every key (the upper one of two)."""
+    return {name: choices[len(choices) // 2] for name, choices in space.items()}
 
 
 # The project's default pruner, every trial trained: Optuna's MedianPruner keyed by training samples (figure 10's
@@ -202,6 +225,8 @@ def replay_search(
         pruner=build_pruner(row.spec),
         study_name=f"replay-{seed}",
     )
+    if row.first == "middle":
+        study.enqueue_trial(middle(space))
     out: list[dict[str, Any]] = []
     for _ in range(n_trials):
         trial = study.ask()
@@ -222,7 +247,7 @@ def replay_search(
         seen, stopped, reported = 0, False, []
         for p in evaluations(table, points, row):
             seen = p["samples"]
-            value = p["accuracy"] if row.signal == "accuracy" else -p["loss"]  # oriented: the study maximizes
+            value = pruning_value(p, row.signal)
             reported.append(p["samples"] if row.budget == "samples" else p["step"])
             trial.report(value, reported[-1])
             if trial.should_prune():

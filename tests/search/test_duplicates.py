@@ -119,6 +119,51 @@ def test_a_rerun_with_other_training_settings_trains_again(out_dir):
     assert trials[2].user_attrs["training_digest"] != trials[0].user_attrs["training_digest"]
 
 
+def test_sigterm_while_a_repeat_is_recorded_keeps_its_place_and_the_rerun_repeats_it(out_dir, monkeypatch):
+    """A scheduler's SIGTERM halfway through recording a repeat (its twin's first evaluation copied, not the rest):
+    the repeat is marked FAIL and queued again with its parameters, no finished trial changes, and the same command
+    continues the study, the queued copy again repeating its twin untrained."""
+    import signal
+
+    from optuna_trainer.search import trial as trial_module
+
+    storage = f"sqlite:///{out_dir}/study.db"
+    original = trial_module.copy_evaluations
+
+    def copy_then_sigterm(trial, twin):
+        step, value = sorted(twin.intermediate_values.items())[0]
+        trial.report(value, step)
+        signal.raise_signal(signal.SIGTERM)  # handled as Ctrl-C: KeyboardInterrupt here
+        original(trial, twin)
+
+    monkeypatch.setattr(trial_module, "copy_evaluations", copy_then_sigterm)
+    trainer, model_init, logs = search(out_dir, raises=KeyboardInterrupt, storage=storage)
+    trials = trainer.study.trials
+    *finished, interrupted, queued = trials
+    assert [t.state for t in finished] == [TrialState.COMPLETE] * len(finished) and len(firsts(finished)) == len(
+        finished
+    )
+    assert (
+        interrupted.state == TrialState.FAIL and interrupted.user_attrs["fail_reason"] == "KeyboardInterrupt: SIGTERM"
+    )
+    assert len(interrupted.intermediate_values) == 1  # cut off halfway: FAIL, so never anyone's twin
+    assert queued.state == TrialState.WAITING and queued.params == interrupted.params
+    assert queued.system_attrs["failed_trial"] == interrupted.number
+    assert "SIGTERM: stopping as on Ctrl-C" in logs.text
+    before = {t.number: (t.value, t.intermediate_values) for t in finished}
+
+    monkeypatch.setattr(trial_module, "copy_evaluations", original)
+    trainer, model_init, _ = search(out_dir, storage=storage)
+    trials = trainer.study.trials
+    assert {t.number: (t.value, t.intermediate_values) for t in trials[: len(finished)]} == before
+    assert model_init.built == 1  # nothing trained again: every later trial repeats a finished one
+    rerun = trials[queued.number]
+    twin = trials[rerun.user_attrs["duplicate_of"]]
+    assert rerun.state == TrialState.COMPLETE and rerun.params == interrupted.params
+    assert (rerun.value, rerun.intermediate_values) == (twin.value, twin.intermediate_values)
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 6
+
+
 def _finished(state, digest="d", lr=1e-3, **attrs):
     return create_trial(
         state=state,
