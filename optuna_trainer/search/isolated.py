@@ -18,6 +18,8 @@ How:
   on a `TrialProxy`, which forwards every call on the trial (`suggest_*`, `report`, `should_prune`, `set_user_attr`,
   `set_constraint`, `number`, `params`, ...) over a `Pipe` to the parent's real trial: any storage works, even an
   in-memory one, and the pruner decides in the parent as it would in-process;
+- a trial that repeats a finished trial's parameters (`skip_duplicates`) trains nothing: the parent, which holds the
+  study, records the repeat itself (`TrialRun.repeat_only`) and starts no child for it;
 - the child sends back the objective's value or the exception it raised (TrialPruned, an out-of-memory error
   recorded infeasible, a failure), and the best value and run directory it knows of (it may have written best_model/
   under the best-model file lock);

@@ -212,6 +212,12 @@ class Search:
         """The objective: one trial (search/trial.py), then what follows from its outcome."""
         assert self.context is not None  # set by run_trials
         if self._recipe is not None:
+            if self.settings.control.skip_duplicates:
+                # A repeat (search/duplicates.py) is recorded here, where the study is: no process starts for it.
+                repeated = TrialRun(self.context, trial).repeat_only()
+                if repeated is not None:
+                    self._after_trial(repeated)
+                    return repeated.result()
             # isolate_trials: the same code path below, in a fresh child process (search/isolated.py).
             try:
                 value, best = run_isolated(trial, self._recipe, (self.best.value, self.best.run_dir))

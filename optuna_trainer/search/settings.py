@@ -252,8 +252,6 @@ class SearchSettings:
         control = self.control
         if not control.skip_duplicates:
             return "every trial trains, repeats too (skip_duplicates=false)"
-        if control.isolate_trials:
-            return "every trial trains, repeats too (isolate_trials: a trial's process sees no study to find its twin)"
         return "a repeat of a finished trial's parameters takes its result, untrained (skip_duplicates)"
 
     def _artifacts(self) -> str:

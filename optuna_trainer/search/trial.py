@@ -179,19 +179,9 @@ class TrialRun:
     def execute(self) -> TrialOutcome:
         """Prepare and run the trial; an error is recorded on the trial and returned in the outcome, not raised."""
         try:
-            self.values = self.suggest()
-            digest = training_digest(self.context.base_args, SEARCH_FIELDS)
-            attrs.write(self.trial, training_digest=digest)
-            # Only values that all come from the trial's suggestions identify what it trains: a callable space may
-            # return values of its own (a constant, something derived), which the study does not record.
-            if self.settings.control.skip_duplicates and self.values == self.trial.params:
-                self.twin = self.coordinator.share(
-                    find_twin(self.context.study, self.trial, digest)
-                    if self.coordinator.is_main and self.context.study is not None
-                    else None
-                )
-                if self.twin is not None:
-                    return self.repeat(self.twin)
+            twin = self.identify()
+            if twin is not None:
+                return self.repeat(twin)
             self.prepare()
             return self.outcome(TrialState.COMPLETE, value=self.run())
         except optuna.TrialPruned as pruned:
@@ -202,6 +192,37 @@ class TrialRun:
             return self.outcome(TrialState.PRUNED, error=pruned)
         except (Exception, KeyboardInterrupt) as err:
             return self.failed(err)
+
+    def identify(self) -> FrozenTrial | None:
+        """Suggest the trial's values and record what it trains (`training_digest`); returns the finished trial whose
+        result it repeats (skip_duplicates), or None."""
+        self.values = self.suggest()
+        digest = training_digest(self.context.base_args, SEARCH_FIELDS)
+        attrs.write(self.trial, training_digest=digest)
+        # Only values that all come from the trial's suggestions identify what it trains: a callable space may
+        # return values of its own (a constant, something derived), which the study does not record.
+        if self.settings.control.skip_duplicates and self.values == self.trial.params:
+            self.twin = self.coordinator.share(
+                find_twin(self.context.study, self.trial, digest)
+                if self.coordinator.is_main and self.context.study is not None
+                else None
+            )
+        return self.twin
+
+    def repeat_only(self) -> TrialOutcome | None:
+        """The trial's outcome if it repeats a finished trial, else None, training nothing either way.
+
+        For `isolate_trials`: the search's process, which holds the study, records a repeat itself and starts a
+        trial's process only for a trial that trains (that process suggests the same values again: a trial's
+        suggestions are recorded on it)."""
+        try:
+            twin = self.identify()
+            outcome = None if twin is None else self.repeat(twin)
+        except (Exception, KeyboardInterrupt) as err:
+            outcome = self.failed(err)
+        if outcome is not None:
+            attrs.write(self.trial, seconds=round(time.monotonic() - self.started, 3))
+        return outcome
 
     def repeat(self, twin: FrozenTrial) -> TrialOutcome:
         """End the trial with its twin's result, untrained: the twin's evaluations, state and value."""

@@ -25,6 +25,7 @@ from optuna_trainer import OptunaTrainer, OptunaTrainingArguments
 from optuna_trainer.search.isolated import TrialProxy
 from tests.support import (
     base_args,
+    capture_logs,
     compute_metrics,
     kill_process_tree,
     make_dataset,
@@ -176,6 +177,47 @@ class TestIsolated:
         assert sorted(trial.intermediate_values) == [8, 16, 24, 32]  # samples seen: step x batch 8
         assert trial.user_attrs["steps"] == 4
         assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the user's model untouched
+
+    def test_a_repeat_is_recorded_by_the_search_process_and_starts_no_trial_process(self, tmp_path, monkeypatch):
+        # skip_duplicates (the default) under isolation: the search's process holds the study, finds the twin and
+        # records the repeat itself; a trial's process starts only for a trial that trains.
+        from optuna_trainer.search import search as search_module
+
+        started: list[int] = []
+        original = search_module.run_isolated
+
+        def counting(trial, *args):
+            started.append(trial.number)
+            return original(trial, *args)
+
+        monkeypatch.setattr(search_module, "run_isolated", counting)
+        trainer = make_trainer(
+            tmp_path,
+            hp_space={"seed": {"type": "categorical", "choices": [0, 3]}},  # CrashAt leaves seeds 0 and 3 alone
+            sampler={"name": "random", "seed": 0},
+            n_trials=5,
+        )
+        with capture_logs("optuna_trainer") as logs:
+            trainer.hyperparameter_search(show_progress_bar=False)
+        trials = trainer.study.trials
+        assert [t.state for t in trials] == [TrialState.COMPLETE] * 5
+        firsts: dict[int, optuna.trial.FrozenTrial] = {}
+        for t in trials:
+            firsts.setdefault(t.params["seed"], t)
+        assert len(firsts) == 2 and started == sorted(t.number for t in firsts.values())
+        for t in trials:
+            twin = firsts[t.params["seed"]]
+            if t.number == twin.number:
+                assert "duplicate_of" not in t.user_attrs and t.user_attrs["steps"] == 4
+                continue
+            assert t.user_attrs["duplicate_of"] == twin.number
+            assert (t.value, t.intermediate_values) == (twin.value, twin.intermediate_values)
+            assert t.user_attrs["samples"] == 0 and t.user_attrs["steps"] == 0
+            # Both processes hash the same training settings: the child's record matches the parent's.
+            assert t.user_attrs["training_digest"] == twin.user_attrs["training_digest"]
+            assert not (tmp_path / "out" / f"run-{t.number}").exists()
+        assert "a repeat of a finished trial's parameters takes its result, untrained" in logs.text
+        assert trainer.model is not None  # the parent's trainer untouched
 
     @pytest.mark.timeout(600)
     def test_parent_memory_stays_flat_over_20_trials_that_leak(self, tmp_path):
