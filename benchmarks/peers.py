@@ -327,6 +327,38 @@ class RungCutPruner:
         return _RungCut()
 
 
+class StepQuantilePruner:
+    """A candidate only (`--candidates`), not part of the library: prune a trial whose best value so far is below the
+    `percentile` of the values every other trial reported at the same step, pruned trials included, once at least
+    `n_min_trials` did. Optuna's PercentilePruner compares with COMPLETE trials only and waits for n_startup_trials
+    of them; this starts after `n_min_trials` trials reached the step, as ASHA's rung cut counts stopped trials, and
+    decides at every evaluation, as the median pruner does."""
+
+    def __new__(cls, percentile: float, n_min_trials: int) -> Any:
+        import numpy as np
+        import optuna
+
+        class _StepQuantile(optuna.pruners.BasePruner):
+            def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+                step = trial.last_step
+                if step is None:
+                    return False
+                states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+                others = [
+                    t.intermediate_values[step]
+                    for t in study.get_trials(deepcopy=False, states=states)
+                    if step in t.intermediate_values and t.number != trial.number
+                ]
+                if len(others) < n_min_trials:
+                    return False
+                values = list(trial.intermediate_values.values())
+                if study.direction == optuna.study.StudyDirection.MAXIMIZE:
+                    return bool(max(values) < np.percentile(others, percentile))
+                return bool(min(values) > np.percentile(others, 100 - percentile))
+
+        return _StepQuantile()
+
+
 def candidate_search(spec: Any, **row: Any) -> Callable[[dict[str, Any], int], list[Trial]]:
     """A candidate default: TPE, skip_duplicates and the pruner `spec` (a spec, or a callable building a pruner);
     `row`: other `replay.Row` settings (the signal, a first trial)."""
@@ -356,6 +388,9 @@ CANDIDATES: dict[str, Callable[[dict[str, Any], int], list[Trial]]] = {
     ),
     "candidate: project's defaults, the middle of the space first": candidate_search("median", first="middle"),
     "candidate: project's defaults, both": candidate_search("median", signal="accuracy, ties by loss", first="middle"),
+    "candidate: TPE, below the 35th percentile of every trial at the step (2 others), skip_duplicates": (
+        candidate_search(lambda: StepQuantilePruner(35.0, 2))
+    ),
 }
 
 METHODS: dict[str, Callable[[dict[str, Any], int], list[Trial]]] = {

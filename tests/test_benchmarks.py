@@ -561,6 +561,11 @@ DOCUMENTED_PEERS = {
         (23.5, 0.69),
         (34.8, 0.0),
     ),
+    "candidate: TPE, below the 35th percentile of every trial at the step (2 others), skip_duplicates": (
+        (28.9, 0.0),
+        (33.3, 0.0),
+        (42.7, 0.0),
+    ),
 }
 
 
