@@ -561,6 +561,8 @@ DOCUMENTED_PEERS = {
         (23.5, 0.69),
         (34.8, 0.0),
     ),
+    "candidate: project's defaults, equal accuracies ordered by loss": ((28.9, 0.46), (33.3, 0.34), (36.2, 0.46)),
+    "candidate: project's defaults, the middle of the space first": ((31.4, 0.0), (35.6, 0.0), (41.7, 0.0)),
     "candidate: TPE, below the 35th percentile of every trial at the step (2 others), skip_duplicates": (
         (28.9, 0.0),
         (33.3, 0.0),
