@@ -216,6 +216,7 @@ class TestIsolated:
             # Both processes hash the same training settings: the child's record matches the parent's.
             assert t.user_attrs["training_digest"] == twin.user_attrs["training_digest"]
             assert not (tmp_path / "out" / f"run-{t.number}").exists()
+            assert f"repeats trial {twin.number}, not trained (skip_duplicates)" in logs.text
         assert "a repeat of a finished trial's parameters takes its result, untrained" in logs.text
         assert trainer.model is not None  # the parent's trainer untouched
 
