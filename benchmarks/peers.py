@@ -28,6 +28,7 @@ within the budget).
     python benchmarks/peers.py              # the three committed tables, 20 seeds
     python benchmarks/peers.py --seeds 5    # fewer seeds
     python benchmarks/peers.py --held-out   # the held-out fourth table alone (peers_held_out.md)
+    python benchmarks/peers.py --candidates --first-seed 20  # the candidates too, on seeds 20-39
 
 Needs `pip install "optuna-trainer[bench]"` (syne-tune and ray[tune], pinned). The live head-to-head against
 transformers' Ray backend is benchmarks/ray_head_to_head.py (figure 16).
@@ -327,38 +328,6 @@ class RungCutPruner:
         return _RungCut()
 
 
-class StepQuantilePruner:
-    """A candidate only (`--candidates`), not part of the library: prune a trial whose best value so far is below the
-    `percentile` of the values every other trial reported at the same step, pruned trials included, once at least
-    `n_min_trials` did. Optuna's PercentilePruner compares with COMPLETE trials only and waits for n_startup_trials
-    of them; this starts after `n_min_trials` trials reached the step, as ASHA's rung cut counts stopped trials, and
-    decides at every evaluation, as the median pruner does."""
-
-    def __new__(cls, percentile: float, n_min_trials: int) -> Any:
-        import numpy as np
-        import optuna
-
-        class _StepQuantile(optuna.pruners.BasePruner):
-            def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
-                step = trial.last_step
-                if step is None:
-                    return False
-                states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-                others = [
-                    t.intermediate_values[step]
-                    for t in study.get_trials(deepcopy=False, states=states)
-                    if step in t.intermediate_values and t.number != trial.number
-                ]
-                if len(others) < n_min_trials:
-                    return False
-                values = list(trial.intermediate_values.values())
-                if study.direction == optuna.study.StudyDirection.MAXIMIZE:
-                    return bool(max(values) < np.percentile(others, percentile))
-                return bool(min(values) > np.percentile(others, 100 - percentile))
-
-        return _StepQuantile()
-
-
 def candidate_search(spec: Any, **row: Any) -> Callable[[dict[str, Any], int], list[Trial]]:
     """A candidate default: TPE, skip_duplicates and the pruner `spec` (a spec, or a callable building a pruner);
     `row`: other `replay.Row` settings (the signal, a first trial)."""
@@ -389,7 +358,7 @@ CANDIDATES: dict[str, Callable[[dict[str, Any], int], list[Trial]]] = {
     "candidate: project's defaults, the middle of the space first": candidate_search("median", first="middle"),
     "candidate: project's defaults, both": candidate_search("median", signal="accuracy, ties by loss", first="middle"),
     "candidate: TPE, below the 35th percentile of every trial at the step (2 others), skip_duplicates": (
-        candidate_search(lambda: StepQuantilePruner(35.0, 2))
+        candidate_search({"name": "step_percentile", "percentile": 35.0, "n_min_trials": 2})
     ),
 }
 
@@ -459,6 +428,9 @@ def summarize(
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=20)
+    parser.add_argument(
+        "--first-seed", type=int, default=0, help="seeds first_seed..first_seed+seeds-1 (20: the other seeds)"
+    )
     parser.add_argument("--tables", nargs="*", default=None, help=f"default: {' '.join(TABLES)}")
     parser.add_argument("--held-out", action="store_true", help=f"{HELD_OUT} alone, the held-out check")
     parser.add_argument("--out", default=tables.DEFAULT_OUT)
@@ -476,16 +448,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rows = []
     for name in [HELD_OUT] if a.held_out else a.tables or TABLES:
         table = replay.load_table(os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", name))
-        rows += summarize(name, table, list(range(a.seeds)), methods)
+        rows += summarize(name, table, list(range(a.first_seed, a.first_seed + a.seeds)), methods)
     tables.write_table(
         a.out,
-        NAME + ("_held_out" if a.held_out else "") + ("_candidates" if a.candidates else ""),
+        NAME
+        + ("_held_out" if a.held_out else "")
+        + ("_candidates" if a.candidates else "")
+        + (f"_from_seed{a.first_seed}" if a.first_seed else ""),
         "Peers on the recorded curves: samples used, regret and anytime regret at 30 trials",
         COLUMNS,
         rows,
         {"command": tables.command_line()},
         [
-            f"{N_TRIALS} trials on one worker, seeds 0-{a.seeds - 1}; regret in points of final accuracy below the "
+            f"{N_TRIALS} trials on one worker, seeds {a.first_seed}-{a.first_seed + a.seeds - 1}; regret in points of final accuracy below the "
             "table's best configuration; a stopped trial's accuracy does not count",
             "project's default: TPE, MedianPruner (n_startup_trials=5, n_warmup_steps=0) keyed by training samples, "
             "skip_duplicates; Syne Tune: its baselines' defaults (grace period 1 evaluation, reduction factor 3); Ray "

@@ -11,6 +11,7 @@ from optuna_trainer.space.objective import Objective
 from optuna_trainer.space.pruners import PRUNERS, build_pruner
 from optuna_trainer.space.samplers import SAMPLERS, build_sampler
 from optuna_trainer.space.search_space import DEFAULT_HP_SPACE, SearchSpace
+from optuna_trainer.space.step_percentile import StepPercentilePruner
 from optuna_trainer.trainer import OptunaSearchMixin, OptunaTrainer, with_optuna_search
 from optuna_trainer.training.callbacks import NonFiniteLossCallback, OptunaPruningCallback
 
@@ -32,6 +33,7 @@ __all__ = [
     "OptunaTrainer",
     "OptunaTrainingArguments",
     "SearchSpace",
+    "StepPercentilePruner",
     "TrialOutOfMemoryError",
     "__version__",
     "build_pruner",

@@ -1,4 +1,5 @@
-"""Pruners by name: ``"median"``, ``{"name": "patient", "patience": 2, "wrapped": {"name": "median"}}``, ``"none"``."""
+"""Pruners by name: ``"median"``, ``{"name": "patient", "patience": 2, "wrapped": {"name": "median"}}``, ``"none"``,
+and this package's ``"step_percentile"`` (space/step_percentile.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 import optuna
 
 from optuna_trainer.space._registry import construct, parse_named_spec
+from optuna_trainer.space.step_percentile import StepPercentilePruner
 
 PRUNERS: dict[str, type[optuna.pruners.BasePruner]] = {
     "median": optuna.pruners.MedianPruner,
@@ -17,6 +19,7 @@ PRUNERS: dict[str, type[optuna.pruners.BasePruner]] = {
     "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
     "threshold": optuna.pruners.ThresholdPruner,
     "wilcoxon": optuna.pruners.WilcoxonPruner,
+    "step_percentile": StepPercentilePruner,
     "none": optuna.pruners.NopPruner,
 }
 # Optuna's own default (MedianPruner(n_startup_trials=5, n_warmup_steps=0)); printed at every search start, since
@@ -70,6 +73,7 @@ def check_resources(name: str, kwargs: dict[str, Any]) -> None:
 _SHOWN_DEFAULTS = {
     "median": ("n_startup_trials", "n_warmup_steps", "interval_steps"),
     "percentile": ("n_startup_trials", "n_warmup_steps", "interval_steps"),
+    "step_percentile": ("percentile", "n_min_trials"),
 }
 
 

@@ -143,7 +143,7 @@ def test_threshold_and_ready_object():
     [
         (
             "medain",
-            r"pruner: unknown name 'medain'; valid names: \['hyperband', 'median', 'none', 'patient', 'percentile', 'successive_halving', 'threshold', 'wilcoxon'\]",
+            r"pruner: unknown name 'medain'; valid names: \['hyperband', 'median', 'none', 'patient', 'percentile', 'step_percentile', 'successive_halving', 'threshold', 'wilcoxon'\]",
         ),
         (
             {"name": "median", "n_startup": 3},
