@@ -98,7 +98,7 @@ class SimulateArguments:
         metadata={
             "help": "Pruners to replay, each a name or a JSON spec as in the pruner field, e.g. median "
             '\'{"name": "percentile", "percentile": 25}\'. When left out: none, median, median with 5 startup trials '
-            "and 2 warm-up evaluations, percentile 25, successive_halving, hyperband."
+            "and 2 warm-up evaluations, percentile 25, step_percentile, successive_halving, hyperband."
         },
     )
     orders: int = field(

@@ -49,6 +49,7 @@ DEFAULT_PRUNERS: tuple[Any, ...] = (
     "median",
     {"name": "median", "n_startup_trials": 5, "n_warmup_steps": 2},
     {"name": "percentile", "percentile": 25.0},
+    "step_percentile",
     "successive_halving",
     "hyperband",
 )

@@ -88,6 +88,15 @@ def test_figures_by_hand():
     assert "ThresholdPruner(lower=0.65)" in text
 
 
+def test_the_default_pruners_include_step_percentile():
+    result = simulate(_study())  # the default list, as `optuna-trainer simulate` without --pruners
+    row = _row(result, "StepPercentilePruner(percentile=35.0, n_min_trials=2)")
+    # Trials 0 and 1 run before 2 others reported a step; trial 2 is below the 35th percentile of 0.5 and 0.6
+    # (0.535) at 10, trial 3 below that of 0.4, 0.5 and 0.6 (0.47), pruned ones counted: 30 + 30 + 10 + 10.
+    assert row["samples saved % (median)"] == pytest.approx(100 * (1 - 80 / 120))
+    assert row["pruned / completed (median)"] == (2, 2) and row["best value (median)"] == 0.8
+
+
 def test_random_orders_give_a_spread():
     result = simulate(_study(), pruners=[{"name": "median", "n_startup_trials": 1}], orders=7)
     (row,) = result["rows"]
