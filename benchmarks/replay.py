@@ -464,6 +464,10 @@ LIVE_CASES = [
     # The project's defaults with repeats: more trials than the quick table's 4 configurations repeat some, and the
     # live search must take each repeat's result from its twin, untrained, as the replay does.
     (PROJECT_DEFAULT, "random", 0),
+    # This package's step_percentile (figure 15's candidate), on the loss (the quick curves sit at the majority class):
+    # with seed 4 it prunes the third and fourth trials at their first evaluation, two trials having reported it,
+    # and two repeats of a pruned trial follow.
+    (Row("step_percentile (defaults)", "step_percentile", "loss", skip_duplicates=True), "random", 4),
 ]
 
 

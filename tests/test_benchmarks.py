@@ -185,6 +185,11 @@ def test_pruning_curves_replay(tmp_path):
     assert repeats["same configurations"] == repeats["same states"] == repeats["same samples seen"] == "6/6"
     assert repeats["largest accuracy gap (points)"] == 0.0
     assert sum(t["samples"] == 0 for t in repeats["live"]) >= 2
+    # The library's step_percentile in a live search prunes the trials its replay prunes, where the replay prunes.
+    (step_percentile,) = replay.live_check(curves, [5], 6, str(tmp_path / "no-sst2"))
+    assert step_percentile["same configurations"] == step_percentile["same states"] == "6/6"
+    assert step_percentile["same samples seen"] == "6/6"
+    assert sum(t["pruned"] for t in step_percentile["live"]) >= 2
     # --grid: the second grid's settings on the same curves, every one a real pruner that the replay can run.
     replay = load("replay")
     curves = replay.load_table(str(tmp_path / "curves_quick.json"))
