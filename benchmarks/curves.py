@@ -15,8 +15,9 @@ same space reproduces these curves (checked by `replay.py --live`).
 The file is written after every configuration (by rename, so a kill loses at most the one in progress) and a rerun
 records only what is missing; settings that differ from the file's are refused rather than mixed into it. Two
 recorders of one table (`--shard K/N`: every N-th configuration still missing) merge into the file under a lock:
-on 2 cores, two one-thread recorders record 28% more per hour than one two-thread recorder (0.68 s against 0.46 s
-for a batch-16 step, each). Each curve records the threads that trained it.
+on 2 cores, two one-thread recorders record 10% (batch 32) to 43% (batch 8) more per hour than one two-thread
+recorder (the 8192-sentence table: 665-715 s per configuration each, against 392-484 s one at a time). Each curve
+records the threads that trained it.
 """
 
 from __future__ import annotations
