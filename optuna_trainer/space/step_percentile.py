@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import optuna
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
@@ -61,17 +62,8 @@ class StepPercentilePruner(optuna.pruners.BasePruner):
         if len(others) < self._n_min_trials:
             return False
         if study.direction == StudyDirection.MAXIMIZE:
-            return max(own) < _percentile(others, self._percentile)
-        return min(own) > _percentile(others, 100.0 - self._percentile)
-
-
-def _percentile(values: list[float], q: float) -> float:
-    """The q-th percentile with linear interpolation between the closest ranks (numpy's default)."""
-    ordered = sorted(values)
-    position = (len(ordered) - 1) * q / 100.0
-    low = math.floor(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+            return bool(max(own) < np.percentile(others, self._percentile))
+        return bool(min(own) > np.percentile(others, 100.0 - self._percentile))
 
 
 __all__ = ["StepPercentilePruner"]
