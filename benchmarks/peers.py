@@ -4,10 +4,10 @@ defaults, side by side.
 Reads the curve tables `curves.py` recorded (every configuration of a discrete space trained to the end, evaluated
 every 128 training samples) and replays, with no training, 30-trial searches on one worker:
 
-- the project's defaults: TPE, the median pruner at equal samples and skip_duplicates (`replay.PROJECT_DEFAULT`,
-  replayed by `replay.py`'s `replay_search`: Optuna's own sampler and pruner, `report` then `should_prune` at each
-  evaluation, a repeated configuration taking its twin's result); also with random search, and without
-  skip_duplicates (the default before it);
+- the project's defaults: TPE, `StepPercentilePruner` at equal samples and skip_duplicates (`replay.PROJECT_DEFAULT`,
+  replayed by `replay.py`'s `replay_search`: Optuna's own sampler and this package's pruner, `report` then
+  `should_prune` at each evaluation, a repeated configuration taking its twin's result); also with random search;
+  and the defaults before the held-out check, the median pruner with and without skip_duplicates;
 - Syne Tune's ASHA, Hyperband (its ASHA over 3 brackets: Syne Tune 0.16 has no other Hyperband, and no DyHPO), BOHB
   (asynchronous successive halving, stopping variant, resource = evaluations, grace 1, reduction factor 3: their
   defaults) and its MedianStoppingRule over random search. Each scheduler is driven as Syne Tune's simulator drives
@@ -352,20 +352,25 @@ CANDIDATES: dict[str, Callable[[dict[str, Any], int], list[Trial]]] = {
     "candidate: TPE, ASHA's rung cut (128 samples, factor 4), skip_duplicates": candidate_search(
         lambda: RungCutPruner(128, 4)
     ),
-    "candidate: project's defaults, equal accuracies ordered by loss": candidate_search(
+    "candidate: the median defaults, equal accuracies ordered by loss": candidate_search(
         "median", signal="accuracy, ties by loss"
     ),
-    "candidate: project's defaults, the middle of the space first": candidate_search("median", first="middle"),
-    "candidate: project's defaults, both": candidate_search("median", signal="accuracy, ties by loss", first="middle"),
+    "candidate: the median defaults, the middle of the space first": candidate_search("median", first="middle"),
+    "candidate: the median defaults, both": candidate_search(
+        "median", signal="accuracy, ties by loss", first="middle"
+    ),
     "candidate: TPE, below the 35th percentile of every trial at the step (2 others), skip_duplicates": (
         candidate_search({"name": "step_percentile", "percentile": 35.0, "n_min_trials": 2})
     ),
 }
 
 METHODS: dict[str, Callable[[dict[str, Any], int], list[Trial]]] = {
-    "project's defaults (TPE, median at samples, skip_duplicates)": project_search("tpe"),
+    "project's defaults (TPE, step_percentile at samples, skip_duplicates)": project_search("tpe"),
     "project's defaults, random search": project_search("random"),
-    "project's defaults without skip_duplicates (TPE)": project_search("tpe", replay.DEFAULT_PRUNER),
+    "the defaults before the held-out check (TPE, median at samples, skip_duplicates)": project_search(
+        "tpe", replay.MEDIAN_DEFAULTS
+    ),
+    "the same without skip_duplicates (TPE)": project_search("tpe", replay.MEDIAN_PRUNER),
     "Syne Tune ASHA": syne_search("ASHA"),
     "Syne Tune Hyperband (ASHA, 3 brackets)": syne_search("Hyperband"),
     "Syne Tune BOHB": syne_search("BOHB"),

@@ -4,7 +4,8 @@ with Ray Tune's ASHA, live, side by side.
 The same model_init, data, space (`tasks.SPACE`: learning_rate log 1e-6..1e-3, weight_decay 0..0.1), `n_trials`,
 steps and evaluation schedule, objective eval_accuracy maximized:
 
-- ours: `OptunaTrainer` with the project's defaults (TPE, median pruner keyed by training samples, skip_duplicates),
+- ours: `OptunaTrainer` with the project's defaults (TPE, the default pruner keyed by training samples,
+  skip_duplicates; the median pruner until figure 15's held-out check, `step_percentile` since),
   TPE seeded, in-memory storage, no best model written;
 - Ray: `Trainer.hyperparameter_search(backend="ray")` as transformers documents it, with
   `scheduler=ASHAScheduler(metric="objective", mode="max")` (its defaults: grace period 1 report, reduction factor 4;
@@ -75,12 +76,13 @@ def ray_space(space: dict[str, dict[str, Any]]) -> Any:
 
 
 def ours(s: dict[str, Any], data: str) -> dict[str, Any]:
+    from optuna_trainer.space.pruners import DEFAULT_PRUNER
     from optuna_trainer.study.attrs import read
 
     task = tasks.make_task(s["model"], data, s["n_train"], s["n_dev"], layers=s["layers"])
     out = tempfile.mkdtemp(prefix="ray-h2h-ours-")
     start = time.perf_counter()
-    trainer = tasks.search_trainer(task, s, out, "median", [])
+    trainer = tasks.search_trainer(task, s, out, DEFAULT_PRUNER, [])
     trainer.hyperparameter_search()
     wall = time.perf_counter() - start
     trials = trainer.study.trials

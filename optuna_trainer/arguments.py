@@ -71,12 +71,13 @@ class OptunaSearchArguments:
         sampler (`str`, `dict` or `optuna.samplers.BaseSampler`, *optional*, defaults to `"tpe"`):
             One of tpe, random, grid, cmaes, bruteforce, gp, qmc, nsga2, or `{"name": ..., **kwargs}` with the
             keyword arguments of the Optuna sampler, or a sampler object.
-        pruner (`str`, `dict` or `optuna.pruners.BasePruner`, *optional*, defaults to `"median"`):
-            One of median, percentile, patient, hyperband, successive_halving, threshold, wilcoxon, none, this
-            package's step_percentile (`StepPercentilePruner(percentile=35.0, n_min_trials=2)`: a trial below that
-            percentile of every other trial at the same step, pruned ones included, see space/step_percentile.py),
-            or `{"name": ..., **kwargs}`, or a pruner object. The default is Optuna's
-            `MedianPruner(n_startup_trials=5, n_warmup_steps=0)`; give `"none"` to turn pruning off.
+        pruner (`str`, `dict` or `optuna.pruners.BasePruner`, *optional*, defaults to `"step_percentile"`):
+            One of step_percentile, median, percentile, patient, hyperband, successive_halving, threshold,
+            wilcoxon, none, or `{"name": ..., **kwargs}`, or a pruner object. The default is this package's
+            `StepPercentilePruner(percentile=35.0, n_min_trials=2)`: a trial whose best value so far is below that
+            percentile of what every other trial, pruned ones included, reported at the same step, once 2 did (see
+            space/step_percentile.py; Optuna's default `MedianPruner(n_startup_trials=5)` runs 5 trials to the end
+            before it prunes). Give `"none"` to turn pruning off.
         prune_metric (`str`, *optional*):
             The evaluation metric reported to the pruner, when it should differ from the objective: trials are then
             pruned on a finer signal (`loss`: it moves while accuracies tie on a plateau) and still selected by the
@@ -189,9 +190,10 @@ class OptunaSearchArguments:
     pruner: dict | str | optuna.pruners.BasePruner | None = field(
         default=DEFAULT_PRUNER,
         metadata={
-            "help": "Pruner: median (MedianPruner(n_startup_trials=5, n_warmup_steps=0)), percentile, "
-            "patient, hyperband, successive_halving, threshold, wilcoxon, step_percentile (this package's: the trials "
-            "at the same step, pruned ones included), none (never prune), or a JSON object, e.g. "
+            "help": "Pruner: step_percentile (StepPercentilePruner(percentile=35.0, n_min_trials=2): this package's, "
+            "a trial below the 35th percentile of every other trial at the same step, pruned ones included, once 2 "
+            "reported it), median (Optuna's MedianPruner), percentile, patient, hyperband, successive_halving, "
+            "threshold, wilcoxon, none (never prune), or a JSON object, e.g. "
             '\'{"name": "patient", "patience": 2, "wrapped": {"name": "median"}}\'.'
         },
     )

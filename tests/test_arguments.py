@@ -13,6 +13,7 @@ from transformers import HfArgumentParser, TrainingArguments
 from optuna_trainer import OptunaTrainingArguments
 from optuna_trainer.arguments import SEARCH_FIELDS, trial_arguments
 from optuna_trainer.search.settings import resolve_settings
+from optuna_trainer.space.step_percentile import StepPercentilePruner
 
 SPACE = {
     "learning_rate": {"type": "float", "low": 5e-6, "high": 5e-5, "log": True},
@@ -78,16 +79,16 @@ class TestThreeWays:
         help_text = io.StringIO()
         HfArgumentParser(OptunaTrainingArguments).print_help(help_text)
         # argparse wraps the help at the terminal's width: compare with the whitespace folded
-        assert "MedianPruner(n_startup_trials=5, n_warmup_steps=0)" in " ".join(help_text.getvalue().split())
+        assert "StepPercentilePruner(percentile=35.0, n_min_trials=2)" in " ".join(help_text.getvalue().split())
 
 
 class TestDefaults:
     def test_optuna_defaults_and_printed_settings(self, tmp_path, caplog):
         args = OptunaTrainingArguments(output_dir=str(tmp_path / "sweep-a"), report_to="none")
-        assert args.sampler == "tpe" and args.pruner == "median" and args.n_trials == 20
+        assert args.sampler == "tpe" and args.pruner == "step_percentile" and args.n_trials == 20
         settings = resolve_settings(args)
         assert isinstance(settings.space.sampler, optuna.samplers.TPESampler)
-        assert isinstance(settings.pruning.pruner, optuna.pruners.MedianPruner)
+        assert isinstance(settings.pruning.pruner, StepPercentilePruner)
         with caplog.at_level(logging.INFO, logger="optuna_trainer"):
             logging.getLogger("optuna_trainer").propagate = True
             try:
@@ -95,7 +96,7 @@ class TestDefaults:
             finally:
                 logging.getLogger("optuna_trainer").propagate = False
         text = caplog.text
-        assert "MedianPruner(n_startup_trials=5, n_warmup_steps=0, interval_steps=1)" in text
+        assert "StepPercentilePruner(percentile=35.0, n_min_trials=2)" in text
         assert "TPESampler" in text and "eval_accuracy" in text and "maximize" in text
         assert "no hp_space given: using transformers' default space" in text
         assert "optuna_study.db" in text and "sweep-a" in text  # storage and study name are shown
@@ -159,7 +160,7 @@ def test_plain_training_arguments_search_on_the_defaults(tmp_path):
         output_dir=str(tmp_path), report_to="none", learning_rate=3e-4, eval_strategy="steps", logging_steps=4
     )
     settings = resolve_settings(plain, has_compute_metrics=True)
-    assert isinstance(settings.pruning.pruner, optuna.pruners.MedianPruner) and settings.control.n_trials == 20
+    assert isinstance(settings.pruning.pruner, StepPercentilePruner) and settings.control.n_trials == 20
     trial_args = trial_arguments(plain, {"weight_decay": 0.1}, output_dir=str(tmp_path / "run-0"))
     assert type(trial_args) is TrainingArguments and trial_args is not plain
     assert trial_args.learning_rate == 3e-4 and trial_args.eval_steps == 4 and trial_args.weight_decay == 0.1

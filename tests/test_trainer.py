@@ -378,7 +378,7 @@ def test_plain_training_arguments_and_train_unchanged(out_dir):
     # A search on the plain arguments runs on the search fields' defaults and gives the same object back.
     trainer.hyperparameter_search(hp_space=LR_SPACE, n_trials=2)
     assert trainer.args is args and len(trainer.study.trials) == 2
-    assert trainer.study.pruner.__class__.__name__ == "MedianPruner"
+    assert trainer.study.pruner.__class__.__name__ == "StepPercentilePruner"
 
 
 def test_failed_trial_is_recorded_and_catch_goes_on(out_dir):

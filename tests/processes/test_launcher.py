@@ -68,6 +68,7 @@ def test_exact_budget_and_one_report(tmp_path, n_workers):
         "storage": None,
         "hp_space": grid(n_trials),
         "sampler": "grid",
+        "pruner": "none",  # every trial trains to the end: processes, not pruning, are checked here
         "n_trials": n_trials,
     }
     spec["_test"] = {"trial_sleep": 0.5}  # trials overlap across workers
@@ -107,6 +108,7 @@ def test_a_given_postgresql_storage_is_used_by_every_worker(tmp_path):
     url = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
     out = tmp_path / f"launcher-pg-{uuid.uuid4().hex[:8]}"  # the study is named after output_dir
     spec = {"output_dir": str(out), "storage": None, "hp_space": grid(4), "sampler": "grid", "n_trials": 4}
+    spec["pruner"] = "none"  # every trial trains to the end: the COMPLETE trials are the check
     spec["_test"] = {"trial_sleep": 0.5}
     log = tmp_path / "launcher.log"
     try:
@@ -135,6 +137,7 @@ def test_a_dead_worker_is_reported_and_its_trial_retried(tmp_path):
         "hp_space": grid(4),
         "sampler": "grid",
         "n_trials": 4,
+        "pruner": "none",  # every trial trains to the end: the count of COMPLETE trials is the check
         "save_strategy": "steps",
         "save_steps": 2,
         "_test": {"pause_run": "run-1", "pause_step": 4, "marker": str(marker), "record": str(record)},
@@ -177,6 +180,7 @@ def test_workers_with_isolated_trials(tmp_path):
         "storage": None,
         "hp_space": grid(4),
         "sampler": "grid",
+        "pruner": "none",  # every trial trains to the end: processes, not pruning, are checked here
         "n_trials": 4,
         "isolate_trials": True,
         "_test": {"record": str(record)},
@@ -203,6 +207,7 @@ def test_ctrl_c_stops_every_worker_and_leaves_the_study_consistent(tmp_path):
         "storage": None,
         "hp_space": grid(20),
         "sampler": "grid",
+        "pruner": "none",  # every trial trains to the end: processes, not pruning, are checked here
         "n_trials": 20,
         "_test": {"trial_sleep": 2},
     }
@@ -345,6 +350,7 @@ def test_sigterm_stops_every_worker_queues_their_trials_again_and_the_same_comma
         "storage": None,
         "hp_space": grid(12),
         "sampler": "grid",
+        "pruner": "none",  # every trial trains to the end: processes, not pruning, are checked here
         "n_trials": 12,
         "_test": {"trial_sleep": 3},  # trials RUNNING when the signal comes
     }

@@ -54,6 +54,7 @@ def test_a_search_given_sigterm_marks_its_trial_fail_and_queues_it_again_once(tm
         "hp_space": {"learning_rate": {"type": "categorical", "choices": [1e-3, 2e-3, 3e-3]}},
         "sampler": "grid",
         "n_trials": 3,
+        "pruner": "none",  # every trial trains to the end: the states are the check
         "save_strategy": "steps",
         "save_steps": 2,
         "_test": {"pause_run": "run-1", "pause_step": 2, "marker": str(marker)},

@@ -4,6 +4,7 @@ import optuna
 import pytest
 
 from optuna_trainer import OptunaTrainingArguments, SearchSpace, build_pruner, build_sampler
+from optuna_trainer.space.step_percentile import StepPercentilePruner
 
 SPACE = SearchSpace.parse(
     {
@@ -115,10 +116,11 @@ def test_pruner_by_name(name, cls):
         assert type(build_pruner(name)) is cls
 
 
-def test_default_pruner_is_optunas_median():
+def test_default_pruner_is_step_percentile_at_its_chosen_settings():
     pruner = build_pruner(None)
-    assert type(pruner) is optuna.pruners.MedianPruner
-    assert pruner._n_startup_trials == 5 and pruner._n_warmup_steps == 0
+    assert type(pruner) is StepPercentilePruner
+    # the settings figure 15 chose on three tables and the held-out table kept
+    assert pruner._percentile == 35.0 and pruner._n_min_trials == 2
 
 
 def test_patient_wraps_another():
@@ -169,8 +171,9 @@ def test_printed_settings_describe_what_each_was_built_from():
     assert describe_pruner(build_pruner(spec), spec) == (
         "PatientPruner(patience=2, wrapped=MedianPruner(n_startup_trials=1, n_warmup_steps=0, interval_steps=1))"
     )
-    assert (
-        describe_pruner(build_pruner(None)) == "MedianPruner(n_startup_trials=5, n_warmup_steps=0, interval_steps=1)"
+    assert describe_pruner(build_pruner(None)) == "StepPercentilePruner(percentile=35.0, n_min_trials=2)"
+    assert describe_pruner(build_pruner("median"), "median") == (
+        "MedianPruner(n_startup_trials=5, n_warmup_steps=0, interval_steps=1)"
     )
     assert describe_pruner(
         build_pruner({"name": "hyperband", "min_resource": 2}), {"name": "hyperband", "min_resource": 2}
