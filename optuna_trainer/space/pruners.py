@@ -34,7 +34,7 @@ def build_pruner(spec: Any) -> optuna.pruners.BasePruner:
 
     Args:
         spec: None (``step_percentile``), a name, a dict ``{"name": ..., **kwargs}``, its JSON string, or a `BasePruner`.
-            ``patient`` wraps another pruner given as ``wrapped`` (a spec itself; default ``median``).
+            ``patient`` wraps another pruner given as ``wrapped`` (a spec itself; none when left out).
     """
     if isinstance(spec, optuna.pruners.BasePruner):
         return spec
