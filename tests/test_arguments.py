@@ -100,6 +100,48 @@ class TestDefaults:
         assert "TPESampler" in text and "eval_accuracy" in text and "maximize" in text
         assert "no hp_space given: using transformers' default space" in text
         assert "optuna_study.db" in text and "sweep-a" in text  # storage and study name are shown
+        assert "defaults     sampler, pruner, prune_step, duplicates at the project's defaults" in text
+
+    @pytest.mark.parametrize(
+        "overrides,named",
+        [
+            # the main job's config spells the default pruner's settings out: still the default
+            (
+                {
+                    "sampler": {"name": "tpe", "seed": 0},
+                    "pruner": {"name": "step_percentile", "percentile": 35.0, "n_min_trials": 2},
+                },
+                "sampler, pruner, prune_step, duplicates at the project's defaults",
+            ),
+            (
+                {"sampler": "random", "pruner": "median", "skip_duplicates": False},
+                "prune_step at the project's default ",
+            ),
+            # no pruning: neither the pruner nor what it counts in is a default at work
+            ({"pruner": "none"}, "sampler, duplicates at the project's defaults"),
+            (
+                {"prune_budget": "steps", "pruner": {"name": "step_percentile", "percentile": 25.0}},
+                "sampler, duplicates at the project's defaults",
+            ),
+            (
+                {
+                    "sampler": optuna.samplers.TPESampler(seed=1),
+                    "pruner": "median",
+                    "prune_budget": "steps",
+                    "skip_duplicates": False,
+                },
+                None,
+            ),
+        ],
+    )
+    def test_printed_settings_say_which_are_the_projects_defaults(self, tmp_path, overrides, named):
+        args = OptunaTrainingArguments(output_dir=str(tmp_path), report_to="none", storage="memory", **overrides)
+        described = resolve_settings(args).describe()
+        if named is None:
+            assert "defaults" not in described  # nothing left at a default: no line
+        else:
+            assert described["defaults"].startswith(named)
+            assert list(described).index("defaults") == list(described).index("duplicates") + 1
 
     def test_call_overrides_arguments(self, tmp_path):
         args = OptunaTrainingArguments(output_dir=str(tmp_path), report_to="none", **SEARCH)

@@ -27,10 +27,10 @@ from optuna_trainer.arguments import (
 )
 from optuna_trainer.processes.worker_env import LaunchEnv
 from optuna_trainer.space._registry import parse_named_spec
-from optuna_trainer.space.budget import describe_budget
+from optuna_trainer.space.budget import DEFAULT_BUDGET, describe_budget
 from optuna_trainer.space.objective import Objective, resolve_objective, resolve_prune_signal
-from optuna_trainer.space.pruners import DEFAULT_PRUNER, build_pruner, describe_pruner
-from optuna_trainer.space.samplers import build_sampler, continued_sampler, describe_sampler
+from optuna_trainer.space.pruners import DEFAULT_PRUNER, build_pruner, describe_pruner, is_default_pruner
+from optuna_trainer.space.samplers import build_sampler, continued_sampler, describe_sampler, is_default_sampler
 from optuna_trainer.space.search_space import DEFAULT_HP_SPACE, SearchSpace, describe_hp_space
 from optuna_trainer.study.artifacts import OpenedArtifactStore, open_artifact_store
 from optuna_trainer.study.claims import ClaimLock
@@ -227,6 +227,7 @@ class SearchSettings:
     def describe(self) -> dict[str, Any]:
         """The resolved settings as plain data (printed at the start, written in the summary)."""
         objective, control = self.objective, self.control
+        defaults = self._defaults()
         return {
             "hp_space": describe_hp_space(self.space.hp_space),
             "objective": objective.source,
@@ -239,6 +240,7 @@ class SearchSettings:
             "prune_step": self.pruning.budget_description,
             "stop_when": self._stop_rules(),
             "duplicates": self._duplicates(),
+            **({"defaults": defaults} if defaults else {}),
             "on_oom": self._out_of_memory(),
             **(
                 {"isolation": "each trial in a fresh child process (isolate_trials)"} if control.isolate_trials else {}
@@ -253,6 +255,22 @@ class SearchSettings:
         if not control.skip_duplicates:
             return "every trial trains, repeats too (skip_duplicates=false)"
         return "a repeat of a finished trial's parameters takes its result, untrained (skip_duplicates)"
+
+    def _defaults(self) -> str:
+        """Which of the settings that decide what the search costs and finds were left at the project's defaults, so
+        that a log tells what was chosen for its user (on recorded curves) from what its user chose."""
+        pruning = self.pruning
+        chosen = {
+            "sampler": is_default_sampler(self.space.sampler_spec),
+            "pruner": pruning.active and is_default_pruner(pruning.pruner, pruning.pruner_spec),
+            "prune_step": pruning.active and pruning.budget == DEFAULT_BUDGET,
+            "duplicates": self.control.skip_duplicates,
+        }
+        names = [name for name, default in chosen.items() if default]
+        if not names:
+            return ""
+        plural = "s" if len(names) > 1 else ""
+        return f"{', '.join(names)} at the project's default{plural} (docs/search.md says why)"
 
     def _artifacts(self) -> str:
         assert self.storage.artifacts is not None

@@ -98,3 +98,9 @@ def describe_pruner(pruner: optuna.pruners.BasePruner, spec: Any = None) -> str:
         inner = describe_pruner(build_pruner(wrapped), wrapped) if wrapped is not None else None
         return f"PatientPruner({text}, wrapped={inner})"
     return f"{type(pruner).__name__}({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
+
+
+def is_default_pruner(pruner: optuna.pruners.BasePruner, spec: Any = None) -> bool:
+    """Whether `pruner`, built from `spec`, is the default, also when its default settings were spelt out (the main
+    job's config does). A pruner object the user built is never called the default: its settings cannot be read."""
+    return describe_pruner(pruner, spec) == describe_pruner(build_pruner(DEFAULT_PRUNER), DEFAULT_PRUNER)

@@ -78,6 +78,17 @@ def describe_sampler(
     return f"{type(sampler).__name__}({', '.join(f'{k}={v!r}' for k, v in sorted(kwargs.items()))})"
 
 
+def is_default_sampler(spec: Any) -> bool:
+    """Whether `spec` is the default sampler with at most its seed set (a seed changes the draws, not the method). A
+    sampler object the user built is never called the default: its settings cannot be read."""
+    if spec is None:
+        return True
+    if isinstance(spec, optuna.samplers.BaseSampler):
+        return False
+    name, kwargs = parse_named_spec(spec, "sampler", DEFAULT_SAMPLER)
+    return name == DEFAULT_SAMPLER and set(kwargs) <= {"seed"}
+
+
 def continued_sampler(
     spec: Any, search_space: SearchSpace | None, existing_trials: int
 ) -> optuna.samplers.BaseSampler | None:

@@ -189,3 +189,41 @@ def test_printed_settings_describe_what_each_was_built_from():
     assert describe_sampler(build_sampler("grid", space), "grid", space) == "GridSampler(grid_points=6)"
     grid = {"name": "grid", "search_space": {"x": [1, 2, 3, 4]}}
     assert describe_sampler(build_sampler(grid), grid) == "GridSampler(grid_points=4)"
+
+
+@pytest.mark.parametrize(
+    "spec,default",
+    [
+        (None, True),
+        ("step_percentile", True),
+        ({"name": "step_percentile", "percentile": 35.0, "n_min_trials": 2}, True),  # spelt out: the main job's config
+        ('{"name": "step_percentile"}', True),
+        ({"name": "step_percentile", "percentile": 25.0}, False),
+        ({"name": "step_percentile", "n_min_trials": 3}, False),
+        ("median", False),
+        ("none", False),
+        (StepPercentilePruner(percentile=35.0, n_min_trials=2), False),  # an object: its settings are not read back
+    ],
+)
+def test_which_pruners_are_called_the_default(spec, default):
+    from optuna_trainer.space.pruners import is_default_pruner
+
+    assert is_default_pruner(build_pruner(spec), spec) is default
+
+
+@pytest.mark.parametrize(
+    "spec,default",
+    [
+        (None, True),
+        ("tpe", True),
+        ({"name": "tpe", "seed": 0}, True),  # a seed changes the draws, not the method
+        ({"name": "tpe", "multivariate": True}, False),
+        ("random", False),
+        ({"name": "random", "seed": 0}, False),
+        (optuna.samplers.TPESampler(seed=0), False),  # an object: its settings are not read back
+    ],
+)
+def test_which_samplers_are_called_the_default(spec, default):
+    from optuna_trainer.space.samplers import is_default_sampler
+
+    assert is_default_sampler(spec) is default
