@@ -574,6 +574,12 @@ DOCUMENTED_PEERS = {
     ),
     "candidate: the median defaults, equal accuracies ordered by loss": ((28.9, 0.46), (33.3, 0.34), (36.2, 0.46)),
     "candidate: the median defaults, the middle of the space first": ((31.4, 0.0), (35.6, 0.0), (41.7, 0.0)),
+    "candidate: TPE, Hyperband (128 samples, factor 3), skip_duplicates": ((33.3, 0.46), (35.0, 0.69), (40.8, 0.0)),
+    "candidate: the step_percentile defaults, the middle of the space first": (
+        (32.3, 0.0),
+        (36.9, 0.0),
+        (41.5, 0.0),
+    ),
 }
 
 
@@ -583,12 +589,21 @@ def test_the_documented_peer_rows_of_each_committed_table():
     pytest.importorskip("ray.tune")
     peers = load("peers")
     replay = load("replay")
-    methods = {**peers.METHODS, **peers.CANDIDATES}
+    methods = peers.methods_to_replay(candidates=True, held_out=False)
     for i, table_file in enumerate(peers.TABLES):
         table = replay.load_table(str(BENCHMARKS / "results" / table_file))
         rows = peers.summarize(table_file, table, list(range(20)), {m: methods[m] for m in DOCUMENTED_PEERS})
         found = {r["method"]: (r["samples used % (median)"], r["regret median"]) for r in rows}
         assert found == {m: rows_[i] for m, rows_ in DOCUMENTED_PEERS.items()}, table_file
+
+
+def test_the_held_out_table_is_not_replayed_with_the_candidates_weighed_after_its_check():
+    peers = load("peers")
+    later = set(peers.LATER_CANDIDATES)
+    assert later and later <= set(peers.methods_to_replay(candidates=True, held_out=False))
+    assert not later & set(peers.methods_to_replay(candidates=True, held_out=True))
+    assert set(peers.CANDIDATES) <= set(peers.methods_to_replay(candidates=True, held_out=True))
+    assert set(peers.methods_to_replay(candidates=False, held_out=True)) == set(peers.METHODS)
 
 
 # The held-out check of figure 15 (docs/benchmarks.md, "The held-out check"): on the fourth table, replayed once under
