@@ -14,7 +14,9 @@ same space reproduces these curves (checked by `replay.py --live`).
 
 The file is written after every configuration (by rename, so a kill loses at most the one in progress) and a rerun
 records only what is missing; settings that differ from the file's are refused rather than mixed into it. Two
-recorders of one table (`--shard K/N`: every N-th configuration still missing) merge into the file under a lock:
+recorders of one table (`--shard K/N`: the K-th of every N configurations of the space, those on record skipped;
+counted over the whole space, so the shards stay disjoint whenever each recorder starts) merge into the file under a
+lock:
 on 2 cores, two one-thread recorders record 10% (batch 32) to 43% (batch 8) more per hour than one two-thread
 recorder (the 8192-sentence table: 665-715 s per configuration each, against 392-484 s one at a time). Each curve
 records the threads that trained it.
@@ -208,7 +210,8 @@ def add_curve(path: str, meta: dict[str, Any], curve: dict[str, Any]) -> int:
 
 
 def parse_shard(text: str | None) -> tuple[int, int]:
-    """`K/N` (1 <= K <= N): this recorder takes the K-th of every N configurations still missing."""
+    """`K/N` (1 <= K <= N): this recorder takes the K-th of every N configurations of the space (those on record
+    skipped)."""
     if text is None:
         return 1, 1
     try:
@@ -228,7 +231,9 @@ def main() -> int:
     parser.add_argument("--limit", type=int, default=None, help="record at most this many new configurations")
     parser.add_argument("--n-train", type=int, default=None, help="training sentences (another table: 2048 default)")
     parser.add_argument("--seed", type=int, default=0, help="subsets and training seed (another table: 0 default)")
-    parser.add_argument("--shard", default=None, help="K/N: record the K-th of every N missing configurations")
+    parser.add_argument(
+        "--shard", default=None, help="K/N: record the K-th of every N configurations (those on record skipped)"
+    )
     a = parser.parse_args()
     shard, shards = parse_shard(a.shard)
     s = settings(a.quick, a.n_train, a.seed)
@@ -247,7 +252,11 @@ def main() -> int:
     if table["meta"]["settings"] != s or table["meta"]["data"] != task.source:
         raise SystemExit(f"{path} was recorded with other settings or data; move it away to record these")
     done = {config_key(c["config"]) for c in table["curves"]}
-    todo = [c for c in configurations(s["space"]) if config_key(c) not in done][shard - 1 :: shards][: a.limit]
+    # The shard is cut from the whole space, not from what is missing: what is missing changes as the other shards
+    # record, so a recorder started after another had written a curve would take a share that overlaps or leaves
+    # a configuration to no one.
+    mine = configurations(s["space"])[shard - 1 :: shards]
+    todo = [c for c in mine if config_key(c) not in done][: a.limit]
     print(
         f"{len(done)} configurations on record, {len(todo)} to record ({task.source}; {task.model_name})", flush=True
     )

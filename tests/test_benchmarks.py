@@ -266,10 +266,17 @@ def test_a_second_curve_table_is_its_own_file(tmp_path):
 
 
 def test_two_recorders_of_one_table_share_its_file(tmp_path):
-    # `--shard 1/2` and `--shard 2/2` at once (one core each): each records every other missing configuration and
-    # adds it to the file as it then is, under its lock, so neither overwrites the other's curves.
+    # `--shard 1/2` and `--shard 2/2` at once (one core each): each records the K-th of every 2 configurations of the
+    # space that are not on record, and adds it to the file as it then is, under its lock, so neither overwrites the
+    # other's curves. Shard 1 has recorded one of its two already: the shards are cut from the whole space, so shard 2
+    # still takes both of its own (cut from what was missing, it would take one, whenever it started after a write).
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     common = ("--quick", "--out", str(tmp_path), "--data", str(tmp_path / "no-sst2"))
+    first = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "curves.py"), *common, "--shard", "1/2", "--limit", "1"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert first.returncode == 0 and "0 configurations on record, 1 to record" in first.stdout, first.stdout[-2000:]
     recorders = [
         subprocess.Popen(
             [sys.executable, str(BENCHMARKS / "curves.py"), *common, "--shard", f"{k}/2"],
@@ -281,14 +288,14 @@ def test_two_recorders_of_one_table_share_its_file(tmp_path):
         )  # fmt: skip
         for k in (1, 2)
     ]
-    for proc in recorders:
+    for proc, expected in zip(recorders, ("1 to record", "2 to record"), strict=True):
         try:
             output, _ = proc.communicate(timeout=300)
         except subprocess.TimeoutExpired:
             for other in recorders:
                 other.kill()
             pytest.fail("a recorder did not finish within 300 s")
-        assert proc.returncode == 0 and "2 to record" in output, output[-2000:]
+        assert proc.returncode == 0 and expected in output, output[-2000:]
     table = json.loads((tmp_path / "curves_quick.json").read_text())
     curves = load("curves")
     keys = sorted(curves.config_key(c["config"]) for c in table["curves"])

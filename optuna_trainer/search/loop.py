@@ -14,6 +14,11 @@ per worker or per run, so "count, then start a trial" must be one step across wo
    `Study.stop()`, which raises outside `optimize`;
 3. after the trial: failures in a row, and `Study.stop()`.
 
+Ctrl-C or SIGTERM (processes/signals.py) can land anywhere in a turn. Inside the objective, the search marks its trial
+FAIL and queues it again (search/search.py). Outside it (in Optuna's `ask`, before the objective's first line, in
+Optuna's `tell`) nothing would: the trial would stay RUNNING in a storage without heartbeats, or FAIL with its grid
+point never run. `_settle_interrupted_turn` closes those gaps before the interrupt leaves the loop.
+
 When the budget is full only because trials are running elsewhere, a worker on a storage with heartbeats waits: if
 one of those trials fails, or its worker is killed and the trial goes stale, this worker runs its replacement, so
 nothing is lost. Without heartbeats a killed worker's trial would look running forever, so the worker stops instead.
@@ -25,6 +30,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import optuna
@@ -38,12 +44,25 @@ from optuna_trainer.study.bookkeeping import (
     fail_stale_trials,
     grid_retry_waiting,
     log_grid_points_never_completed,
+    requeue,
 )
 from optuna_trainer.study.claims import ClaimLock
 
 logger = logging.getLogger(__name__)
 
 StopRule = Callable[[optuna.Study], "str | None"]
+
+
+@dataclass
+class HandedTrial:
+    """The trial this turn handed to the objective, and how the objective left it (read when an interrupt ends the
+    turn)."""
+
+    number: int | None = None
+    returned: bool = False
+    value: Any = None
+    pruned: bool = False
+    interrupted: bool = False
 
 
 class Claim:
@@ -62,13 +81,26 @@ class Claim:
             self.held = False
             self.lock.release()
 
-    def handing_over(self, func: Callable[[optuna.Trial], Any]) -> Callable[[optuna.Trial], Any]:
+    def handing_over(
+        self, func: Callable[[optuna.Trial], Any], handed: HandedTrial | None = None
+    ) -> Callable[[optuna.Trial], Any]:
         """`func`, releasing the claim first: once Optuna calls the objective the trial is RUNNING in the storage,
-        so the other workers may count again."""
+        so the other workers may count again. `handed` records the trial and how `func` left it."""
+        handed = handed if handed is not None else HandedTrial()
 
         def claimed(trial: optuna.Trial) -> Any:
+            handed.number = trial.number
             self.release()
-            return func(trial)
+            try:
+                value = func(trial)
+            except optuna.TrialPruned:
+                handed.pruned = True
+                raise
+            except KeyboardInterrupt:
+                handed.interrupted = True
+                raise
+            handed.returned, handed.value = True, value
+            return value
 
         return claimed
 
@@ -153,7 +185,16 @@ def run_trials(
                 time.sleep(poll)
                 continue
             waiting_for = None
-            state = _run_one(study, held.handing_over(func), catch, callbacks, gc_after_trial)
+            running_before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+            handed = HandedTrial()
+            try:
+                state = _run_one(study, held.handing_over(func, handed), catch, callbacks, gc_after_trial)
+            except BaseException as err:
+                interrupt = _interrupt_in(err)
+                if interrupt is None:
+                    raise
+                _settle_interrupted_turn(study, running_before, handed)
+                raise interrupt from None
         ran += 1
         failures_in_row = failures_in_row + 1 if state == TrialState.FAIL else 0
         if failures_in_row >= max(n_trials, 10):
@@ -192,6 +233,45 @@ def _stop_reason(
     return None
 
 
+def _interrupt_in(err: BaseException) -> KeyboardInterrupt | None:
+    """The Ctrl-C/SIGTERM behind `err`: itself, or the interrupt that Optuna's one-trial loop turned into an
+    `UnboundLocalError` (optuna 5.1 `_run_trial`: an interrupt inside its `tell` leaves `updated_state` unset for its
+    `finally`, which reads it)."""
+    if isinstance(err, KeyboardInterrupt):
+        return err
+    if isinstance(err, UnboundLocalError) and isinstance(err.__context__, KeyboardInterrupt):
+        return err.__context__
+    return None
+
+
+def _settle_interrupted_turn(study: optuna.Study, running_before: set[int], handed: HandedTrial) -> None:
+    """Ctrl-C or SIGTERM ended this turn: leave no trial of it RUNNING with nothing running it, and no interrupted
+    trial without its queued copy.
+
+    - interrupted in `ask` (the claim is still held: no other worker can have created a trial since the count): the
+      trial RUNNING now that was not then is this worker's; it is marked FAIL and queued again;
+    - the objective returned, or pruned, and Optuna's `tell` was cut: what it measured is recorded, as `tell` would
+      have (the best model may already hold its weights under its number);
+    - otherwise still RUNNING (cut before the objective's first line): FAIL, queued again;
+    - FAIL by the interrupt: queued again, unless the search queued it already (`requeue` does not queue twice).
+    """
+    if handed.number is None:
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if trial.number not in running_before:
+                requeue(study, trial.number, fail=True)
+        return
+    state = study.get_trials(deepcopy=False)[handed.number].state
+    if state == TrialState.RUNNING:
+        if handed.returned:
+            study.tell(handed.number, handed.value)
+        elif handed.pruned:
+            study.tell(handed.number, state=TrialState.PRUNED)
+        else:
+            requeue(study, handed.number, fail=True)
+    elif state == TrialState.FAIL and handed.interrupted:
+        requeue(study, handed.number)
+
+
 def _run_one(
     study: optuna.Study,
     func: Callable[[optuna.Trial], Any],
@@ -211,4 +291,4 @@ def _run_one(
     return ended[0] if ended else None
 
 
-__all__ = ["Claim", "claim", "run_trials", "stop_requested"]
+__all__ = ["Claim", "HandedTrial", "claim", "run_trials", "stop_requested"]

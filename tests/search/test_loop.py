@@ -7,6 +7,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import optuna
 import pytest
@@ -291,6 +292,106 @@ class TestRunTrialsLoop:
 
         assert run_trials(study, pruned, n_trials=2, lock=local_lock()) == 2
         assert [t.state.name for t in study.trials] == ["PRUNED", "PRUNED"]
+
+
+class TestAnInterruptAnywhereInATurn:
+    """Ctrl-C or SIGTERM outside the objective's own handling (in Optuna's `ask`, in its `tell`, in an objective that
+    does not queue its trial itself) leaves no trial RUNNING and loses no grid point; a result already measured is
+    recorded."""
+
+    GRID = {"x": [1.0, 2.0, 3.0, 4.0]}
+
+    def _grid_study(self, sampler: optuna.samplers.BaseSampler | None = None) -> optuna.Study:
+        return optuna.create_study(sampler=sampler or optuna.samplers.GridSampler(self.GRID, seed=0))
+
+    @staticmethod
+    def _objective(trial: optuna.Trial) -> float:
+        return trial.suggest_float("x", 1.0, 4.0)
+
+    def _continue_to_the_end(self, study: optuna.Study) -> None:
+        run_trials(study, self._objective, n_trials=4, lock=local_lock())
+        complete = study.get_trials(states=(TrialState.COMPLETE,))
+        assert sorted(t.params["x"] for t in complete) == self.GRID["x"]  # every grid point once
+        assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
+
+    def test_in_ask_the_new_trial_is_failed_and_queued_again(self):
+        class InterruptedInAsk(optuna.samplers.GridSampler):
+            def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+                super().before_trial(study, trial)  # the trial exists and has its grid point
+                if trial.number == 1:
+                    raise KeyboardInterrupt
+
+        study = self._grid_study(InterruptedInAsk(self.GRID, seed=0))
+        with pytest.raises(KeyboardInterrupt):
+            run_trials(study, self._objective, n_trials=4, lock=local_lock())
+        assert [t.state.name for t in study.trials] == ["COMPLETE", "FAIL", "WAITING"]
+        assert study.trials[2].system_attrs["grid_id"] == study.trials[1].system_attrs["grid_id"]
+        study.sampler = optuna.samplers.GridSampler(self.GRID, seed=0)
+        self._continue_to_the_end(study)
+
+    @pytest.mark.parametrize("ends", ["returned", "pruned"])
+    def test_in_tell_what_the_objective_measured_is_recorded(self, monkeypatch, ends):
+        # Optuna's one-trial loop tells through this private function; fail loudly if it moves.
+        from optuna.study import _optimize
+
+        real_tell = _optimize._tell_with_warning
+        cut: list[int] = []
+
+        def cut_tell(**kwargs: Any) -> Any:
+            if kwargs["trial"].number == 1 and not cut:
+                cut.append(1)
+                raise KeyboardInterrupt
+            return real_tell(**kwargs)
+
+        monkeypatch.setattr(_optimize, "_tell_with_warning", cut_tell)
+
+        def objective(trial: optuna.Trial) -> float:
+            x = self._objective(trial)
+            trial.report(x, step=1)
+            if ends == "pruned" and trial.number == 1:
+                raise optuna.TrialPruned()
+            return x
+
+        study = self._grid_study()
+        with pytest.raises(KeyboardInterrupt):
+            run_trials(study, objective, n_trials=4, lock=local_lock())
+        assert cut == [1]
+        second = study.trials[1]
+        assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE" if ends == "returned" else "PRUNED"]
+        assert second.value == second.params["x"]  # the value it returned, or its last report when pruned
+        monkeypatch.undo()
+        study.sampler = optuna.samplers.GridSampler(self.GRID, seed=0)
+        if ends == "returned":
+            self._continue_to_the_end(study)
+
+    def test_an_objective_that_does_not_queue_its_trial_has_it_queued(self):
+        def interrupted_objective(trial: optuna.Trial) -> float:
+            x = self._objective(trial)
+            if trial.number == 1:
+                raise KeyboardInterrupt
+            return x
+
+        study = self._grid_study()
+        with pytest.raises(KeyboardInterrupt):
+            run_trials(study, interrupted_objective, n_trials=4, lock=local_lock())
+        assert [t.state.name for t in study.trials] == ["COMPLETE", "FAIL", "WAITING"]
+        assert study.trials[2].params == study.trials[1].params
+        self._continue_to_the_end(study)
+
+    def test_a_trial_the_objective_queued_itself_is_not_queued_twice(self):
+        def queues_itself(trial: optuna.Trial) -> float:
+            x = self._objective(trial)
+            if trial.number == 1:
+                from optuna_trainer.study.bookkeeping import requeue
+
+                requeue(trial.study, trial.number)  # as the search does for its interrupted trial
+                raise KeyboardInterrupt
+            return x
+
+        study = self._grid_study()
+        with pytest.raises(KeyboardInterrupt):
+            run_trials(study, queues_itself, n_trials=4, lock=local_lock())
+        assert [t.state.name for t in study.trials] == ["COMPLETE", "FAIL", "WAITING"]
 
 
 class TestGridPointThatFails:
