@@ -6,7 +6,7 @@ fail_stale_trials) on one study with a shared `n_trials`: once each worker openi
 storage: heartbeats on, its advisory claim lock), once through `optuna-trainer storage-proxy` (grpc://: one process
 holds the database connections). Workers are forked from this process after its imports (no torch), all started
 together. Recorded: finished trials per second (first trial's start to the last trial's end), the peak of PostgreSQL
-connections to the database (`pg_stat_activity`, sampled every 0.2 s, less those open before), workers that failed
+connections to the database (`pg_stat_activity`, sampled every 0.2 s, the benchmark's own, less those open before), workers that failed
 (exceptions, e.g. "too many clients"), and whether exactly `n_trials` finished.
 
     python benchmarks/storage_scale.py            # 64 and 128 workers, 3 trials per worker
@@ -33,6 +33,10 @@ import tables  # noqa: E402
 
 NAME = "storage_scale"
 POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+# The benchmark's workers and proxy connect under a name of their own, and only those connections are counted: other
+# clients of the same database (another test running beside this one, a dashboard) are not this figure's.
+APPLICATION = f"optuna_trainer_storage_scale_{os.getpid()}"
+COUNTED = f"{POSTGRES}?application_name={APPLICATION}"
 COLUMNS = [
     "workers",
     "path",
@@ -93,7 +97,12 @@ def connections() -> int:
     engine = sqlalchemy.create_engine(POSTGRES, poolclass=sqlalchemy.pool.NullPool)
     with engine.connect() as conn:
         return int(
-            conn.execute(sqlalchemy.text("SELECT count(*) FROM pg_stat_activity WHERE datname='test'")).scalar()
+            conn.execute(
+                sqlalchemy.text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname='test' AND application_name=:app"
+                ),
+                {"app": APPLICATION},
+            ).scalar()
         )
 
 
@@ -170,7 +179,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     port = free_port()
     proxy = subprocess.Popen(
-        [sys.executable, "-m", "optuna_trainer.cli", "storage-proxy", "--storage", POSTGRES, "--port", str(port)],
+        [sys.executable, "-m", "optuna_trainer.cli", "storage-proxy", "--storage", COUNTED, "--port", str(port)],
         env={**os.environ, **QUIET_ENV},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -184,7 +193,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 raise SystemExit("the storage proxy did not start")
             time.sleep(0.2)
         for n in sizes:
-            rows.append(run(n, n * per_worker, POSTGRES, "PostgreSQL, direct"))
+            rows.append(run(n, n * per_worker, COUNTED, "PostgreSQL, direct"))
             rows.append(run(n, n * per_worker, f"grpc://127.0.0.1:{port}", "gRPC proxy"))
     finally:
         kill_process_tree(proxy)

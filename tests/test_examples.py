@@ -301,6 +301,18 @@ def test_readme_first_command_is_the_example():
     assert first_command.rstrip().endswith("&& python examples/text_classification.py")
 
 
+def test_ci_runs_the_readme_test_command():
+    # CI (.ci/run) is the README's second command on a fresh machine: every gate and the test command, as written.
+    readme = (ROOT / "README.md").read_text()
+    first_block = readme.split("```bash", 1)[1].split("```", 1)[0]
+    commands = [line for line in first_block.splitlines() if line and not line.startswith("#")]
+    steps = commands[1].split(" && ")
+    checks = steps[next(i for i, step in enumerate(steps) if step.startswith("ruff")) :]
+    assert checks[-1] == "python -m pytest -n 2"
+    ci_lines = {line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()}
+    assert all(step in ci_lines for step in checks), (checks, sorted(ci_lines))
+
+
 def test_quickstart_uses_the_seed_call():
     source = (EXAMPLES / "quickstart.py").read_text()
     compile(source, "quickstart.py", "exec")
