@@ -6,8 +6,8 @@ fail_stale_trials) on one study with a shared `n_trials`: once each worker openi
 storage: heartbeats on, its advisory claim lock), once through `optuna-trainer storage-proxy` (grpc://: one process
 holds the database connections). Workers are forked from this process after its imports (no torch), all started
 together. Recorded: finished trials per second (first trial's start to the last trial's end), the peak of PostgreSQL
-connections to the database (`pg_stat_activity`, sampled every 0.2 s, the benchmark's own, less those open before), workers that failed
-(exceptions, e.g. "too many clients"), and whether exactly `n_trials` finished.
+connections to the database (`pg_stat_activity`, sampled every 0.2 s, the benchmark's own, less those open before),
+workers that failed (exceptions, e.g. "too many clients"), and whether exactly `n_trials` finished.
 
     python benchmarks/storage_scale.py            # 64 and 128 workers, 3 trials per worker
     python benchmarks/storage_scale.py --quick    # CI: 8 workers, 2 trials each

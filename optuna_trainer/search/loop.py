@@ -81,12 +81,9 @@ class Claim:
             self.held = False
             self.lock.release()
 
-    def handing_over(
-        self, func: Callable[[optuna.Trial], Any], handed: HandedTrial | None = None
-    ) -> Callable[[optuna.Trial], Any]:
+    def handing_over(self, func: Callable[[optuna.Trial], Any], handed: HandedTrial) -> Callable[[optuna.Trial], Any]:
         """`func`, releasing the claim first: once Optuna calls the objective the trial is RUNNING in the storage,
         so the other workers may count again. `handed` records the trial and how `func` left it."""
-        handed = handed if handed is not None else HandedTrial()
 
         def claimed(trial: optuna.Trial) -> Any:
             handed.number = trial.number
@@ -158,7 +155,7 @@ def run_trials(
     # Failed trials do not count towards the budget; a search whose every trial fails (an OOM at each batch size, a
     # bug caught by `catch`) must still end: this worker stops after max(n_trials, 10) failures in a row.
     failures_in_row = 0
-    waiting_for: TrialCounts | None = None
+    waiting_for: tuple[int, int] | None = None  # (finished, running) last said to be waited for
     poll = max(0.5, min(heartbeat_interval / 2, 10.0)) if heartbeat_interval else 0.0
     while True:
         if timeout is not None and time.monotonic() - started >= timeout:
@@ -174,8 +171,8 @@ def run_trials(
                 break
             if counts.full:
                 # Trials running elsewhere fill the budget: wait for one of them to fail or go stale.
-                if waiting_for != counts:
-                    waiting_for = counts
+                if waiting_for != (counts.finished, counts.running):
+                    waiting_for = (counts.finished, counts.running)
                     logger.info(
                         f"Study {study.study_name!r}: {counts.finished} finished and {counts.running} running "
                         f"elsewhere fill n_trials={n_trials}; waiting for them (a trial whose worker was killed is "
@@ -185,7 +182,6 @@ def run_trials(
                 time.sleep(poll)
                 continue
             waiting_for = None
-            running_before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
             handed = HandedTrial()
             try:
                 state = _run_one(study, held.handing_over(func, handed), catch, callbacks, gc_after_trial)
@@ -193,7 +189,7 @@ def run_trials(
                 interrupt = _interrupt_in(err)
                 if interrupt is None:
                     raise
-                _settle_interrupted_turn(study, running_before, handed)
+                _settle_interrupted_turn(study, counts.running_numbers, handed)
                 raise interrupt from None
         ran += 1
         failures_in_row = failures_in_row + 1 if state == TrialState.FAIL else 0
@@ -244,12 +240,13 @@ def _interrupt_in(err: BaseException) -> KeyboardInterrupt | None:
     return None
 
 
-def _settle_interrupted_turn(study: optuna.Study, running_before: set[int], handed: HandedTrial) -> None:
+def _settle_interrupted_turn(study: optuna.Study, running_before: frozenset[int], handed: HandedTrial) -> None:
     """Ctrl-C or SIGTERM ended this turn: leave no trial of it RUNNING with nothing running it, and no interrupted
     trial without its queued copy.
 
-    - interrupted in `ask` (the claim is still held: no other worker can have created a trial since the count): the
-      trial RUNNING now that was not then is this worker's; it is marked FAIL and queued again;
+    - interrupted in `ask` (the claim is still held: no other worker can have created a trial since the count, whose
+      RUNNING trials are `running_before`): the trial RUNNING now that was not then is this worker's; it is marked
+      FAIL and queued again;
     - the objective returned, or pruned, and Optuna's `tell` was cut: what it measured is recorded, as `tell` would
       have (the best model may already hold its weights under its number);
     - otherwise still RUNNING (cut before the objective's first line): FAIL, queued again;
@@ -291,4 +288,4 @@ def _run_one(
     return ended[0] if ended else None
 
 
-__all__ = ["Claim", "HandedTrial", "claim", "run_trials", "stop_requested"]
+__all__ = ["Claim", "claim", "run_trials", "stop_requested"]

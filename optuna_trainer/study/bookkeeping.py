@@ -30,7 +30,11 @@ class TrialCounts:
 
     n_trials: int
     finished: int
-    running: int
+    running_numbers: frozenset[int]
+
+    @property
+    def running(self) -> int:
+        return len(self.running_numbers)
 
     @property
     def done(self) -> bool:
@@ -43,11 +47,11 @@ class TrialCounts:
 
 
 def count_trials(study: optuna.Study, n_trials: int) -> TrialCounts:
-    states = [t.state for t in study.get_trials(deepcopy=False)]
+    trials = study.get_trials(deepcopy=False)
     return TrialCounts(
         n_trials=n_trials,
-        finished=sum(s in FINISHED for s in states),
-        running=sum(s == TrialState.RUNNING for s in states),
+        finished=sum(t.state in FINISHED for t in trials),
+        running_numbers=frozenset(t.number for t in trials if t.state == TrialState.RUNNING),
     )
 
 
